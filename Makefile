@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   creates .venv if missing, installs, runs the main job
+#   make test   creates .venv if missing, installs with dev extras, runs the tests
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+STAMP := $(VENV)/.archlab-installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, pinned, so nothing later resolves an unpinned torch to CUDA wheels
+$(STAMP): $(PY) pyproject.toml constraints.txt
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/archlab info encoder-tiny decoder-tiny prefix-lm-tiny encoder-decoder-tiny encoder-decoder-small
+	$(VENV)/bin/archlab sanity encoder-tiny decoder-tiny prefix-lm-tiny encoder-decoder-tiny
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+
+bench: $(STAMP)
+	$(PY) bench/train_step.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

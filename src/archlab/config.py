@@ -1,0 +1,430 @@
+"""Typed configuration: nested dataclasses, one YAML format, dotted CLI overrides.
+
+Every config object in archlab is a dataclass. :func:`from_dict` turns a plain mapping (from
+YAML or from code) into one, checking every key and value against the field's type: unknown
+keys, wrong types and values outside a field's choices raise :class:`ConfigError` naming the
+dotted key and what is valid. :func:`apply_overrides` applies ``a.b.c=value`` strings from the
+command line to such a mapping before it is checked, so overrides go through the same checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+from archlab.errors import ConfigError
+
+T = TypeVar("T")
+
+# --------------------------------------------------------------------------------------------
+# Generic machinery
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin in (list, Sequence):
+        return f"list[{_type_name(get_args(tp)[0])}]"
+    if origin is dict:
+        k, v = get_args(tp)
+        return f"dict[{_type_name(k)}, {_type_name(v)}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the type annotation ``tp`` and return it (converted if lossless)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            valid = ", ".join(str(c) for c in choices)
+            raise ConfigError(f"{key}: {value!r} is not valid; choose one of: {valid}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key}: must not be null (expected {_type_name(tp)})")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if origin in (list, Sequence, tuple):
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = get_args(tp)[:1] or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        k_tp, v_tp = get_args(tp)
+        return {_coerce(k, k_tp, key): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, float) and math.isnan(value):
+                raise ConfigError(f"{key}: expected a number, got NaN")
+            return float(value)
+        if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if isinstance(value, tp):
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        valid = ", ".join(sorted(fields))
+        raise ConfigError(f"unknown key {where}{unknown[0]}; valid keys here: {valid}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass (nested) -> plain dict suitable for YAML/JSON."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load``; errors name the file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte offset {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{p}:{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a YAML mapping at the top level")
+    return data
+
+
+def save_yaml(obj: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), encoding="utf-8")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=3e-4"`` -> (["train", "lr"], 3e-4). Values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE (for example model.d_model=256)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply dotted ``key=value`` overrides to a nested dict (a copy is returned).
+
+    Keys are checked later, when the dict is turned into a dataclass with :func:`from_dict`.
+    """
+    out = _deep_copy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _deep_copy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deep_copy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deep_copy(v) for v in d]
+    return d
+
+
+def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: ``update`` wins; nested mappings are merged, not replaced."""
+    out = _deep_copy(base)
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = _deep_copy(v)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Model configuration
+# --------------------------------------------------------------------------------------------
+
+Arch = Literal["encoder", "decoder", "prefix-lm", "encoder-decoder"]
+Norm = Literal["layernorm", "rmsnorm"]
+NormPosition = Literal["pre", "post"]
+# gelu = exact erf GELU (BERT, BART); gelu_tanh = tanh approximation (GPT-2's "gelu_new");
+# the gated variants follow Shazeer 2020, "GLU Variants Improve Transformer".
+Activation = Literal[
+    "gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu", "geglu_tanh", "reglu"
+]
+Position = Literal["learned", "sinusoidal", "rope", "alibi", "t5-relative", "none"]
+Pooling = Literal["auto", "first", "last", "mean", "decoder"]
+
+ARCHS: tuple[str, ...] = get_args(Arch)
+GATED_ACTIVATIONS = ("swiglu", "geglu", "geglu_tanh", "reglu")
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines a network. Architecture family and block style are independent.
+
+    ``n_layers`` is the depth of an encoder-only or decoder-only model, and the default depth of
+    each side of an encoder-decoder model (``n_encoder_layers`` / ``n_decoder_layers`` override
+    it, unbalanced depths allowed).
+    """
+
+    arch: Arch = "decoder"
+    vocab_size: int = 8192
+    d_model: int = 256
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: = n_heads (MHA); 1: MQA; else GQA (Ainslie et al. 2023)
+    head_dim: int | None = None  # None: d_model // n_heads (T5 decouples them: d_kv)
+    n_layers: int = 4
+    n_encoder_layers: int | None = None
+    n_decoder_layers: int | None = None
+    d_ff: int = 1024
+    max_seq_len: int = 512
+    dropout: float = 0.0
+    attn_dropout: float | None = None  # None: same as dropout
+    norm: Norm = "rmsnorm"
+    norm_eps: float = 1e-6
+    norm_position: NormPosition = "pre"
+    final_norm: bool | None = None  # None: True for pre-norm stacks, False for post-norm
+    embedding_norm: bool = False  # LayerNorm after the embeddings (BERT, BART)
+    activation: Activation = "swiglu"
+    position: Position = "rope"
+    rope_theta: float = 10000.0
+    rel_buckets: int = 32  # T5 relative position buckets
+    rel_max_distance: int = 128
+    position_offset: int = 0  # learned positions start at this row (BART: 2)
+    bias: bool = False
+    tie_embeddings: bool = True
+    share_encoder_decoder: bool = False  # T5 paper Sec. 3.2.2 "shared" variant
+    type_vocab_size: int = 0  # BERT segment embeddings; 0 = none
+    attn_scale: float | None = None  # None: 1/sqrt(head_dim); T5 uses 1.0
+    embed_scale: float = 1.0  # multiply token embeddings (BART scale_embedding: sqrt(d_model))
+    lm_head_scale: float = 1.0  # multiply hidden states before the LM head (tied T5: d^-0.5)
+    lm_head_bias: bool = False  # output bias (BERT MLM decoder bias, BART final_logits_bias)
+    mlm_transform: bool = True  # encoder MLM head: dense + activation + norm before output
+    n_classes: int = 0  # > 0 adds a sequence-classification head
+    pooling: Pooling = "auto"  # classification pooling; auto picks per family
+    init_std: float = 0.02
+    pad_token_id: int = 0
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    decoder_start_token_id: int | None = None  # None: bos_token_id
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---- derived -------------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def dim_head(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    @property
+    def encoder_layers(self) -> int:
+        if self.arch == "encoder":
+            return self.n_layers
+        if self.arch == "encoder-decoder":
+            return self.n_encoder_layers if self.n_encoder_layers is not None else self.n_layers
+        return 0
+
+    @property
+    def decoder_layers(self) -> int:
+        if self.arch in ("decoder", "prefix-lm"):
+            return self.n_layers
+        if self.arch == "encoder-decoder":
+            return self.n_decoder_layers if self.n_decoder_layers is not None else self.n_layers
+        return 0
+
+    @property
+    def use_final_norm(self) -> bool:
+        return self.final_norm if self.final_norm is not None else self.norm_position == "pre"
+
+    @property
+    def gated(self) -> bool:
+        return self.activation in GATED_ACTIVATIONS
+
+    @property
+    def start_token_id(self) -> int:
+        s = self.decoder_start_token_id
+        return s if s is not None else self.bos_token_id
+
+    @property
+    def pooling_mode(self) -> str:
+        if self.pooling != "auto":
+            return self.pooling
+        return {"encoder": "first", "decoder": "last", "prefix-lm": "mean",
+                "encoder-decoder": "decoder"}[self.arch]
+
+    # ---- checks --------------------------------------------------------------------------
+    def validate(self) -> None:
+        def bad(key: str, msg: str) -> ConfigError:
+            return ConfigError(f"model.{key}: {msg}")
+
+        for key, tp in typing.get_type_hints(ModelConfig).items():
+            if get_origin(tp) is Literal:
+                _coerce(getattr(self, key), tp, f"model.{key}")
+        for key in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_seq_len"):
+            if getattr(self, key) < 1:
+                raise bad(key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("n_kv_heads", "head_dim"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise bad(key, f"must be >= 1 or null, got {v}")
+        for key in ("n_encoder_layers", "n_decoder_layers"):
+            v = getattr(self, key)
+            if v is not None:
+                if self.arch != "encoder-decoder":
+                    raise bad(key, f"only applies to arch encoder-decoder (arch is {self.arch}); "
+                                   "use n_layers")
+                if v < 1:
+                    raise bad(key, f"must be >= 1, got {v}")
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise bad("n_heads", f"d_model={self.d_model} is not divisible by n_heads="
+                                 f"{self.n_heads}; change one or set head_dim")
+        if self.n_heads % self.kv_heads:
+            raise bad("n_kv_heads", f"n_heads={self.n_heads} must be a multiple of n_kv_heads="
+                                    f"{self.kv_heads}")
+        if self.position == "rope" and self.dim_head % 2:
+            raise bad("position", f"rope needs an even head dimension, got {self.dim_head}")
+        for key in ("dropout", "attn_dropout"):
+            v = getattr(self, key)
+            if v is not None and not 0.0 <= v < 1.0:
+                raise bad(key, f"must be in [0, 1), got {v}")
+        if self.share_encoder_decoder:
+            if self.arch != "encoder-decoder":
+                raise bad("share_encoder_decoder", f"only applies to arch encoder-decoder "
+                                                   f"(arch is {self.arch})")
+            if self.encoder_layers != self.decoder_layers:
+                raise bad("share_encoder_decoder", "needs equal encoder and decoder depths, got "
+                          f"{self.encoder_layers}+{self.decoder_layers}")
+        if self.n_classes < 0:
+            raise bad("n_classes", f"must be >= 0, got {self.n_classes}")
+        if self.pooling == "decoder" and self.arch != "encoder-decoder":
+            raise bad("pooling", f"'decoder' pooling needs arch encoder-decoder (arch is "
+                                 f"{self.arch}); choose auto, first, last or mean")
+        if self.norm_eps <= 0:
+            raise bad("norm_eps", f"must be > 0, got {self.norm_eps}")
+        if self.rel_buckets < 2 or self.rel_max_distance < 2:
+            raise bad("rel_buckets", "rel_buckets and rel_max_distance must be >= 2")
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+            v = getattr(self, key)
+            if v is not None and not 0 <= v < self.vocab_size:
+                raise bad(key, f"{v} is outside the vocabulary [0, {self.vocab_size})")
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def model_config_from_dict(data: Mapping[str, Any], prefix: str = "model") -> ModelConfig:
+    return from_dict(ModelConfig, data, prefix=prefix)
+
+
+__all__ = [
+    "ARCHS",
+    "ModelConfig",
+    "apply_overrides",
+    "field",
+    "from_dict",
+    "load_yaml",
+    "merge",
+    "model_config_from_dict",
+    "parse_override",
+    "save_yaml",
+    "to_dict",
+]

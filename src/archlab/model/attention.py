@@ -1,0 +1,171 @@
+"""The one attention module: self- and cross-attention, MHA/GQA/MQA, KV cache, SDPA.
+
+Every family uses this class; the difference between an encoder, a decoder and a prefix-LM
+is only the mask handed in (see ``masks.py``). Attention itself is
+``torch.nn.functional.scaled_dot_product_attention`` so that PyTorch picks the fused kernel
+(flash / memory-efficient on GPU, the flash CPU kernel here); when the mask is purely causal
+we pass ``is_causal=True`` instead of a mask tensor, the kernels' fastest path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archlab.config import ModelConfig
+from archlab.model.layers import apply_rotary
+from archlab.model.masks import AttnMask
+
+
+class KVCache:
+    """Preallocated ("static") key/value cache for all layers of one decoder stack.
+
+    Storage is allocated once for ``max_len`` slots; each step writes its keys and values in
+    place and attention reads a view of the filled slots, so the decoding loop never
+    reallocates. The cache also keeps per-slot positions and padding (so position biases and
+    padding masks cover cached keys), and the cross-attention keys/values of each layer,
+    computed once per source.
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        batch: int,
+        n_kv_heads: int,
+        head_dim: int,
+        max_len: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.positions = torch.zeros(batch, max_len, dtype=torch.long, device=device)
+        self.key_valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)
+        self.has_padding = False
+        self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
+        self.length = 0
+        self.max_len = max_len
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def nbytes(self) -> int:
+        n = self.k.numel() * self.k.element_size() * 2
+        for kv in self.cross:
+            if kv is not None:
+                n += sum(t.numel() * t.element_size() for t in kv)
+        return n
+
+    def begin(self, positions: torch.Tensor, key_valid: torch.Tensor | None) -> None:
+        """Record positions/padding of the ``T`` slots about to be written (B, T)."""
+        start, end = self.length, self.length + positions.shape[1]
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} slots needed, {self.max_len} allocated")
+        self.positions[:, start:end] = positions
+        if key_valid is not None:
+            self.key_valid[:, start:end] = key_valid
+            self.has_padding = self.has_padding or not bool(key_valid.all())
+        else:
+            self.key_valid[:, start:end] = True
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # k, v: (B, Hkv, T, hd) -> views over all filled slots (B, Hkv, length + T, hd)
+        start, end = self.length, self.length + k.shape[2]
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (beam search): row i becomes old row ``index[i]``."""
+        self.k = self.k.index_select(1, index)
+        self.v = self.v.index_select(1, index)
+        self.positions = self.positions.index_select(0, index)
+        self.key_valid = self.key_valid.index_select(0, index)
+        self.cross = [
+            None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
+            for kv in self.cross
+        ]
+
+
+class Attention(nn.Module):
+    """Multi-head attention (Vaswani et al. 2017) with grouped key/value heads (Ainslie et al.
+    2023: n_kv_heads < n_heads; 1 is multi-query attention, Shazeer 2019).
+
+    Self-attention projects q, k, v with one fused matrix ``qkv``; cross-attention projects
+    queries from the decoder (``q``) and keys/values from the encoder output (``kv``).
+    """
+
+    def __init__(self, cfg: ModelConfig, *, cross: bool = False) -> None:
+        super().__init__()
+        self.cross = cross
+        self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.kv_heads
+        self.head_dim = cfg.dim_head
+        q_dim = self.n_heads * self.head_dim
+        kv_dim = self.n_kv_heads * self.head_dim
+        if cross:
+            self.q = nn.Linear(cfg.d_model, q_dim, bias=cfg.bias)
+            self.kv = nn.Linear(cfg.d_model, 2 * kv_dim, bias=cfg.bias)
+        else:
+            self.qkv = nn.Linear(cfg.d_model, q_dim + 2 * kv_dim, bias=cfg.bias)
+        self.o = nn.Linear(q_dim, cfg.d_model, bias=cfg.bias)
+        self.scale = cfg.attn_scale  # None: SDPA's default 1/sqrt(head_dim)
+        p = cfg.attn_dropout if cfg.attn_dropout is not None else cfg.dropout
+        self.dropout_p = p
+
+    def _split(self, x: torch.Tensor, n_heads: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: AttnMask,
+        *,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        context: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        """x: (B, T, C); context: (B, S, C) encoder output for cross-attention -> (B, T, C)."""
+        B, T, _ = x.shape
+        kv_dim = self.n_kv_heads * self.head_dim
+        if self.cross:
+            q = self._split(self.q(x), self.n_heads)
+            cached = cache.cross[layer] if cache is not None else None
+            if cached is None:
+                k, v = self.kv(context).split(kv_dim, dim=-1)
+                k, v = self._split(k, self.n_kv_heads), self._split(v, self.n_kv_heads)
+                if cache is not None:
+                    cache.cross[layer] = (k, v)
+            else:
+                k, v = cached
+        else:
+            q, k, v = self.qkv(x).split([self.n_heads * self.head_dim, kv_dim, kv_dim], dim=-1)
+            q = self._split(q, self.n_heads)
+            k, v = self._split(k, self.n_kv_heads), self._split(v, self.n_kv_heads)
+            if rope is not None:
+                cos, sin = rope
+                q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            if cache is not None:
+                k, v = cache.update(layer, k, v)
+
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask.mask,
+            dropout_p=self.dropout_p if self.training else 0.0,
+            is_causal=mask.is_causal,
+            scale=self.scale,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )  # (B, H, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        return self.o(y)

@@ -1,0 +1,106 @@
+"""The one mask builder: ``causal | bidirectional | prefix`` combined with padding.
+
+Every family is a mask pattern over the same stack (Raffel et al. 2020, Fig. 3):
+- bidirectional: every query sees every (non-pad) key (encoders, cross-attention);
+- causal: query i sees keys j <= i (decoders);
+- prefix: query i sees keys j <= i and every key inside its example's prefix (prefix-LM, the
+  "non-causal decoder" of the T5 paper; Liu et al. 2018, Dong et al. 2019).
+
+Queries may start at an offset into the keys (a KV cache holds earlier keys), so key slot j is
+compared with absolute query slot ``q_offset + i``.
+
+The result is an :class:`AttnMask`: either nothing at all (no mask needed, or the pure causal
+case SDPA handles natively with ``is_causal=True``, its fast path), or a boolean tensor
+(B|1, 1, Tq, Tk), True where attention is allowed, or, when position biases (ALiBi, T5) are
+present, a float additive tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+MaskKind = Literal["causal", "bidirectional", "prefix"]
+
+
+@dataclass
+class AttnMask:
+    mask: torch.Tensor | None = None  # bool (B|1, 1, Tq, Tk) or float additive (B|1, H|1, Tq, Tk)
+    is_causal: bool = False  # SDPA's native causal path: mask is None and Tq == Tk
+
+    def with_bias(self, bias: torch.Tensor | None, q_len: int, k_len: int) -> AttnMask:
+        """Fold an additive position bias (B|1, H, Tq, Tk) into the mask."""
+        if bias is None:
+            return self
+        mask = self.mask
+        if self.is_causal:
+            mask = _causal(q_len, k_len, 0, bias.device)[None, None]
+        if mask is None:
+            return AttnMask(bias, False)
+        neg = torch.tensor(torch.finfo(bias.dtype).min, dtype=bias.dtype, device=bias.device)
+        return AttnMask(torch.where(mask, bias, neg), False)  # broadcasts (B|1, H, Tq, Tk)
+
+
+def _causal(q_len: int, k_len: int, q_offset: int, device: torch.device) -> torch.Tensor:
+    q = torch.arange(q_len, device=device)[:, None] + q_offset
+    k = torch.arange(k_len, device=device)[None, :]
+    return k <= q  # (Tq, Tk)
+
+
+def build_mask(
+    kind: MaskKind,
+    q_len: int,
+    k_len: int,
+    *,
+    key_padding: torch.Tensor | None = None,
+    prefix_lengths: torch.Tensor | None = None,
+    q_offset: int = 0,
+    device: torch.device | None = None,
+) -> AttnMask:
+    """Build the attention mask.
+
+    Args:
+        kind: ``causal``, ``bidirectional`` or ``prefix``.
+        q_len, k_len: query and key lengths (k_len = q_offset + q_len for self-attention).
+        key_padding: (B, Tk) bool, True for real tokens, False for padding; None = no padding.
+        prefix_lengths: (B,) number of key slots (from slot 0) every query may see; ``prefix``
+            only. With left padding, count the pad slots too (the prefix ends where the prompt
+            ends).
+        q_offset: absolute slot of the first query (cached keys come before it).
+    """
+    if kind not in ("causal", "bidirectional", "prefix"):
+        raise ValueError(f"mask kind {kind!r}: choose causal, bidirectional or prefix")
+    if key_padding is not None:
+        device = key_padding.device
+        if key_padding.shape[-1] != k_len:
+            raise ValueError(f"key_padding has {key_padding.shape[-1]} slots, expected {k_len}")
+        if bool(key_padding.all()):
+            key_padding = None
+    elif prefix_lengths is not None:
+        device = prefix_lengths.device
+    device = device or torch.device("cpu")
+
+    if kind == "prefix" and prefix_lengths is None:
+        kind = "causal"
+    # A single query at the end of the keys sees everything under causal masking: no mask.
+    if kind == "causal" and q_len == 1 and q_offset == k_len - 1:
+        kind = "bidirectional"
+
+    if kind == "bidirectional":
+        if key_padding is None:
+            return AttnMask(None, False)
+        return AttnMask(key_padding[:, None, None, :], False)  # (B, 1, 1, Tk)
+
+    if kind == "causal" and key_padding is None and q_offset == 0 and q_len == k_len:
+        return AttnMask(None, True)
+
+    mask = _causal(q_len, k_len, q_offset, device)[None, None]  # (1, 1, Tq, Tk)
+    if kind == "prefix":
+        k = torch.arange(k_len, device=device)
+        in_prefix = k[None, :] < prefix_lengths.to(device)[:, None]  # (B, Tk)
+        mask = mask | in_prefix[:, None, None, :]  # (B, 1, Tq, Tk)
+    if key_padding is not None:
+        mask = mask & key_padding[:, None, None, :]
+    return AttnMask(mask, False)

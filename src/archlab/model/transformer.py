@@ -1,0 +1,500 @@
+"""One ``Stack`` of blocks, and every family as a composition of it.
+
+- encoder-only (BERT; Devlin et al. 2019): one bidirectional stack + MLM head;
+- decoder-only (GPT; Radford et al. 2018): one causal stack + LM head;
+- prefix-LM (non-causal decoder; Raffel et al. 2020 Sec. 3.2.1): the same stack with a
+  prefix mask;
+- encoder-decoder (Vaswani et al. 2017; T5; BART): a bidirectional stack and a causal stack
+  whose blocks add cross-attention to the encoder output.
+
+The model returns hidden states or logits; losses live in ``archlab.objectives``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from archlab.config import ModelConfig
+from archlab.model.attention import Attention, KVCache
+from archlab.model.layers import (
+    MLP,
+    RelativePositionBias,
+    RMSNorm,
+    Rotary,
+    activation_fn,
+    alibi_bias,
+    alibi_slopes,
+    make_norm,
+    sinusoidal_table,
+)
+from archlab.model.masks import AttnMask, MaskKind, build_mask
+
+
+class Block(nn.Module):
+    """Self-attention, optional cross-attention, feed-forward; each in a residual branch.
+
+    Pre-norm (``x + f(norm(x))``; Xiong et al. 2020) or post-norm (``norm(x + f(x))``, the
+    original Transformer and BERT/BART).
+    """
+
+    def __init__(self, cfg: ModelConfig, *, cross: bool = False, share: Block | None = None) -> None:
+        super().__init__()
+        self.pre = cfg.norm_position == "pre"
+        # share: T5's shared encoder-decoder variant reuses the encoder block's self-attention
+        # and feed-forward; only cross-attention is the decoder's own.
+        self.attn_norm = share.attn_norm if share else make_norm(cfg)
+        self.attn = share.attn if share else Attention(cfg)
+        if cross:
+            self.cross_norm = make_norm(cfg)
+            self.cross_attn = Attention(cfg, cross=True)
+        else:
+            self.cross_norm = self.cross_attn = None
+        self.mlp_norm = share.mlp_norm if share else make_norm(cfg)
+        self.mlp = share.mlp if share else MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: AttnMask,
+        *,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: AttnMask | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        if self.pre:
+            x = x + self.drop(self.attn(self.attn_norm(x), mask, rope=rope, cache=cache, layer=layer))
+            if self.cross_attn is not None:
+                h = self.cross_attn(self.cross_norm(x), context_mask, context=context,
+                                    cache=cache, layer=layer)
+                x = x + self.drop(h)
+            return x + self.drop(self.mlp(self.mlp_norm(x)))
+        x = self.attn_norm(x + self.drop(self.attn(x, mask, rope=rope, cache=cache, layer=layer)))
+        if self.cross_attn is not None:
+            h = self.cross_attn(x, context_mask, context=context, cache=cache, layer=layer)
+            x = self.cross_norm(x + self.drop(h))
+        return self.mlp_norm(x + self.drop(self.mlp(x)))
+
+
+class Stack(nn.Module):
+    """``n_layers`` blocks plus what they share: relative position encodings and final norm.
+
+    ``bidirectional_positions`` tells T5 relative buckets whether keys after the query exist
+    (encoders and prefix-LMs) or not (causal decoders).
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        n_layers: int,
+        *,
+        cross: bool = False,
+        bidirectional_positions: bool = True,
+        share: Stack | None = None,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.blocks = nn.ModuleList(
+            Block(cfg, cross=cross, share=share.blocks[i] if share else None) for i in range(n_layers)
+        )
+        self.final_norm = make_norm(cfg) if cfg.use_final_norm else None
+        self.rotary = Rotary(cfg.dim_head, cfg.rope_theta) if cfg.position == "rope" else None
+        if cfg.position == "alibi":
+            self.register_buffer("alibi", alibi_slopes(cfg.n_heads), persistent=False)
+        else:
+            self.alibi = None
+        self.rel_bias = (
+            RelativePositionBias(cfg.n_heads, cfg.rel_buckets, cfg.rel_max_distance,
+                                 bidirectional_positions)
+            if cfg.position == "t5-relative"
+            else None
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        mask_kind: MaskKind,
+        positions: torch.Tensor,
+        key_padding: torch.Tensor | None = None,
+        prefix_lengths: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_padding: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """x: (B, T, C) embedded inputs; positions: (B, T) integer positions;
+        key_padding: (B, T) (or (B, past+T) with a cache), True for real tokens;
+        context: (B, S, C) encoder output with context_padding (B, S) -> (B, T, C)."""
+        B, T, _ = x.shape
+        q_offset = 0
+        k_pos = positions
+        if cache is not None:
+            q_offset = cache.length
+            if key_padding is not None and key_padding.shape[1] != T:
+                key_padding = key_padding[:, -T:]
+            cache.begin(positions, key_padding)
+            k_pos = cache.positions[:, : q_offset + T]
+            key_padding = cache.key_valid[:, : q_offset + T] if cache.has_padding else None
+        k_len = q_offset + T
+        mask = build_mask(mask_kind, T, k_len, key_padding=key_padding,
+                          prefix_lengths=prefix_lengths, q_offset=q_offset, device=x.device)
+        bias = None
+        if self.rel_bias is not None or self.alibi is not None:
+            q_pos = positions
+            if positions.stride(0) == 0 and k_pos.stride(0) == 0:
+                # the same positions in every row (the default arange, expanded): one bias of
+                # batch 1 broadcasts, B times less memory and work than a per-row bias
+                q_pos, k_pos = positions[:1], k_pos[:1]
+            if self.rel_bias is not None:
+                bias = self.rel_bias(q_pos, k_pos).to(x.dtype)  # (B|1, H, Tq, Tk)
+            else:
+                bias = alibi_bias(self.alibi, q_pos, k_pos).to(x.dtype)
+        mask = mask.with_bias(bias, T, k_len)
+        rope = self.rotary(positions, x.dtype) if self.rotary is not None else None
+        context_mask = None
+        if context is not None:
+            context_mask = build_mask("bidirectional", T, context.shape[1],
+                                      key_padding=context_padding, device=x.device)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, rope=rope, context=context, context_mask=context_mask,
+                      cache=cache, layer=i)
+        if cache is not None:
+            cache.advance(T)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x
+
+
+class InputEmbedding(nn.Module):
+    """Absolute positions, token types and the optional embedding norm of one stack's input.
+    Token embeddings are owned by the model (shared by encoder, decoder and tied LM head)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.offset = cfg.position_offset
+        self.pos = (
+            nn.Embedding(cfg.max_seq_len + cfg.position_offset, cfg.d_model)
+            if cfg.position == "learned"
+            else None
+        )
+        if cfg.position == "sinusoidal":
+            self.register_buffer("sin", sinusoidal_table(cfg.max_seq_len, cfg.d_model),
+                                 persistent=False)
+        else:
+            self.sin = None
+        self.types = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        self.norm = make_norm(cfg) if cfg.embedding_norm else None
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:  # x: (B, T, C) token vectors; positions: (B, T)
+        if self.pos is not None or self.sin is not None:
+            x = x + (self.pos(positions + self.offset) if self.pos is not None else self.sin[positions])
+        if self.types is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(positions)
+            x = x + self.types(token_type_ids)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.drop(x)
+
+
+class ClassificationHead(nn.Module):
+    """dense + tanh + linear over a pooled vector (BERT's pooler + classifier; BART's head)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.d_model, cfg.n_classes)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, n_classes)
+        return self.out(self.drop(torch.tanh(self.dense(pooled))))
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor | None  # (B, T, V): MLM logits (encoder) or next-token logits
+    hidden: torch.Tensor  # (B, T, C) last hidden states of the output stack
+    encoder_hidden: torch.Tensor | None = None  # (B, S, C) encoder-decoder only
+
+
+def default_positions(
+    batch: int, length: int, offset: int, device: torch.device
+) -> torch.Tensor:
+    return torch.arange(offset, offset + length, device=device).expand(batch, length)
+
+
+class Transformer(nn.Module):
+    """Every archlab family. Build with :func:`archlab.build_model`.
+
+    Inputs follow Hugging Face conventions: ``input_ids`` / ``attention_mask`` are the encoder
+    input of an encoder-decoder model, and ``decoder_input_ids`` its decoder input.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.encoder_embed = self.encoder = None
+        self.decoder_embed = self.decoder = None
+        if cfg.arch in ("encoder", "encoder-decoder"):
+            self.encoder_embed = InputEmbedding(cfg)
+            self.encoder = Stack(cfg, cfg.encoder_layers, bidirectional_positions=True)
+        if cfg.arch in ("decoder", "prefix-lm", "encoder-decoder"):
+            self.decoder_embed = InputEmbedding(cfg)
+            self.decoder = Stack(
+                cfg,
+                cfg.decoder_layers,
+                cross=cfg.arch == "encoder-decoder",
+                bidirectional_positions=cfg.arch == "prefix-lm",
+                share=self.encoder if cfg.share_encoder_decoder else None,
+            )
+        self.mlm_transform = None
+        if cfg.arch == "encoder" and cfg.mlm_transform:
+            # BERT's MLM head transform (dense + activation + norm) before the vocabulary
+            # projection; its activation is the ungated form of cfg.activation.
+            self.mlm_transform = nn.Sequential(
+                nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias),
+                _Act(cfg.activation),
+                make_norm(cfg),
+            )
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.lm_head_bias else None
+        self.cls_head = ClassificationHead(cfg) if cfg.n_classes > 0 else None
+        self.reset_parameters()
+
+    # ---- initialisation ---------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """N(0, init_std) for matrices and embeddings; residual output projections scaled by
+        1/sqrt(2 * depth) (GPT-2, Radford et al. 2019) so the residual stream does not grow
+        with depth; zero biases; unit norms."""
+        std = self.cfg.init_std
+        depth = max(self.cfg.encoder_layers, self.cfg.decoder_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                s = std / math.sqrt(2 * depth) if name.endswith((".o", ".w_out")) else std
+                nn.init.normal_(module.weight, 0.0, s)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, std)
+            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        if self.lm_bias is not None:
+            nn.init.zeros_(self.lm_bias)
+
+    # ---- pieces -------------------------------------------------------------------------
+    def _check_length(self, length: int, position_ids: torch.Tensor | None) -> None:
+        # Absolute position tables have max_seq_len rows; relative schemes have no hard limit.
+        # Explicit position ids are the caller's responsibility (checking them would force a
+        # device sync on every step).
+        if position_ids is None and self.cfg.position in ("learned", "sinusoidal") and (
+            length > self.cfg.max_seq_len
+        ):
+            raise ValueError(f"sequence of {length} tokens is longer than model.max_seq_len="
+                             f"{self.cfg.max_seq_len} ({self.cfg.position} positions)")
+
+    def _embed(
+        self,
+        emb: InputEmbedding,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = self.embed_tokens(ids)  # (B, T, C)
+        if self.cfg.embed_scale != 1.0:
+            x = x * self.cfg.embed_scale
+        return emb(x, positions, token_type_ids)
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Bidirectional encoder: (B, S) ids -> (B, S, C) hidden states."""
+        if self.encoder is None:
+            raise ValueError(f"arch {self.cfg.arch} has no encoder")
+        B, S = input_ids.shape
+        self._check_length(S, position_ids)
+        pos = position_ids if position_ids is not None else default_positions(B, S, 0, input_ids.device)
+        x = self._embed(self.encoder_embed, input_ids, pos, token_type_ids)
+        pad = attention_mask.bool() if attention_mask is not None else None
+        return self.encoder(x, mask_kind="bidirectional", positions=pos, key_padding=pad)
+
+    def decode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        encoder_out: torch.Tensor | None = None,
+        encoder_mask: torch.Tensor | None = None,
+        prefix_lengths: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Causal (or prefix) decoder stack: (B, T) ids -> (B, T, C) hidden states.
+
+        With a cache, ``input_ids`` are the new tokens only and ``attention_mask`` may cover
+        the new tokens or all tokens so far.
+        """
+        if self.decoder is None:
+            raise ValueError(f"arch {self.cfg.arch} has no decoder")
+        if self.cfg.arch == "encoder-decoder" and encoder_out is None and (
+            cache is None or cache.cross[0] is None
+        ):
+            raise ValueError("encoder-decoder decoding needs encoder_out")
+        B, T = input_ids.shape
+        offset = cache.length if cache is not None else 0
+        self._check_length(offset + T, position_ids)
+        pos = position_ids if position_ids is not None else default_positions(B, T, offset, input_ids.device)
+        x = self._embed(self.decoder_embed, input_ids, pos)
+        kind: MaskKind = "prefix" if self.cfg.arch == "prefix-lm" and prefix_lengths is not None else "causal"
+        pad = attention_mask.bool() if attention_mask is not None else None
+        enc_pad = encoder_mask.bool() if encoder_mask is not None else None
+        return self.decoder(x, mask_kind=kind, positions=pos, key_padding=pad,
+                            prefix_lengths=prefix_lengths, context=encoder_out,
+                            context_padding=enc_pad, cache=cache)
+
+    def lm_head_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the vocabulary projection sees: the MLM transform (encoders) and the output
+        scale (tied T5) applied to the final hidden states."""
+        if self.mlm_transform is not None:
+            hidden = self.mlm_transform(hidden)
+        if self.cfg.lm_head_scale != 1.0:
+            hidden = hidden * self.cfg.lm_head_scale
+        return hidden
+
+    def lm_head_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(V, C) output matrix (the token embeddings when tied) and optional (V,) bias."""
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return weight, self.lm_bias
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., C) -> (..., V) vocabulary logits."""
+        weight, bias = self.lm_head_weight()
+        return nn.functional.linear(self.lm_head_input(hidden), weight, bias)
+
+    def new_cache(
+        self, batch: int, max_len: int, *, dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> KVCache:
+        """A preallocated KV cache for the decoder stack."""
+        if self.decoder is None:
+            raise ValueError(f"arch {self.cfg.arch} has no decoder to cache")
+        p = self.embed_tokens.weight
+        return KVCache(self.cfg.decoder_layers, batch, self.cfg.kv_heads, self.cfg.dim_head,
+                       max_len, dtype=dtype or p.dtype, device=device or p.device)
+
+    # ---- full forward ----------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        prefix_lengths: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        encoder_out: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        return_logits: bool = True,
+    ) -> ModelOutput:
+        """Encoder: MLM logits over ``input_ids``. Decoder / prefix-LM: next-token logits
+        (``prefix_lengths`` (B,) gives each example's bidirectional prefix). Encoder-decoder:
+        decoder logits for ``decoder_input_ids`` given source ``input_ids``."""
+        arch = self.cfg.arch
+        enc = None
+        if arch == "encoder":
+            hidden = self.encode(input_ids, attention_mask, position_ids=position_ids,
+                                 token_type_ids=token_type_ids)
+        elif arch == "encoder-decoder":
+            if decoder_input_ids is None:
+                raise ValueError("encoder-decoder forward needs decoder_input_ids")
+            enc = encoder_out
+            if enc is None and (cache is None or cache.cross[0] is None):
+                enc = self.encode(input_ids, attention_mask, token_type_ids=token_type_ids)
+            hidden = self.decode(decoder_input_ids, decoder_attention_mask, encoder_out=enc,
+                                 encoder_mask=attention_mask, position_ids=position_ids,
+                                 cache=cache)
+        else:
+            hidden = self.decode(input_ids, attention_mask, prefix_lengths=prefix_lengths,
+                                 position_ids=position_ids, cache=cache)
+        logits = self.lm_logits(hidden) if return_logits else None
+        return ModelOutput(logits, hidden, enc)
+
+    def pool(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One vector per sequence, pooled as suits the family: (B, T) -> (B, C).
+
+        encoder: first token ([CLS]); decoder: last real token (the only one that has seen the
+        whole input); prefix-LM: mean over the input, read as one bidirectional prefix;
+        encoder-decoder: the decoder's state at its start token, which cross-attends to the
+        whole encoded input (a learned attention pooling).
+        """
+        B, T = input_ids.shape
+        mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+        mode = self.cfg.pooling_mode
+        arch = self.cfg.arch
+        if arch == "encoder-decoder":
+            enc = self.encode(input_ids, attention_mask, token_type_ids=token_type_ids)
+            if mode == "decoder":
+                start = torch.full((B, 1), self.cfg.start_token_id, dtype=torch.long, device=input_ids.device)
+                return self.decode(start, encoder_out=enc, encoder_mask=attention_mask)[:, 0]
+            hidden = enc
+        elif arch == "encoder":
+            hidden = self.encode(input_ids, attention_mask, token_type_ids=token_type_ids)
+        else:
+            # prefix-LM: the whole input is one bidirectional prefix (padding slots are masked
+            # out as keys anyway, so the prefix can cover all T slots for either padding side)
+            prefix = torch.full((B,), T, device=input_ids.device) if arch == "prefix-lm" else None
+            hidden = self.decode(input_ids, attention_mask, prefix_lengths=prefix)
+        if mode == "first":
+            return hidden[:, 0]
+        if mode == "last":
+            idx = (mask.long() * torch.arange(T, device=mask.device)).argmax(-1)  # last real slot
+            return hidden[torch.arange(B, device=mask.device), idx]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+    def classify(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Sequence classification logits (B, n_classes)."""
+        if self.cls_head is None:
+            raise ValueError("this model has no classification head; set model.n_classes > 0")
+        return self.cls_head(self.pool(input_ids, attention_mask, token_type_ids))
+
+
+class _Act(nn.Module):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        base = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh", "reglu": "relu"}
+        self.name = base.get(name, name)
+        self.fn = activation_fn(self.name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def build_model(cfg: ModelConfig) -> Transformer:
+    """Build the network described by ``cfg`` (randomly initialised)."""
+    return Transformer(cfg)

@@ -1,0 +1,50 @@
+"""Training objectives, independent of the backbone: each builds inputs/labels and the loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from archlab.errors import ConfigError
+from archlab.objectives.base import (
+    IGNORE,
+    Batch,
+    Example,
+    LossOutput,
+    Objective,
+    SpecialTokens,
+    pad_labels,
+    pad_sequences,
+    token_loss,
+)
+from archlab.objectives.lm import CausalLM, Classification, MaskedLM, PrefixLM, Seq2Seq
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    cls.name: cls for cls in (CausalLM, PrefixLM, MaskedLM, Seq2Seq, Classification)
+}
+
+
+def make_objective(name: str, special: SpecialTokens, arch: str, max_len: int = 512, **options: Any) -> Objective:
+    """Objective ``name`` for a model of family ``arch``; errors name the valid choices."""
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name](special, arch, max_len, **options)
+
+
+__all__ = [
+    "IGNORE",
+    "OBJECTIVES",
+    "Batch",
+    "CausalLM",
+    "Classification",
+    "Example",
+    "LossOutput",
+    "MaskedLM",
+    "Objective",
+    "PrefixLM",
+    "Seq2Seq",
+    "SpecialTokens",
+    "make_objective",
+    "pad_labels",
+    "pad_sequences",
+    "token_loss",
+]

@@ -1,0 +1,159 @@
+"""Objectives: how inputs and labels are built from token ids, and the loss.
+
+An objective never changes the backbone; it decides what the model sees and what it must
+predict (x-transformers' wrappers; the T5 paper's separation of architecture and objective,
+Raffel et al. 2020 Sec. 3.2-3.3). Labels are aligned with the model's outputs (already
+shifted) and ``-100`` marks positions without a loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from archlab.errors import ConfigError
+from archlab.objectives.loss import linear_cross_entropy
+
+IGNORE = -100
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Ids of the special tokens objectives insert (from the tokenizer)."""
+
+    pad: int = 0
+    bos: int = 1
+    eos: int = 2
+    mask: int = 3
+    sep: int = 4
+    cls: int = 5
+    sentinels: tuple[int, ...] = ()  # T5 span-corruption sentinels <extra_id_0>, ...
+    vocab_size: int = 0  # random replacement range for MLM (0: unknown, no random swaps)
+    first_normal: int = 0  # ids below this (and the sentinels) are special, never sampled
+
+    def special_ids(self) -> set[int]:
+        return {self.pad, self.bos, self.eos, self.mask, self.sep, self.cls, *self.sentinels}
+
+
+@dataclass
+class Example:
+    """One training example as token ids (no special tokens added yet)."""
+
+    ids: list[int] = field(default_factory=list)  # text (LM objectives, classification)
+    src: list[int] | None = None  # seq2seq source
+    tgt: list[int] | None = None  # seq2seq target
+    label: int | None = None  # classification
+
+
+def pad_sequences(
+    seqs: Sequence[Sequence[int]], pad: int, *, left: bool = False, length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad lists of ids to (B, T) ids and a (B, T) bool mask (True for real tokens)."""
+    T = max([len(s) for s in seqs] + [length or 0, 1])
+    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        n = len(s)
+        if n == 0:
+            continue
+        sl = slice(T - n, T) if left else slice(0, n)
+        ids[i, sl] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, sl] = True
+    return ids, mask
+
+
+def pad_labels(seqs: Sequence[Sequence[int]], length: int | None = None) -> torch.Tensor:
+    T = max([len(s) for s in seqs] + [length or 0, 1])
+    out = torch.full((len(seqs), T), IGNORE, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            out[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+    return out
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # mean over predicted tokens (or examples, for classification)
+    n_tokens: int  # number of predictions the mean is over
+    n_correct: int | None = None
+
+
+def token_loss(model: Any, hidden: torch.Tensor, labels: torch.Tensor) -> LossOutput:
+    """Cross-entropy over positions whose label is not -100.
+
+    Only the labelled positions go through the LM head: masked-LM predicts ~15 % of
+    positions and seq2seq-on-a-decoder none of the source, so this skips most of the
+    (tokens x vocab) head product there (the "sparse prediction" of ModernBERT, Warner et al.
+    2024). The head and the loss are fused and chunked (``objectives/loss.py``).
+    """
+    sel = labels != IGNORE  # (B, T)
+    n = int(sel.sum())
+    if n == 0:
+        zero = hidden.sum() * 0.0
+        return LossOutput(zero, 0)
+    if n == labels.numel():
+        h, target = hidden.flatten(0, 1), labels.flatten()
+    else:
+        h, target = hidden[sel], labels[sel]  # (N, C), (N,)
+    weight, bias = model.lm_head_weight()
+    loss = linear_cross_entropy(model.lm_head_input(h), weight, bias, target)
+    return LossOutput(loss, n)
+
+
+class Objective:
+    """Base class. Subclasses set ``name``, ``archs`` and implement ``build`` (and may override
+    ``loss``)."""
+
+    name: ClassVar[str] = ""
+    archs: ClassVar[tuple[str, ...]] = ()
+    needs: ClassVar[str] = "ids"  # which Example fields: ids | pair | label
+
+    def __init__(
+        self,
+        special: SpecialTokens,
+        arch: str,
+        max_len: int = 512,
+        *,
+        decoder_start: int | None = None,
+        **options: Any,
+    ) -> None:
+        if options:
+            raise ConfigError(f"objective {self.name}: unknown option(s) {', '.join(sorted(options))}")
+        if arch not in self.archs:
+            raise ConfigError(
+                f"objective {self.name} does not fit arch {arch}; it runs on: {', '.join(self.archs)}"
+            )
+        self.special = special
+        self.arch = arch
+        self.max_len = max_len  # longest sequence a model input may have (tokens)
+        self.decoder_start = special.bos if decoder_start is None else decoder_start
+
+    def build(self, examples: Sequence[Example], rng: np.random.Generator) -> Batch:
+        raise NotImplementedError
+
+    def forward(self, model: Any, batch: Batch) -> torch.Tensor:
+        """Run the model on a built batch; returns hidden states aligned with ``labels``."""
+        arch = model.cfg.arch
+        if arch == "encoder-decoder":
+            out = model(batch["input_ids"], batch["attention_mask"],
+                        decoder_input_ids=batch["decoder_input_ids"],
+                        decoder_attention_mask=batch.get("decoder_attention_mask"),
+                        return_logits=False)
+        else:
+            out = model(batch["input_ids"], batch["attention_mask"],
+                        prefix_lengths=batch.get("prefix_lengths"),
+                        token_type_ids=batch.get("token_type_ids"),
+                        return_logits=False)
+        return out.hidden
+
+    def loss(self, model: Any, batch: Batch) -> LossOutput:
+        return token_loss(model, self.forward(model, batch), batch["labels"])
+
+    def _clip(self, ids: Sequence[int], room: int) -> list[int]:
+        return list(ids[: max(room, 0)])

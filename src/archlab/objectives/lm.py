@@ -1,0 +1,179 @@
+"""Language-modelling, sequence-to-sequence and classification objectives."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from archlab.errors import ConfigError
+from archlab.objectives.base import (
+    IGNORE,
+    Batch,
+    Example,
+    LossOutput,
+    Objective,
+    pad_labels,
+    pad_sequences,
+)
+
+GENERATIVE = ("decoder", "prefix-lm", "encoder-decoder")
+DECODERS = ("decoder", "prefix-lm")
+
+
+class CausalLM(Objective):
+    """Next-token prediction over ``<bos> text <eos>`` (Radford et al. 2018).
+
+    On an encoder-decoder model the text is the decoder's target and the encoder reads an
+    empty source (a lone ``<eos>``): the T5 paper's "LM" baseline for that architecture is
+    prefix-LM (below); this is the plain decoder-side LM.
+    """
+
+    name = "causal-lm"
+    archs = GENERATIVE
+
+    def build(self, examples: Sequence[Example], rng: np.random.Generator) -> Batch:
+        sp = self.special
+        seqs = [[sp.bos, *ex.ids[: self.max_len - 1], sp.eos][: self.max_len + 1] for ex in examples]
+        inputs = [s[:-1] for s in seqs]
+        labels = [s[1:] for s in seqs]
+        ids, mask = pad_sequences(inputs, sp.pad)
+        return {"input_ids": ids, "attention_mask": mask, "labels": pad_labels(labels, ids.shape[1])}
+
+    def forward(self, model, batch):  # noqa: ANN001
+        if model.cfg.arch == "encoder-decoder":
+            B = batch["input_ids"].shape[0]
+            src = torch.full((B, 1), self.special.eos, dtype=torch.long, device=batch["input_ids"].device)
+            return model(src, torch.ones_like(src, dtype=torch.bool),
+                         decoder_input_ids=batch["input_ids"],
+                         decoder_attention_mask=batch["attention_mask"], return_logits=False).hidden
+        return super().forward(model, batch)
+
+
+class PrefixLM(Objective):
+    """Prefix language modelling (Raffel et al. 2020 Sec. 3.3.1; Liu et al. 2018): each text is
+    split at a uniformly random point; the model reads the prefix and is trained to predict the
+    rest. On a prefix-LM the prefix is attended bidirectionally; on a decoder-only model it is
+    read causally (loss still on the continuation only); on an encoder-decoder the prefix is the
+    encoder input and the continuation the decoder target."""
+
+    name = "prefix-lm"
+    archs = GENERATIVE
+
+    def build(self, examples: Sequence[Example], rng: np.random.Generator) -> Batch:
+        srcs, tgts = [], []
+        for ex in examples:
+            ids = ex.ids[: self.max_len - 2]
+            cut = int(rng.integers(1, len(ids))) if len(ids) > 1 else len(ids)
+            srcs.append(ids[:cut])
+            tgts.append(ids[cut:])
+        return build_seq2seq(self, srcs, tgts)
+
+
+class Seq2Seq(Objective):
+    """Supervised sequence-to-sequence (translation, summarization).
+
+    encoder-decoder: encoder reads ``source <eos>``, decoder predicts ``target <eos>`` from
+    ``<start> target`` (Sutskever et al. 2014; Vaswani et al. 2017). decoder / prefix-LM: one
+    sequence ``<bos> source <sep> target <eos>`` with the loss on the target only; a prefix-LM
+    attends the ``<bos> source <sep>`` prefix bidirectionally (Raffel et al. 2020 Sec. 3.2.1).
+    """
+
+    name = "seq2seq"
+    archs = GENERATIVE
+    needs = "pair"
+
+    def build(self, examples: Sequence[Example], rng: np.random.Generator) -> Batch:
+        return build_seq2seq(self, [ex.src or [] for ex in examples], [ex.tgt or [] for ex in examples])
+
+
+def build_seq2seq(obj: Objective, srcs: Sequence[Sequence[int]], tgts: Sequence[Sequence[int]]) -> Batch:
+    """Shared by seq2seq, prefix-LM, span corruption and denoising: a (source, target) pair in
+    the layout of ``obj.arch``."""
+    sp = obj.special
+    L = obj.max_len
+    if obj.arch == "encoder-decoder":
+        enc = [[*s[: L - 1], sp.eos] for s in srcs]
+        tgt = [[*t[: L - 1], sp.eos] for t in tgts]
+        dec_in = [[obj.decoder_start, *t[:-1]] for t in tgt]
+        ids, mask = pad_sequences(enc, sp.pad)
+        dids, dmask = pad_sequences(dec_in, sp.pad)
+        return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dids,
+                "decoder_attention_mask": dmask, "labels": pad_labels(tgt, dids.shape[1])}
+    # decoder-only layout: <bos> src <sep> tgt <eos>, inputs drop the last token
+    inputs, labels, prefix = [], [], []
+    for s, t in zip(srcs, tgts):
+        head = [sp.bos, *s, sp.sep]
+        room = L + 1 - len(head)  # leave at least one target token when the source is long
+        if room < 2:
+            head = [sp.bos, *s[: max(L - 3, 0)], sp.sep]
+            room = L + 1 - len(head)
+        tail = [*t[: room - 1], sp.eos]
+        seq = head + tail
+        inputs.append(seq[:-1])
+        labels.append([IGNORE] * (len(head) - 1) + tail)
+        prefix.append(len(head))
+    ids, mask = pad_sequences(inputs, sp.pad)
+    return {"input_ids": ids, "attention_mask": mask, "labels": pad_labels(labels, ids.shape[1]),
+            "prefix_lengths": torch.tensor(prefix, dtype=torch.long)}
+
+
+class MaskedLM(Objective):
+    """BERT's masked-LM (Devlin et al. 2019, Sec. 3.1): choose ``rate`` (15 %) of the tokens;
+    of those, 80 % become ``<mask>``, 10 % a random token, 10 % stay; predict the originals.
+    Input is ``<cls> text <sep>``; special tokens are never chosen."""
+
+    name = "masked-lm"
+    archs = ("encoder",)
+
+    def __init__(self, special, arch: str, max_len: int = 512, *, rate: float = 0.15, **kw) -> None:  # noqa: ANN001
+        super().__init__(special, arch, max_len, **kw)
+        if not 0.0 < rate < 1.0:
+            raise ConfigError(f"objective masked-lm: rate must be in (0, 1), got {rate}")
+        self.rate = rate
+
+    def build(self, examples: Sequence[Example], rng: np.random.Generator) -> Batch:
+        sp = self.special
+        inputs, labels = [], []
+        for ex in examples:
+            text = np.asarray(ex.ids[: self.max_len - 2], dtype=np.int64)
+            n = len(text)
+            lab = np.full(n, IGNORE, dtype=np.int64)
+            inp = text.copy()
+            if n:
+                k = max(1, int(round(self.rate * n)))
+                pos = rng.choice(n, size=min(k, n), replace=False)
+                lab[pos] = text[pos]
+                r = rng.random(len(pos))
+                inp[pos[r < 0.8]] = sp.mask
+                swap = pos[(r >= 0.8) & (r < 0.9)]
+                if len(swap) and sp.vocab_size > sp.first_normal:
+                    inp[swap] = rng.integers(sp.first_normal, sp.vocab_size, size=len(swap))
+            inputs.append([sp.cls, *inp.tolist(), sp.sep])
+            labels.append([IGNORE, *lab.tolist(), IGNORE])
+        ids, mask = pad_sequences(inputs, sp.pad)
+        return {"input_ids": ids, "attention_mask": mask, "labels": pad_labels(labels, ids.shape[1])}
+
+
+class Classification(Objective):
+    """Sequence classification with the model's pooled head (every family)."""
+
+    name = "classification"
+    archs = ("encoder", "decoder", "prefix-lm", "encoder-decoder")
+    needs = "label"
+
+    def build(self, examples: Sequence[Example], rng: np.random.Generator) -> Batch:
+        sp = self.special
+        seqs = [[sp.cls, *ex.ids[: self.max_len - 2], sp.sep] for ex in examples]
+        ids, mask = pad_sequences(seqs, sp.pad)
+        y = torch.tensor([ex.label if ex.label is not None else IGNORE for ex in examples])
+        return {"input_ids": ids, "attention_mask": mask, "class_labels": y}
+
+    def loss(self, model, batch: Batch) -> LossOutput:  # noqa: ANN001
+        logits = model.classify(batch["input_ids"], batch["attention_mask"])
+        y = batch["class_labels"]
+        loss = F.cross_entropy(logits.float(), y)
+        correct = int((logits.argmax(-1) == y).sum())
+        return LossOutput(loss, int((y != IGNORE).sum()), correct)

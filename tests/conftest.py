@@ -1,0 +1,12 @@
+import os
+
+import pytest
+import torch
+
+# Unit tests are tiny; two threads match the CI machine and keep timings predictable.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

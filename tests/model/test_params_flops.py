@@ -1,0 +1,99 @@
+"""Parameter counts and FLOPs: analytic formulas agree with built modules and a hand count."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from archlab import build_model, count_params, flops_per_example
+from archlab.config import ModelConfig
+from tests.helpers import ACTIVATIONS, ARCHS, NORMS, POSITIONS, tiny
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())  # shared tensors counted once
+
+
+@pytest.mark.parametrize("arch,position,norm,activation,bias,tie",
+                         list(itertools.product(ARCHS, POSITIONS, NORMS, ACTIVATIONS[::3],
+                                                [False, True], [False, True])))
+def test_count_params_matches_built_model(arch, position, norm, activation, bias, tie):
+    cfg = tiny(arch, position=position, norm=norm, activation=activation, bias=bias,
+               tie_embeddings=tie, n_kv_heads=2, n_classes=3, embedding_norm=bias,
+               type_vocab_size=2 if bias else 0, lm_head_bias=bias, position_offset=2 if bias else 0)
+    assert count_params(cfg).total == n_params(build_model(cfg))
+
+
+def test_count_params_shared_and_unbalanced():
+    for cfg in (tiny("encoder-decoder", share_encoder_decoder=True),
+                tiny("encoder-decoder", n_encoder_layers=3, n_decoder_layers=1, head_dim=6)):
+        p = count_params(cfg)
+        model = build_model(cfg)
+        assert p.total == n_params(model)
+        assert p.encoder == n_params(model.encoder)
+
+
+def test_hand_count_decoder():
+    # GPT-2-like block: layernorm with bias, learned positions, GELU MLP, biases, tied head.
+    cfg = ModelConfig(arch="decoder", vocab_size=100, d_model=8, n_heads=2, n_layers=3, d_ff=32,
+                      max_seq_len=16, norm="layernorm", position="learned", activation="gelu",
+                      bias=True)
+    d, ff, V, L, T = 8, 32, 100, 3, 16
+    per_block = (
+        2 * d  # attn norm
+        + d * 3 * d + 3 * d  # qkv
+        + d * d + d  # o
+        + 2 * d  # mlp norm
+        + d * ff + ff  # w_in
+        + ff * d + d  # w_out
+    )
+    hand = V * d + T * d + L * per_block + 2 * d  # tokens + positions + blocks + final norm
+    assert count_params(cfg).total == hand == n_params(build_model(cfg))
+
+
+def test_hand_count_encoder_decoder_gqa_swiglu():
+    cfg = ModelConfig(arch="encoder-decoder", vocab_size=50, d_model=8, n_heads=4, n_kv_heads=2,
+                      n_encoder_layers=2, n_decoder_layers=1, d_ff=12, norm="rmsnorm",
+                      position="t5-relative", rel_buckets=8, activation="swiglu", bias=False)
+    d, ff, V, hd = 8, 12, 50, 2
+    attn = d * (4 * hd + 2 * 2 * hd) + 4 * hd * d
+    mlp = d * 2 * ff + ff * d
+    enc_block = d + attn + d + mlp
+    dec_block = enc_block + d + attn  # + cross norm + cross-attention
+    rel = 8 * 4
+    hand = V * d + (2 * enc_block + d + rel) + (1 * dec_block + d + rel)
+    assert count_params(cfg).total == hand == n_params(build_model(cfg))
+
+
+def test_flops_hand_count():
+    cfg = ModelConfig(arch="decoder", vocab_size=100, d_model=8, n_heads=2, n_layers=1, d_ff=32,
+                      activation="gelu", position="rope")
+    T = 4
+    matmul = 2 * (8 * 24 + 8 * 8 + 8 * 32 + 32 * 8)  # qkv, o, w_in, w_out per token
+    attn = 4 * 8 * (1 + 2 + 3 + 4)  # causal: query i attends i keys
+    head = 2 * 8 * 100
+    f = flops_per_example(cfg, tgt_len=T)
+    assert f.forward == T * matmul + attn + T * head
+    assert f.train == 3 * f.forward
+    enc = flops_per_example(cfg.replace(arch="encoder", mlm_transform=False), src_len=T)
+    assert enc.forward == T * matmul + 4 * 8 * T * T + T * head
+
+
+def test_flops_prefix_counts_bidirectional_prefix():
+    cfg = tiny("prefix-lm")
+    causal = flops_per_example(cfg, tgt_len=10)
+    pre = flops_per_example(cfg, tgt_len=10, prefix_len=6)
+    full = flops_per_example(cfg.replace(arch="encoder", mlm_transform=False), src_len=10)
+    assert causal.decoder < pre.decoder < full.encoder
+
+
+def test_encoder_decoder_flops_close_to_decoder_of_half_depth_per_token():
+    # T5 paper: an L+L encoder-decoder costs about as much per example as an L-layer decoder
+    # over the concatenated sequence; parameters are ~2x.
+    ed = ModelConfig(arch="encoder-decoder", d_model=256, n_heads=4, n_layers=4, d_ff=1024)
+    dec = ed.replace(arch="decoder")
+    f_ed = flops_per_example(ed, src_len=64, tgt_len=64).forward
+    f_dec = flops_per_example(dec, tgt_len=128).forward
+    assert 0.8 < f_ed / f_dec < 1.3
+    assert count_params(ed).non_embedding > 1.8 * count_params(dec).non_embedding

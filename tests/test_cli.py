@@ -1,0 +1,51 @@
+"""The archlab command: info and sanity, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from archlab.cli import main
+
+
+def test_info_all_families(capsys):
+    assert main(["info", "encoder-tiny", "decoder-tiny", "prefix-lm-tiny", "encoder-decoder-tiny"]) == 0
+    out = capsys.readouterr().out
+    for arch in ("encoder", "decoder", "prefix-lm", "encoder-decoder"):
+        assert f"{arch}-tiny" in out
+    assert "FLOPs/src token" in out
+
+
+def test_info_json_matches_count(capsys):
+    from archlab import count_params, get_preset
+
+    assert main(["info", "encoder-decoder-tiny", "d_model=64", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["params"]["total"] == count_params(get_preset("encoder-decoder-tiny", d_model=64)).total
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["info", "nope-tiny"], "unknown preset 'nope-tiny'"),
+    (["info", "decoder-tiny", "model.norm=batch"], "model.norm: 'batch' is not valid"),
+    (["info", "decoder-tiny", "d_modl=3"], "unknown key model.d_modl"),
+    (["info", "missing.yaml"], "missing.yaml: config file not found"),
+    (["info"], "give at least one preset"),
+])
+def test_bad_input_one_line_exit_2(argv, msg, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_console_script_runs():
+    r = subprocess.run([sys.executable, "-m", "archlab.cli", "info", "decoder-tiny", "n_heads=3"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_sanity_command(capsys):
+    assert main(["sanity", "decoder-tiny", "vocab_size=256", "--steps", "5", "--batch", "2"]) == 0
+    assert "falls" in capsys.readouterr().out
