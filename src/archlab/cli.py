@@ -15,8 +15,9 @@ Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argpar
 
 def _commands() -> list[Command]:
     from archlab import info
+    from archlab.train import cli as train_cli
 
-    cmds: list[Command] = [*info.COMMANDS]
+    cmds: list[Command] = [*info.COMMANDS, *train_cli.COMMANDS]
     return cmds
 
 

@@ -1,0 +1,196 @@
+"""``archlab train``: config -> data -> tokenizer -> model -> Trainer, in a run directory."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from archlab.config import ModelConfig, save_yaml, to_dict
+from archlab.errors import ArchlabError, ConfigError
+from archlab.objectives import OBJECTIVES, make_objective
+from archlab.train.config import RunConfig, load_run_config
+from archlab.train.trainer import MetricFn, Trainer, TrainResult
+
+# which objectives read which kind of data (archlab.data.Dataset.kind)
+_DATA_KIND = {"seq2seq": "pair", "classification": "label"}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _check_objective_data(cfg: RunConfig, kind: str) -> None:
+    name = cfg.objective.name
+    if name not in OBJECTIVES:
+        raise ConfigError(f"objective.name: unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")
+    need = _DATA_KIND.get(name, "text")
+    if need == "text" and kind == "pair":
+        return  # LM-style objectives on a parallel corpus train on the target side (see below)
+    if need != kind:
+        raise ConfigError(f"objective {name} needs {need} data but data.task={cfg.data.task} gives {kind} data")
+
+
+def prepare_tokenizer(cfg: RunConfig, ds: Any, run_dir: Path, resume: bool) -> Any:
+    """The run's tokenizer: reused on resume (hash checked), loaded from tokenizer.path, or
+    trained on the training split."""
+    from archlab.data import Tokenizer, corpus_texts
+
+    tdir = run_dir / "tokenizer"
+    if resume and tdir.exists():
+        return Tokenizer.load(tdir)
+    tc = cfg.tokenizer
+    if tc.path:
+        p = Path(tc.path)
+        tok = Tokenizer.load(p) if (p / "archlab_tokenizer.json").exists() else Tokenizer.from_hf_dir(p)
+    else:
+        texts = corpus_texts(ds)
+        if tc.max_texts:
+            texts = (t for i, t in enumerate(texts) if i < tc.max_texts)
+        tok = Tokenizer.train(texts, tc.vocab_size, kind=tc.kind, n_sentinels=tc.n_sentinels,
+                              min_frequency=tc.min_frequency)
+    tok.save(tdir)
+    return tok
+
+
+def model_config_for(cfg: RunConfig, tok: Any, n_classes: int, base: ModelConfig | None = None) -> ModelConfig:
+    """The model config with vocabulary and special ids taken from the tokenizer."""
+    m = base or cfg.model
+    sp = tok.special
+    changes: dict[str, Any] = {
+        "vocab_size": tok.vocab_size, "pad_token_id": sp.pad, "bos_token_id": sp.bos,
+        "eos_token_id": sp.eos,
+    }
+    if base is None:
+        changes["decoder_start_token_id"] = None
+    if n_classes:
+        changes["n_classes"] = n_classes
+    return replace(m, **changes)
+
+
+def examples_for_objective(examples: list[Any], objective_name: str) -> list[Any]:
+    """LM objectives read ``ids``; on a parallel corpus they use the target side."""
+    from archlab.objectives import Example
+
+    if _DATA_KIND.get(objective_name, "text") == "text":
+        return [ex if ex.src is None else Example(ids=ex.tgt or []) for ex in examples]
+    return examples
+
+
+def train_run(
+    cfg: RunConfig,
+    *,
+    resume: bool = False,
+    metric_fn: MetricFn | None = None,
+    progress: bool | None = None,
+    raw_model_keys: set[str] | None = None,
+) -> TrainResult:
+    """Run (or resume) the training described by ``cfg``; returns the result summary."""
+    from archlab.data import Batcher, load_dataset, tokenize_examples
+    from archlab.model import build_model
+    from archlab.run import load_weights, save_model_dir
+
+    run_dir = cfg.run_dir
+    cfg_path = run_dir / "config.yaml"
+    if resume:
+        if not cfg_path.exists():
+            raise ArchlabError(f"{run_dir}: nothing to resume (no config.yaml); run without --resume")
+    elif (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
+        raise ArchlabError(f"{run_dir}: already holds a run; use --resume to continue it or choose "
+                           "another out_dir (nothing was changed)")
+
+    ds = load_dataset(cfg.data)
+    _check_objective_data(cfg, ds.kind)
+    if not ds.train:
+        raise ArchlabError(f"data.task={cfg.data.task}: zero training examples")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tok = prepare_tokenizer(cfg, ds, run_dir, resume)
+
+    base = None
+    init = cfg.train.init_from
+    if init:
+        base = _init_model_config(init, cfg, raw_model_keys or set())
+    n_classes = len(ds.label_names) if ds.kind == "label" and ds.label_names else 0
+    mcfg = model_config_for(cfg, tok, n_classes, base)
+    cfg = replace(cfg, model=mcfg)
+    if resume:
+        saved = load_run_config(cfg_path)
+        if to_dict(saved.model) != to_dict(mcfg):
+            raise ArchlabError(f"{cfg_path}: the model config differs from the run being resumed")
+        want = _tokenizer_meta(run_dir)
+        if want:
+            tok.check_matches(want["sha256"], want["vocab_size"], str(run_dir / "tokenizer"))
+    else:
+        save_yaml(cfg, cfg_path)
+        _write_tokenizer_meta(run_dir, tok)
+
+    objective = make_objective(cfg.objective.name, tok.special, mcfg.arch, cfg.train.max_len,
+                               decoder_start=mcfg.start_token_id, **cfg.objective.options)
+    train_ex = examples_for_objective(tokenize_examples(ds.train, tok), objective.name)
+    valid_ex = examples_for_objective(tokenize_examples(ds.valid, tok), objective.name)
+    if cfg.data.max_examples:
+        train_ex = train_ex[: cfg.data.max_examples]
+    batcher = Batcher(train_ex, tokens_per_batch=cfg.train.tokens_per_batch,
+                      max_batch=cfg.train.max_batch, seed=cfg.train.seed,
+                      pack=cfg.train.pack, pack_len=cfg.train.max_len if cfg.train.pack else None)
+
+    model = build_model(mcfg)
+    if init and not resume:
+        _load_init_weights(model, init, load_weights)
+
+    def save_dir(path: Path) -> None:
+        save_model_dir(path, trainer.model, tok, extra={"run": str(run_dir)})
+
+    trainer = Trainer(model=model, objective=objective, batches_for_epoch=batcher.epoch_batches,
+                      valid_examples=valid_ex, train_cfg=cfg.train, eval_cfg=cfg.eval, run_dir=run_dir,
+                      metric_fn=metric_fn, save_model_dir=save_dir, progress=progress)
+    n_params = sum(p.numel() for p in model.parameters())
+    _log(f"{mcfg.arch} model, {n_params / 1e6:.2f}M parameters; objective {objective.name}; "
+         f"{len(train_ex)} training / {len(valid_ex)} validation examples; run dir {run_dir}")
+    return trainer.fit(resume=resume)
+
+
+def _tokenizer_meta(run_dir: Path) -> dict[str, Any] | None:
+    import json
+
+    p = run_dir / "run.json"
+    if not p.exists():
+        return None
+    return json.loads(p.read_text()).get("tokenizer")
+
+
+def _write_tokenizer_meta(run_dir: Path, tok: Any) -> None:
+    import json
+
+    (run_dir / "run.json").write_text(json.dumps(
+        {"tokenizer": {"sha256": tok.sha256, "vocab_size": tok.vocab_size}}, indent=2))
+
+
+def _init_model_config(init: str, cfg: RunConfig, raw_keys: set[str]) -> ModelConfig:
+    """Model config of the weights we start from; keys the user set in ``model:`` (such as
+    dropout or n_classes) override it."""
+    p = Path(init)
+    if (p / "model.yaml").exists():
+        from archlab.run import read_model_config
+
+        base = read_model_config(p)
+    elif (p / "config.json").exists():
+        from archlab.convert import hf_model_config
+
+        base = hf_model_config(p)
+    else:
+        raise ArchlabError(f"train.init_from={init}: not an archlab model directory or an HF checkpoint")
+    overrides = {k: getattr(cfg.model, k) for k in raw_keys if k not in ("preset",)}
+    return replace(base, **overrides)
+
+
+def _load_init_weights(model: Any, init: str, load_weights: Any) -> None:
+    p = Path(init)
+    if (p / "model.yaml").exists():
+        # a classification head added for fine-tuning starts fresh
+        load_weights(model, p / "model.safetensors", allow_missing=("cls_head.",))
+        return
+    from archlab.convert import load_hf_weights
+
+    load_hf_weights(model, p)

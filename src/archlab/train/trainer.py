@@ -1,0 +1,373 @@
+"""The trainer: AdamW, warmup + decay, accumulation, clipping, bf16 autocast, periodic
+evaluation, early stopping, and checkpoints from which a killed run resumes bit-exactly.
+
+Bit-exact resume rests on three rules: (1) the data order is a pure function of
+(seed, epoch) and the position is saved as (epoch, micro-batch index); (2) every random draw
+(objective masking: one NumPy generator; dropout: torch's generator) is saved at optimizer
+step boundaries; (3) the learning rate is a pure function of the step. A resumed run then
+executes exactly the same operations as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from archlab.errors import ArchlabError
+from archlab.objectives import Batch, Example, Objective
+from archlab.train.checkpoint import (
+    TrainState,
+    latest_valid_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from archlab.train.config import EvalConfig, TrainConfig
+
+MetricFn = Callable[[torch.nn.Module, int], dict[str, float]]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine or
+    linear decay to ``lr * min_lr_ratio`` at ``cfg.steps`` (Loshchilov & Hutter 2017)."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    t = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+    floor = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "linear":
+        return floor + (cfg.lr - floor) * (1.0 - t)
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ArchlabError(f"train.device={name!r}: choose auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ArchlabError(f"train.device={name}: CUDA is not available on this machine")
+    return dev
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW (Loshchilov & Hutter 2019). Weight decay on matrices of linear layers only: not on
+    biases, norm gains or embeddings (as in BERT, GPT-2 and most LLM recipes). Uses the fused
+    kernel where PyTorch has one (CPU and CUDA; HF Trainer's default with torch >= 2.8)."""
+    decay, no_decay = [], []
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if id(p) in seen or not p.requires_grad:
+                continue
+            seen.add(id(p))
+            is_matrix = isinstance(module, torch.nn.Linear) and name == "weight"
+            (decay if is_matrix else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    kw: dict[str, Any] = {}
+    if device.type in ("cpu", "cuda") and all(p.dtype == torch.float32 for p in decay + no_decay):
+        kw["fused"] = True
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **kw)
+
+
+def batch_tokens(batch: Batch) -> int:
+    n = int(batch["attention_mask"].sum())
+    if "decoder_attention_mask" in batch:
+        n += int(batch["decoder_attention_mask"].sum())
+    return n
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    stopped: str  # "completed" | "early_stopping" | "time_limit"
+    last_eval: dict[str, float] = field(default_factory=dict)
+    best_metric: float | None = None
+    train_time_s: float = 0.0
+    tokens_seen: int = 0
+    peak_memory_bytes: int = 0
+
+
+class Trainer:
+    """Trains one model with one objective on tokenized examples.
+
+    ``batches_for_epoch(epoch) -> list[list[Example]]`` must be deterministic in ``epoch``
+    (archlab.data.Batcher.epoch_batches is). ``metric_fn(model, step)`` adds task metrics
+    (BLEU, accuracy, ...) to each evaluation.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        objective: Objective,
+        batches_for_epoch: Callable[[int], list[list[Example]]],
+        valid_examples: list[Example],
+        train_cfg: TrainConfig,
+        eval_cfg: EvalConfig,
+        run_dir: str | Path,
+        metric_fn: MetricFn | None = None,
+        on_save: Callable[[Path], None] | None = None,
+        save_model_dir: Callable[[Path], None] | None = None,
+        progress: bool | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.objective = objective
+        self.batches_for_epoch = batches_for_epoch
+        self.valid = valid_examples
+        self.cfg = train_cfg
+        self.eval_cfg = eval_cfg
+        self.run_dir = Path(run_dir)
+        self.metric_fn = metric_fn
+        self.save_model_dir = save_model_dir
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.device = resolve_device(train_cfg.device)
+        if train_cfg.threads:
+            torch.set_num_threads(train_cfg.threads)
+        self.model.to(self.device)
+        self.optimizer = make_optimizer(self.model, train_cfg, self.device)
+        self.data_rng = np.random.default_rng(train_cfg.seed)
+        self._epoch_cache: tuple[int, list[list[Example]]] | None = None
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.ckpt_dir = self.run_dir / "checkpoints"
+
+    # ---- data position --------------------------------------------------------------------
+    def _epoch(self, epoch: int) -> list[list[Example]]:
+        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+            batches = self.batches_for_epoch(epoch)
+            if not batches:
+                raise ArchlabError("no training batches: the training split is empty after filtering")
+            self._epoch_cache = (epoch, batches)
+        return self._epoch_cache[1]
+
+    def _next_examples(self, st: TrainState) -> list[Example]:
+        batches = self._epoch(st.epoch)
+        if st.batch_index >= len(batches):
+            st.epoch += 1
+            st.batch_index = 0
+            batches = self._epoch(st.epoch)
+        ex = batches[st.batch_index]
+        st.batch_index += 1
+        return ex
+
+    # ---- metrics file -------------------------------------------------------------------
+    def _append_metrics(self, row: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """On resume, drop rows logged after the checkpoint's step (they will be redone)."""
+        if not self.metrics_path.exists():
+            return
+        keep = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the kill
+            if row.get("step", 0) <= step:
+                keep.append(line)
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        os.replace(tmp, self.metrics_path)
+
+    # ---- evaluation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Validation loss (token-weighted) on a fixed subset with fixed masking, then task
+        metrics. Uses its own RNG so evaluating never changes the training stream."""
+        was_training = self.model.training
+        self.model.eval()
+        examples = self.valid[: self.eval_cfg.max_examples] if self.eval_cfg.max_examples else self.valid
+        rng = np.random.default_rng(self.cfg.seed + 1_000_003)
+        total, n_tok, n_correct = 0.0, 0, 0
+        bs = max(1, self.cfg.tokens_per_batch // max(self.cfg.max_len, 1))
+        for i in range(0, len(examples), bs):
+            batch = to_device(self.objective.build(examples[i : i + bs], rng), self.device)
+            with self._autocast():
+                out = self.objective.loss(self.model, batch)
+            total += float(out.loss) * out.n_tokens
+            n_tok += out.n_tokens
+            n_correct += out.n_correct or 0
+        result: dict[str, float] = {}
+        if n_tok:
+            result["loss"] = total / n_tok
+            if self.objective.name == "classification":
+                result["accuracy"] = n_correct / n_tok
+            else:
+                result["ppl"] = math.exp(min(result["loss"], 50.0))
+        if self.metric_fn is not None:
+            result.update(self.metric_fn(self.model, step))
+        if was_training:
+            self.model.train()
+        return result
+
+    def _autocast(self):  # noqa: ANN202
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, enabled=False)
+
+    def _improved(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        lower_is_better = self.eval_cfg.metric in ("loss", "ppl", "bpb")
+        return value < best if lower_is_better else value > best
+
+    # ---- main loop ----------------------------------------------------------------------
+    def fit(self, *, resume: bool = False) -> TrainResult:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        st = TrainState(step=0, epoch=0, batch_index=0)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        if resume:
+            ck = latest_valid_checkpoint(self.ckpt_dir)
+            if ck is None:
+                raise ArchlabError(f"{self.ckpt_dir}: no valid checkpoint to resume from "
+                                   "(run without --resume to start fresh)")
+            loaded = load_checkpoint(ck, model=self.model, optimizer=self.optimizer,
+                                     data_rng=self.data_rng)
+            st = loaded.state
+            self._truncate_metrics(st.step)
+            self.log(f"resumed from {ck} (step {st.step}, epoch {st.epoch}, batch {st.batch_index})")
+        elif self.metrics_path.exists():
+            self.metrics_path.unlink()
+
+        last_eval: dict[str, float] = {}
+        stopped = "completed"
+        self.model.train()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=st.step, desc="train", unit="step",
+                       dynamic_ncols=True, file=sys.stderr)
+        t_window, tok_window = time.perf_counter(), 0
+        eval_every = self.eval_cfg.every
+        try:
+            while st.step < cfg.steps:
+                t0 = time.perf_counter()
+                lr = lr_at(st.step, cfg)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+                micro = [self.objective.build(self._next_examples(st), self.data_rng)
+                         for _ in range(cfg.grad_accum)]
+                weights = [self._n_targets(b) for b in micro]
+                total_w = max(sum(weights), 1)
+                loss_sum = 0.0
+                for b, w in zip(micro, weights):
+                    b = to_device(b, self.device)
+                    with self._autocast():
+                        out = self.objective.loss(self.model, b)
+                    # token-weighted mean over the accumulated micro-batches
+                    (out.loss * (w / total_w)).backward()
+                    loss_sum += float(out.loss.detach()) * w
+                    n_tok = batch_tokens(b)
+                    st.tokens_seen += n_tok
+                    tok_window += n_tok
+                if cfg.grad_clip > 0:
+                    gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+                else:
+                    gnorm = float("nan")
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                st.step += 1
+                st.train_time_s += time.perf_counter() - t0
+                loss = loss_sum / total_w
+                if not math.isfinite(loss):
+                    raise ArchlabError(f"loss became {loss} at step {st.step}; lower train.lr or "
+                                       "use precision fp32")
+                if st.step % cfg.log_every == 0 or st.step == cfg.steps:
+                    now = time.perf_counter()
+                    tps = tok_window / max(now - t_window, 1e-9)
+                    t_window, tok_window = now, 0
+                    self._append_metrics({"step": st.step, "loss": loss, "lr": lr, "grad_norm": gnorm,
+                                          "tokens": st.tokens_seen, "tokens_per_s": tps,
+                                          "epoch": st.epoch, "time_s": st.train_time_s})
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:.0f}", lr=f"{lr:.2e}")
+                    elif not self.progress:
+                        eta = st.train_time_s / st.step * (cfg.steps - st.step) if st.step else 0
+                        self.log(f"step {st.step}/{cfg.steps} loss {loss:.4f} lr {lr:.2e} "
+                                 f"{tps:.0f} tok/s ETA {eta:.0f}s")
+                if bar is not None:
+                    bar.update(1)
+                timed_out = cfg.max_time_s is not None and st.train_time_s >= cfg.max_time_s
+                is_last = st.step == cfg.steps or timed_out
+                if (eval_every and st.step % eval_every == 0) or is_last:
+                    last_eval = self.evaluate(st.step)
+                    self._append_metrics({"step": st.step, "eval": last_eval})
+                    value = last_eval.get(self.eval_cfg.metric)
+                    if value is not None:
+                        if self._improved(value, st.best_metric):
+                            st.best_metric = value
+                            st.evals_without_improvement = 0
+                            if self.eval_cfg.save_best and self.save_model_dir is not None:
+                                self.save_model_dir(self.run_dir / "best")
+                        else:
+                            st.evals_without_improvement += 1
+                    if bar is not None:
+                        bar.write(f"step {st.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
+                    else:
+                        self.log(f"eval step {st.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
+                patience = self.eval_cfg.early_stopping_patience
+                early = patience > 0 and st.evals_without_improvement >= patience
+                if (cfg.save_every and st.step % cfg.save_every == 0) or is_last or early:
+                    save_checkpoint(self.ckpt_dir, model=self.model, optimizer=self.optimizer,
+                                    state=st, data_rng=self.data_rng, keep_last=cfg.keep_last)
+                if early:
+                    stopped = "early_stopping"
+                    break
+                if timed_out:
+                    stopped = "time_limit"
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.save_model_dir is not None:
+            self.save_model_dir(self.run_dir / "model")
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else _peak_rss()
+        return TrainResult(self.run_dir, st.step, stopped, last_eval, st.best_metric,
+                           st.train_time_s, st.tokens_seen, peak)
+
+    @staticmethod
+    def _n_targets(batch: Batch) -> int:
+        if "labels" in batch:
+            return int((batch["labels"] != -100).sum())
+        return int(batch["class_labels"].numel())
+
+
+def _peak_rss() -> int:
+    """Peak resident memory of this process in bytes (CPU runs)."""
+    try:
+        import resource
+
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(kb) * (1 if sys.platform == "darwin" else 1024)
+    except (ImportError, OSError):
+        return 0
