@@ -48,15 +48,21 @@ SPECS: dict[str, tuple[str, str, dict[str, Any]]] = {
         vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
         decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=40,
         scale_embedding=True, forced_eos_token_id=None)),
+    # bart-base style: no embedding scale, all-zero final_logits_bias (see make)
+    "bart-plain": ("BartForConditionalGeneration", "BartConfig", dict(
+        vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=40, decoder_ffn_dim=40, max_position_embeddings=40,
+        activation_function="relu", forced_eos_token_id=None)),
 }
 
 FAMILY = {"bert-mlm": "bert", "bert-model": "bert", "bert-cls": "bert", "gpt2": "gpt2", "llama": "llama",
-          "llama-tied": "llama", "t5": "t5", "t5-v1.1": "t5", "bart": "bart"}
-SEQ2SEQ = ("t5", "t5-v1.1", "bart")
+          "llama-tied": "llama", "t5": "t5", "t5-v1.1": "t5", "bart": "bart",
+          "bart-plain": "bart"}
+SEQ2SEQ = ("t5", "t5-v1.1", "bart", "bart-plain")
 DECODERS = ("gpt2", "llama", "llama-tied")
 
 
-def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.15) -> None:
+def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.15, *, buffers: bool = True) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -65,7 +71,7 @@ def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.15) -> None:
                               "ln_f.weight", "layernorm.weight", "norm.weight", "layernorm_embedding.weight")):
                 p.add_(1.0)  # norms near identity keep activations in a sane range
         for name, b in model.named_buffers():
-            if name == "final_logits_bias":
+            if name == "final_logits_bias" and buffers:
                 b.copy_(torch.randn(b.shape, generator=g))
 
 
@@ -79,7 +85,7 @@ def make(name: str, path: Path, **overrides: Any) -> Any:
     model = getattr(transformers, cls_name)(cfg)
     if name == "t5-v1.1":  # T5 v1.1 has its own output matrix (transformers >= 5 ties by default)
         model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.lm_head.weight))
-    randomize(model)
+    randomize(model, buffers=name != "bart-plain")
     model.eval()
     model.save_pretrained(path)
     return model

@@ -139,6 +139,32 @@ def test_bertmodel_import_drops_pooler_without_classifier(tmp_path):
     assert imp.model.cls_head is None
 
 
+def test_bertmodel_pooler_survives_export(tmp_path, capsys):
+    """archlab has no pooler without a classifier; export restores the imported one (in memory,
+    or from the source directory of an archlab model dir), and writes zeros with a warning when
+    neither exists."""
+    import shutil
+
+    from transformers import BertModel
+
+    hf = make("bert-model", tmp_path / "bert")
+    ids, mask = batch()
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).pooler_output
+    to_hf(from_hf(tmp_path / "bert"), tmp_path / "a")
+    from archlab.cli import main
+
+    assert main(["convert", "from-hf", str(tmp_path / "bert"), str(tmp_path / "m")]) == 0
+    assert main(["convert", "to-hf", str(tmp_path / "m"), str(tmp_path / "b")]) == 0
+    for d in ("a", "b"):
+        with torch.no_grad():
+            out = BertModel.from_pretrained(tmp_path / d).eval()(input_ids=ids, attention_mask=mask)
+        torch.testing.assert_close(out.pooler_output, ref)
+    shutil.rmtree(tmp_path / "bert")
+    with pytest.warns(UserWarning, match="pooler.dense.weight, pooler.dense.bias written as zeros"):
+        assert main(["convert", "to-hf", str(tmp_path / "m"), str(tmp_path / "c")]) == 0
+
+
 def test_load_hf_weights_rejects_structural_mismatch(tmp_path, gpt2_dir):
     model = build_model(hf_model_config(gpt2_dir, d_ff=64))
     with pytest.raises(ArchlabError, match=r"mlp.c_fc.weight gives shape .* expects"):

@@ -111,6 +111,7 @@ def test_export_loads_in_hf_with_same_logits(ckpts, tmp_path, name):
                                        hf(input_ids=ids, attention_mask=mask).logits)
 
 
+@pytest.mark.filterwarnings("ignore:pooler.dense.weight")  # a bare BertModel: its pooler is not modelled
 @pytest.mark.parametrize("name", NAMES)
 def test_import_export_import_is_identity(ckpts, tmp_path, name):
     path, _ = ckpts[name]
@@ -131,6 +132,25 @@ def test_exported_families_follow_the_import(ckpts, tmp_path):
         out = to_hf(from_hf(ckpts[name][0]), tmp_path / name)
         cfg = json.loads((out / "config.json").read_text())
         assert cfg["architectures"] == [SPECS[name][0]]
+
+
+@pytest.mark.parametrize("name", ["bert-mlm", "bert-cls"])
+def test_bert_token_type_ids(ckpts, name):
+    path, hf = ckpts[name]
+    model = from_hf(path).model
+    ids, mask = batch(seed=8)
+    types = (torch.arange(ids.shape[1]) >= 4).long().expand_as(ids) * mask
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        if name == "bert-cls":
+            torch.testing.assert_close(model.classify(ids, mask, token_type_ids=types), ref)
+        else:
+            _compare(model(ids, mask, token_type_ids=types).logits, ref, name, mask)
+
+
+def test_bart_zero_final_logits_bias_is_not_a_parameter(ckpts):
+    assert from_hf(ckpts["bart-plain"][0]).cfg.lm_head_bias is False
+    assert from_hf(ckpts["bart"][0]).cfg.lm_head_bias is True
 
 
 def test_state_dict_level_api(ckpts):

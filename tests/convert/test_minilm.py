@@ -81,7 +81,9 @@ def test_minilm_exports_back_to_hf(tmp_path, inputs, hf_model):
     assert (out / "tokenizer.json").exists() and (out / "vocab.txt").exists()
     back = AutoModel.from_pretrained(out).eval()
     with torch.no_grad():
-        torch.testing.assert_close(back(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state,
-                                   hf_model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state)
+        a = back(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        b = hf_model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state)
+    torch.testing.assert_close(a.pooler_output, b.pooler_output)  # restored from the source
     tok = AutoTokenizer.from_pretrained(out)
     assert tok(SENTENCES[0])["input_ids"] == ids[0][mask[0].bool()].tolist()

@@ -112,9 +112,32 @@ def detect_family(hf_config: Mapping[str, Any], where: str = "config.json") -> t
     return family, arch
 
 
+def _special_ids(tok_json: Path) -> dict[str, int]:
+    """bos/eos ids from a tokenizer.json, for configs that leave them unset (BERT: [CLS] and
+    [SEP] open and close every input)."""
+    try:
+        from tokenizers import Tokenizer as HFTok
+
+        tok = HFTok.from_file(str(tok_json))
+    except Exception:  # an unreadable tokenizer only costs the defaults
+        return {}
+    out: dict[str, int] = {}
+    for key, names in (("bos_token_id", ("[CLS]", "<s>")), ("eos_token_id", ("[SEP]", "</s>"))):
+        for name in names:
+            i = tok.token_to_id(name)
+            if i is not None:
+                out[key] = i
+                break
+    return out
+
+
 def _model_config(hf: Mapping[str, Any], view: _View, family: Family, arch: str,
-                  overrides: Mapping[str, Any]) -> ModelConfig:
+                  overrides: Mapping[str, Any], tok_json: Path | None = None) -> ModelConfig:
     kwargs = family.model_config(dict(hf), arch, view)
+    if tok_json is not None and tok_json.is_file() and not {"bos_token_id", "eos_token_id"} <= kwargs.keys():
+        for k, v in _special_ids(tok_json).items():
+            if v < kwargs.get("vocab_size", 0):
+                kwargs.setdefault(k, v)
     unknown = [k for k in overrides if k not in ModelConfig.__dataclass_fields__]
     if unknown:
         raise ConfigError(f"unknown model key {unknown[0]}")
@@ -220,7 +243,8 @@ def hf_model_config(path: str | Path, **overrides: Any) -> ModelConfig:
     ``n_classes=2`` to fine-tune a BertModel for classification)."""
     ckpt = HFCheckpoint(path)
     family, arch = detect_family(ckpt.config, str(ckpt.path / "config.json"))
-    return _model_config(ckpt.config, _View(ckpt, family, str(ckpt.path)), family, arch, overrides)
+    return _model_config(ckpt.config, _View(ckpt, family, str(ckpt.path)), family, arch, overrides,
+                         ckpt.path / "tokenizer.json")
 
 
 def load_hf_weights(model: torch.nn.Module, path: str | Path, *, strict: bool = False,
@@ -255,6 +279,7 @@ class HFImport:
     generation_config: dict[str, Any] | None = None
     tokenizer_config: dict[str, Any] | None = None
     dropped: list[str] = field(default_factory=list)  # HF head tensors not carried over
+    kept: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # their values
 
     @property
     def cfg(self) -> ModelConfig:
@@ -304,7 +329,7 @@ def from_hf(path: str | Path, *, progress: bool | None = None, **overrides: Any)
     where = str(ckpt.path)
     family, arch = detect_family(ckpt.config, f"{where}/config.json")
     view = _View(ckpt, family, where)
-    cfg = _model_config(ckpt.config, view, family, arch, overrides)
+    cfg = _model_config(ckpt.config, view, family, arch, overrides, ckpt.path / "tokenizer.json")
     # a head the user adds (n_classes on a BertModel) starts fresh; nothing else may be missing
     imp = _import_state(family, cfg, view, strict=False, progress=progress)
     allowed_fresh = _added_heads(cfg, overrides)
@@ -322,7 +347,8 @@ def from_hf(path: str | Path, *, progress: bool | None = None, **overrides: Any)
     return HFImport(model=model, tokenizer=_load_archlab_tokenizer(ckpt.path), family=family.name,
                     architecture=arch, hf_config=dict(ckpt.config), source=ckpt.path.resolve(),
                     tokenizer_files=ckpt.tokenizer_files(), generation_config=gen,
-                    tokenizer_config=tok_cfg, dropped=imp.dropped)
+                    tokenizer_config=tok_cfg, dropped=imp.dropped,
+                    kept={k: ckpt.get(k) for k in imp.dropped if k in family.restorable})
 
 
 def _added_heads(cfg: ModelConfig, overrides: Mapping[str, Any]) -> tuple[str, ...]:
@@ -385,9 +411,13 @@ def archlab_to_hf(
     family: str | None = None,
     *,
     base_config: Mapping[str, Any] | None = None,
+    kept: Mapping[str, torch.Tensor] | None = None,
     progress: bool | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """archlab model -> (HF config.json dict, HF state dict) of the family that represents it."""
+    """archlab model -> (HF config.json dict, HF state dict) of the family that represents it.
+
+    ``kept``: HF tensors archlab does not model (a BertModel's pooler), from the checkpoint the
+    model was imported from; they fill those slots instead of neutral values."""
     cfg: ModelConfig = model.cfg
     fam = hf_family_for(cfg, family)
     arch = fam.export_architecture(cfg)
@@ -401,22 +431,43 @@ def archlab_to_hf(
             continue
         for name, t in zip(rule.theirs, rule.to_theirs(state[rule.ours])):
             tensors[name] = t.float() if t.is_floating_point() else t
+    neutral: list[str] = []
     for name, t in fam.extra_tensors(cfg, arch, state).items():
-        tensors.setdefault(name, t)
+        if name in tensors:
+            continue
+        k = (kept or {}).get(name)
+        if name in fam.restorable and k is not None and k.shape == t.shape:
+            tensors[name] = k.float()
+        else:
+            tensors[name] = t
+            if name in fam.restorable:
+                neutral.append(name)
     if dropped:
         warnings.warn(f"{arch} has no place for archlab's {', '.join(sorted({d.split('.')[0] for d in dropped}))}"
                       f" ({len(dropped)} tensors not exported)", stacklevel=2)
-    if arch == "BertModel" and not cfg.n_classes:
-        warnings.warn("BertModel's pooler is written as zeros (archlab keeps a pooler only with a "
-                      "classification head); last_hidden_state is exact", stacklevel=2)
+    if neutral:
+        warnings.warn(f"{', '.join(neutral)} written as zeros: archlab does not model them and the "
+                      "checkpoint the model came from is not available (outputs that use them differ)",
+                      stacklevel=2)
     return hf_config_for(cfg, fam, arch, base_config), tensors
 
 
-def _resolve(model_or_dir: Any, which: str) -> tuple[Any, Any | None, dict[str, Any], list[Path], Path | None]:
-    """(model, tokenizer, meta, HF tokenizer files, archlab tokenizer dir)."""
+def _hf_meta_of(path: Path) -> dict[str, Any]:
+    """The ``hf`` provenance of an HF checkpoint directory (as :attr:`HFImport.meta` has it)."""
+    hf = read_json(path / "config.json", "config.json")
+    family, arch = detect_family(hf, str(path / "config.json"))
+    out: dict[str, Any] = {"family": family.name, "architecture": arch, "source": str(path.resolve()),
+                           "config": hf}
+    for key, name in (("generation_config", GENERATION_CONFIG), ("tokenizer_config", "tokenizer_config.json")):
+        if (path / name).is_file():
+            out[key] = read_json(path / name, name)
+    return out
+
+
+def _resolve(model_or_dir: Any, which: str) -> tuple[Any, dict[str, Any], list[Path], Path | None, dict]:
+    """(model, meta, HF tokenizer files, archlab tokenizer dir, kept HF tensors)."""
     if isinstance(model_or_dir, HFImport):
-        return model_or_dir.model, model_or_dir.tokenizer, model_or_dir.meta, list(
-            model_or_dir.tokenizer_files), None
+        return model_or_dir.model, model_or_dir.meta, list(model_or_dir.tokenizer_files), None, model_or_dir.kept
     if isinstance(model_or_dir, (str, Path)):
         from archlab.run import MODEL_CONFIG, load_run
 
@@ -425,9 +476,13 @@ def _resolve(model_or_dir: Any, which: str) -> tuple[Any, Any | None, dict[str, 
             raise ArchlabError(f"{p}: already a Hugging Face checkpoint (no archlab model.yaml)")
         run = load_run(p, which)
         tdir = next((d / "tokenizer" for d in (run.model_path, run.path) if (d / "tokenizer").is_dir()), None)
-        return run.model, run.tokenizer, run.meta or {}, [], tdir
+        meta = dict(run.meta or {})
+        init = getattr(getattr(run.config, "train", None), "init_from", None)
+        if "hf" not in meta and init and (Path(init) / "config.json").is_file():
+            meta["hf"] = _hf_meta_of(Path(init))  # fine-tuned from an HF checkpoint
+        return run.model, meta, [], tdir, {}
     if hasattr(model_or_dir, "cfg") and isinstance(model_or_dir, torch.nn.Module):
-        return model_or_dir, None, {}, [], None
+        return model_or_dir, {}, [], None, {}
     raise ArchlabError(f"to_hf: expected an archlab model, an HFImport or a model/run directory, "
                        f"got {type(model_or_dir).__name__}")
 
@@ -476,13 +531,20 @@ def to_hf(
     (``family`` forces one). ``tokenizer``: a directory whose HF tokenizer files are copied
     (default: the imported or archlab tokenizer).
     """
-    model, _tok, meta, tok_files, tok_dir = _resolve(model_or_dir, which)
+    model, meta, tok_files, tok_dir, kept = _resolve(model_or_dir, which)
     hf_meta = (meta or {}).get("hf") or {}
     if family is None and hf_meta.get("family") in FAMILIES and not FAMILIES[hf_meta["family"]].problems(model.cfg):
         family = hf_meta["family"]
     fam = hf_family_for(model.cfg, family)
     base = hf_meta.get("config") if hf_meta.get("family") == fam.name else None
-    config, tensors = archlab_to_hf(model, fam.name, base_config=base, progress=progress)
+    src = Path(str(hf_meta["source"])) if hf_meta.get("source") else None
+    if not kept and base is not None and fam.restorable and src is not None and src.is_dir():
+        try:  # tensors archlab does not model, from the checkpoint the model was imported from
+            ck = HFCheckpoint(src)
+            kept = {k: ck.get(k) for k in fam.restorable if k in ck}
+        except ArchlabError:
+            kept = {}
+    config, tensors = archlab_to_hf(model, fam.name, base_config=base, kept=kept, progress=progress)
     tok_cfg = None
     if tokenizer is not None:
         tdir = Path(tokenizer)
@@ -495,6 +557,11 @@ def to_hf(
         tok_files = [tok_dir / "tokenizer.json"]
         tok_cfg = hf_meta.get("tokenizer_config") or _tokenizer_config_for(tok_dir / "tokenizer.json",
                                                                            model.cfg, fam)
+    elif not tok_files and base is not None and base.get("vocab_size") == model.cfg.vocab_size:
+        # imported from HF without an archlab tokenizer: the source directory's tokenizer, if
+        # it is still there (same family and vocabulary size, so the same tokenizer)
+        if src is not None and src.is_dir():
+            tok_files = [src / n for n in TOKENIZER_FILES if (src / n).is_file()]
     gen = None
     if hf_meta.get("generation_config") and base is not None:
         gen = dict(hf_meta["generation_config"])

@@ -119,6 +119,7 @@ class Family:
     prefix = ""  # base-model prefix in task checkpoints ("bert.", "transformer.", "model.")
     architectures: tuple[str, ...] = ()  # importable HF classes
     head_key_prefixes: tuple[str, ...] = ()  # HF tensors of optional task heads
+    restorable: tuple[str, ...] = ()  # HF tensors archlab does not model, restored on export
 
     # ---- HF -> archlab ----------------------------------------------------------------------
     def model_config(self, hf: dict[str, Any], arch: str, ck: Any) -> dict[str, Any]:
@@ -205,6 +206,7 @@ class Bert(Family):
     prefix = "bert."
     architectures = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification")
     head_key_prefixes = ("bert.pooler.", "pooler.", "classifier.", "cls.predictions.")
+    restorable = ("pooler.dense.weight", "pooler.dense.bias")  # a BertModel's pooler
 
     def model_config(self, hf, arch, ck):
         pet = hf.get("position_embedding_type", "absolute")
@@ -344,9 +346,9 @@ class Bert(Family):
         if arch == "BertForMaskedLM" and not cfg.lm_head_bias:
             out["cls.predictions.bias"] = torch.zeros(cfg.vocab_size)
         if arch == "BertModel" and not cfg.n_classes:
-            # BertModel always has a pooler; archlab has none without a classification head.
-            # An identity-free neutral choice does not exist, so it is written zero (its output,
-            # pooler_output, is then tanh(0) = 0 and last_hidden_state is unaffected).
+            # BertModel always has a pooler; archlab has none without a classification head. The
+            # importer's copy is restored when available, else zeros: pooler_output = tanh(0) = 0
+            # and last_hidden_state is unaffected.
             out["pooler.dense.weight"] = torch.zeros(cfg.d_model, cfg.d_model)
             out["pooler.dense.bias"] = torch.zeros(cfg.d_model)
         return out
