@@ -60,6 +60,15 @@ def test_import_right_padding_matches_hf(ckpts, name):
     _compare(ours, ref, name, mask)
 
 
+@pytest.mark.parametrize("name", ["t5", "t5-v1.1"])
+def test_t5_beyond_max_distance(ckpts, name):
+    """Sequences longer than relative_attention_max_distance (20): the clamped log buckets."""
+    path, hf = ckpts[name]
+    ids, mask = batch(seed=9, T=33)
+    dec = batch(seed=10, T=27)[0]
+    _compare(_ours(from_hf(path).model, name, ids, mask, dec), _hf_out(hf, name, ids, mask, dec), name, mask)
+
+
 @pytest.mark.parametrize("name", DECODERS)
 def test_decoder_left_padding_with_position_ids(ckpts, name):
     path, hf = ckpts[name]
@@ -163,3 +172,15 @@ def test_state_dict_level_api(ckpts):
     cfg, state = hf_to_archlab(hf_cfg, load_file(path / "model.safetensors"))
     assert cfg.n_kv_heads == 2 and cfg.rope_theta == 500.0 and cfg.norm_eps == 1e-5
     assert state.keys() == from_hf(path).model.state_dict().keys()
+
+
+def test_half_precision_checkpoint_is_read_in_fp32(ckpts, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    path, _ = ckpts["llama"]
+    LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    hf = LlamaForCausalLM.from_pretrained(tmp_path / "bf16", dtype=torch.float32).eval()
+    model = from_hf(tmp_path / "bf16").model
+    assert model.embed_tokens.weight.dtype == torch.float32
+    ids, mask = batch()
+    _compare(_ours(model, "llama", ids, mask), _hf_out(hf, "llama", ids, mask), "llama", mask)

@@ -60,6 +60,7 @@ def test_minilm_hidden_states_match_hf(inputs, hf_model):
     imp = from_hf(MINILM)
     assert imp.architecture == "BertModel" and imp.cfg.d_model == 384 and imp.cfg.n_layers == 6
     assert imp.cfg.activation == "gelu" and imp.cfg.norm_eps == 1e-12
+    assert (imp.cfg.pad_token_id, imp.cfg.bos_token_id, imp.cfg.eos_token_id) == (0, 101, 102)  # [CLS] [SEP]
     with torch.no_grad():
         ref = hf_model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
         ours = imp.model(ids, mask, token_type_ids=types).hidden

@@ -357,7 +357,7 @@ def _added_heads(cfg: ModelConfig, overrides: Mapping[str, Any]) -> tuple[str, .
         heads.append("cls_head.")
     if "mlm_transform" in overrides or "lm_head_bias" in overrides or "tie_embeddings" in overrides:
         heads += ["mlm_transform.", "lm_bias", "lm_head."]
-    return tuple(heads) or ("\0",)
+    return tuple(heads)  # "".startswith(()) is False: nothing else may start fresh
 
 
 # ---------------------------------------------------------------------------------------------
