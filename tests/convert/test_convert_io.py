@@ -77,6 +77,28 @@ def test_pytorch_model_bin_and_legacy_key_names(tmp_path, gpt2_dir):
                                _logits(from_hf(gpt2_dir).model, ids, mask), rtol=0, atol=0)
 
 
+def test_sharded_bin_and_shard_outside_the_directory(tmp_path, gpt2_dir):
+    from safetensors.torch import load_file
+
+    sd = load_file(gpt2_dir / "model.safetensors")
+    d = tmp_path / "binshards"
+    d.mkdir()
+    (d / "config.json").write_text((gpt2_dir / "config.json").read_text())
+    keys = sorted(sd)
+    halves = {"pytorch_model-00001-of-00002.bin": keys[::2], "pytorch_model-00002-of-00002.bin": keys[1::2]}
+    for fname, ks in halves.items():
+        torch.save({k: sd[k] for k in ks}, d / fname)
+    index = {"weight_map": {k: f for f, ks in halves.items() for k in ks}}
+    (d / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    ids, mask = batch()
+    torch.testing.assert_close(_logits(from_hf(d).model, ids, mask), _logits(from_hf(gpt2_dir).model, ids, mask),
+                               rtol=0, atol=0)
+    index["weight_map"][keys[0]] = "../elsewhere.bin"
+    (d / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    with pytest.raises(ArchlabError, match="outside the checkpoint directory"):
+        from_hf(d)
+
+
 def test_bin_refuses_pickled_objects(tmp_path, gpt2_dir):
     (tmp_path / "evil").mkdir()
     (tmp_path / "evil" / "config.json").write_text((gpt2_dir / "config.json").read_text())

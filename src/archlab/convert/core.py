@@ -310,7 +310,11 @@ def _load_archlab_tokenizer(path: Path) -> Any | None:
         return None
     if not hasattr(Tokenizer, "from_hf_dir"):
         return None
-    return Tokenizer.from_hf_dir(path)
+    try:
+        return Tokenizer.from_hf_dir(path)
+    except ArchlabError as e:  # the weights are still usable; the tokenizer files still travel
+        warnings.warn(f"{path}: tokenizer not loaded ({e})", stacklevel=3)
+        return None
 
 
 def from_hf(path: str | Path, *, progress: bool | None = None, **overrides: Any) -> HFImport:
