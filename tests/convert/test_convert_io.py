@@ -295,3 +295,36 @@ def test_archlab_presets_export(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ed(ids, mask, decoder_input_ids=dec_ids).logits,
                                    hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec_ids).logits)
+
+
+@pytest.mark.parametrize("layout,act", [
+    *[("t5", a) for a in ("relu", "gelu", "gelu_tanh", "silu", "reglu", "geglu", "geglu_tanh", "swiglu")],
+    *[("llama", a) for a in ("swiglu", "geglu", "geglu_tanh", "reglu")],
+])
+def test_activation_variants_export_exactly(tmp_path, layout, act):
+    """Every activation a family's HF config can name round-trips: archlab -> HF logits equal,
+    and importing the export gives an equivalent config."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    from archlab import get_preset
+
+    ids, mask = batch()
+    if layout == "t5":
+        cfg = get_preset("encoder-decoder-tiny", vocab_size=101, position="t5-relative", attn_scale=1.0,
+                         activation=act, d_model=32, n_heads=4, d_ff=40)
+    else:
+        cfg = get_preset("decoder-tiny", vocab_size=101, activation=act, d_model=32, n_heads=4, d_ff=40)
+    model = build_model(cfg).eval()
+    to_hf(model, tmp_path / "hf")
+    auto = AutoModelForSeq2SeqLM if layout == "t5" else AutoModelForCausalLM
+    hf = auto.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        if layout == "t5":
+            dec = batch(seed=3, T=5)[0]
+            torch.testing.assert_close(model(ids, mask, decoder_input_ids=dec).logits,
+                                       hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits)
+        else:
+            m = mask.bool()
+            torch.testing.assert_close(model(ids, mask).logits[m], hf(input_ids=ids, attention_mask=mask).logits[m])
+    back = from_hf(tmp_path / "hf").cfg
+    assert back.activation == act and back.use_final_norm and back.start_token_id == cfg.start_token_id

@@ -756,7 +756,9 @@ class T5(Family):
             "tie_word_embeddings": scaled,
             "scale_decoder_outputs": scaled,
             "is_encoder_decoder": True,
+            "n_positions": cfg.max_seq_len,  # informational (relative positions have no limit)
             "pad_token_id": cfg.pad_token_id,
+            "bos_token_id": cfg.bos_token_id,
             "eos_token_id": cfg.eos_token_id,
             "decoder_start_token_id": cfg.start_token_id,
         }
