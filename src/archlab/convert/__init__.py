@@ -1,0 +1,40 @@
+"""Hugging Face interoperability: import and export BERT, GPT-2, Llama, T5 and BART.
+
+``from_hf(dir)`` reads a local HF checkpoint directory into an archlab model (and tokenizer);
+``to_hf(model_or_dir, out)`` writes one that ``transformers`` loads with the same logits. The
+HF key maps live in :mod:`archlab.convert.families` and nowhere else.
+"""
+
+from archlab.convert.core import (
+    HFImport,
+    ImportedState,
+    archlab_to_hf,
+    detect_family,
+    from_hf,
+    hf_config_for,
+    hf_family_for,
+    hf_model_config,
+    hf_to_archlab,
+    load_hf_weights,
+    to_hf,
+)
+from archlab.convert.families import ARCHITECTURES, FAMILIES
+from archlab.convert.hf_io import HFCheckpoint, read_hf_config
+
+__all__ = [
+    "ARCHITECTURES",
+    "FAMILIES",
+    "HFCheckpoint",
+    "HFImport",
+    "ImportedState",
+    "archlab_to_hf",
+    "detect_family",
+    "from_hf",
+    "hf_config_for",
+    "hf_family_for",
+    "hf_model_config",
+    "hf_to_archlab",
+    "load_hf_weights",
+    "read_hf_config",
+    "to_hf",
+]

@@ -198,12 +198,14 @@ class InputEmbedding(nn.Module):
     def forward(
         self, x: torch.Tensor, positions: torch.Tensor, token_type_ids: torch.Tensor | None = None
     ) -> torch.Tensor:  # x: (B, T, C) token vectors; positions: (B, T)
-        if self.pos is not None or self.sin is not None:
-            x = x + (self.pos(positions + self.offset) if self.pos is not None else self.sin[positions])
+        # BERT's order (word + token type, then position): float addition is not associative,
+        # and this order reproduces BERT checkpoints bit for bit
         if self.types is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(positions)
             x = x + self.types(token_type_ids)
+        if self.pos is not None or self.sin is not None:
+            x = x + (self.pos(positions + self.offset) if self.pos is not None else self.sin[positions])
         if self.norm is not None:
             x = self.norm(x)
         return self.drop(x)
