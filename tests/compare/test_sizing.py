@@ -1,0 +1,55 @@
+"""Budget matching keeps every entry within 10 % of the target, on both views."""
+
+from __future__ import annotations
+
+import pytest
+
+from archlab.compare.config import load_compare_config
+from archlab.compare.sizing import Shape, measure, size_to_budget
+from archlab.config import ModelConfig
+from archlab.errors import ConfigError
+
+SHAPE = Shape(24.0, 30.0)
+
+
+@pytest.mark.parametrize("match", ["params", "flops"])
+@pytest.mark.parametrize("d,L", [(64, 2), (192, 3), (512, 6)])
+def test_every_arch_within_tolerance(match, d, L):
+    base = ModelConfig(arch="encoder-decoder", vocab_size=3000, d_model=d, n_heads=max(d // 64, 1),
+                       n_layers=L, d_ff=4 * d)
+    target = measure(base, match, SHAPE)
+    for arch in ("encoder-decoder", "decoder", "prefix-lm"):
+        s = size_to_budget(base.replace(arch=arch), target, match, SHAPE)
+        assert abs(s.deviation) <= 0.05, (arch, s.rule, s.deviation)
+        assert s.cfg.d_model == d  # width is shared; depth/d_ff adapt
+
+
+def test_t5_accounting():
+    # L+L encoder-decoder ~ L-layer decoder in FLOPs, ~ 2L-layer decoder in parameters
+    base = ModelConfig(arch="encoder-decoder", vocab_size=3000, d_model=256, n_heads=4, n_layers=4, d_ff=1024)
+    flops = size_to_budget(base.replace(arch="decoder"), measure(base, "flops", SHAPE), "flops", SHAPE)
+    params = size_to_budget(base.replace(arch="decoder"), measure(base, "params", SHAPE), "params", SHAPE)
+    assert flops.cfg.n_layers in (4, 5)  # cross-attention adds a little on top of L+L
+    assert params.cfg.n_layers >= 8
+
+
+def test_bad_target():
+    with pytest.raises(ConfigError, match="budget target must be > 0"):
+        size_to_budget(ModelConfig(), 0, "params", SHAPE)
+
+
+def test_compare_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="--preset nope: unknown; choose one of: demo, smoke"):
+        load_compare_config(None, [], "nope")
+    with pytest.raises(ConfigError, match="unknown key budget.matchh"):
+        load_compare_config(None, ["budget.matchh=params"])
+    with pytest.raises(ConfigError, match=r"budget.match: 'time' is not valid; choose one of: params, flops"):
+        load_compare_config(None, ["budget.match=time"])
+    with pytest.raises(ConfigError, match="duplicate entry name 'decoder'"):
+        load_compare_config(None, ["entries=[{arch: decoder}, {arch: decoder}]"])
+    with pytest.raises(ConfigError, match="entries: give at least one entry"):
+        load_compare_config(None, ["entries=[]"])
+    p = tmp_path / "c.yaml"
+    p.write_text("entries:\n  - arch: rnn\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: entries\[0\]\.arch: 'rnn' is not valid"):
+        load_compare_config(str(p), [])
