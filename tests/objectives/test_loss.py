@@ -12,18 +12,19 @@ from archlab.objectives.loss import linear_cross_entropy
 
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("chunk", [None, 7, 1000])
-def test_matches_plain_cross_entropy(bias, chunk):
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_matches_plain_cross_entropy(bias, chunk, smoothing):
     N, C, V = 37, 16, 50
     h = torch.randn(N, C, requires_grad=True)
     w = torch.randn(V, C, requires_grad=True)
     b = torch.randn(V, requires_grad=True) if bias else None
     y = torch.randint(0, V, (N,))
-    ref = F.cross_entropy(F.linear(h, w, b), y)
+    ref = F.cross_entropy(F.linear(h, w, b), y, label_smoothing=smoothing)
     ref.backward(torch.tensor(2.5))
     grads = [h.grad.clone(), w.grad.clone()] + ([b.grad.clone()] if bias else [])
     for t in [h, w] + ([b] if bias else []):
         t.grad = None
-    out = linear_cross_entropy(h, w, b, y, chunk=chunk)
+    out = linear_cross_entropy(h, w, b, y, chunk=chunk, label_smoothing=smoothing)
     out.backward(torch.tensor(2.5))
     assert_close(out, ref)
     assert_close(h.grad, grads[0])

@@ -107,17 +107,17 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        # positions: (B, T) -> cos, sin: (B, 1, T, head_dim), broadcast over heads
+        # positions: (B, T) -> cos, sin: (B, 1, T, head_dim / 2), broadcast over heads
         freqs = positions[..., None].float() * self.inv_freq  # (B, T, hd/2)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+        return freqs.cos().to(dtype)[:, None], freqs.sin().to(dtype)[:, None]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (B, H, T, hd)
+    """Rotate pairs (x_i, x_{i + hd/2}) by their position's angles: the same arithmetic as
+    ``x * cos + rotate_half(x) * sin`` (HF Llama), with half-width tables and no negated copy."""
+    # x: (B, H, T, hd); cos, sin: (B|1, 1, T, hd/2)
     x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return x * cos + rotated * sin
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:

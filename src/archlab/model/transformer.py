@@ -156,7 +156,9 @@ class Stack(nn.Module):
             else:
                 bias = alibi_bias(self.alibi, q_pos, k_pos).to(x.dtype)
         mask = mask.with_bias(bias, T, k_len)
-        rope = self.rotary(positions, x.dtype) if self.rotary is not None else None
+        rope = None
+        if self.rotary is not None:  # expanded (shared) positions: one table broadcast over the batch
+            rope = self.rotary(positions[:1] if positions.stride(0) == 0 else positions, x.dtype)
         context_mask = None
         cached_cross = cache is not None and cache.cross[0] is not None
         if context is not None or cached_cross:

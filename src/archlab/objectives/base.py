@@ -84,7 +84,7 @@ class LossOutput:
     n_correct: int | None = None
 
 
-def token_loss(model: Any, hidden: torch.Tensor, labels: torch.Tensor) -> LossOutput:
+def token_loss(model: Any, hidden: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> LossOutput:
     """Cross-entropy over positions whose label is not -100.
 
     Only the labelled positions go through the LM head: masked-LM predicts ~15 % of
@@ -102,7 +102,7 @@ def token_loss(model: Any, hidden: torch.Tensor, labels: torch.Tensor) -> LossOu
     else:
         h, target = hidden[sel], labels[sel]  # (N, C), (N,)
     weight, bias = model.lm_head_weight()
-    loss = linear_cross_entropy(model.lm_head_input(h), weight, bias, target)
+    loss = linear_cross_entropy(model.lm_head_input(h), weight, bias, target, label_smoothing=label_smoothing)
     return LossOutput(loss, n)
 
 
@@ -121,6 +121,7 @@ class Objective:
         max_len: int = 512,
         *,
         decoder_start: int | None = None,
+        label_smoothing: float = 0.0,
         **options: Any,
     ) -> None:
         if options:
@@ -129,8 +130,12 @@ class Objective:
             raise ConfigError(
                 f"objective {self.name} does not fit arch {arch}; it runs on: {', '.join(self.archs)}"
             )
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"objective {self.name}: label_smoothing must be in [0, 1), got {label_smoothing}")
         self.special = special
         self.arch = arch
+        # training only: evaluation reports the plain cross-entropy (comparable across runs)
+        self.label_smoothing = label_smoothing
         self.max_len = max_len  # longest sequence a model input may have (tokens)
         self.decoder_start = special.bos if decoder_start is None else decoder_start
 
@@ -153,7 +158,8 @@ class Objective:
         return out.hidden
 
     def loss(self, model: Any, batch: Batch) -> LossOutput:
-        return token_loss(model, self.forward(model, batch), batch["labels"])
+        smoothing = self.label_smoothing if model.training else 0.0
+        return token_loss(model, self.forward(model, batch), batch["labels"], smoothing)
 
     def _clip(self, ids: Sequence[int], room: int) -> list[int]:
         return list(ids[: max(room, 0)])

@@ -27,7 +27,7 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, bias, target, chunk):  # noqa: ANN001, ANN205
+    def forward(ctx, h, weight, bias, target, chunk, smoothing=0.0):  # noqa: ANN001, ANN205
         # h: (N, C), weight: (V, C), bias: (V,) or None, target: (N,) -> mean loss (scalar)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         cd = _compute_dtype(h)
@@ -48,12 +48,18 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 if b is not None:
                     logits += b
                 lse = torch.logsumexp(logits, dim=-1)  # (n,)
-                total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+                nll = lse - logits.gather(1, tc[:, None]).squeeze(1)
+                if smoothing:
+                    # label smoothing (Szegedy et al. 2016): target = (1 - e) onehot + e / V
+                    nll = (1.0 - smoothing) * nll + smoothing * (lse - logits.mean(-1))
+                total += nll.sum()
                 if not (need_h or need_w or need_b):
                     continue
                 # d loss / d logits = (softmax - onehot) / N, computed in place over the logits
                 probs = logits.sub_(lse[:, None]).exp_()
-                probs[torch.arange(len(tc), device=tc.device), tc] -= 1.0
+                probs[torch.arange(len(tc), device=tc.device), tc] -= 1.0 - smoothing
+                if smoothing:
+                    probs -= smoothing / probs.shape[1]
                 probs.div_(N)
                 if need_b:
                     grad_b += probs.sum(0)
@@ -76,7 +82,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
         gw = (grad_w * grad_out).to(w_dtype) if grad_w is not None else None
         gb = (grad_b * grad_out).to(b_dtype) if grad_b is not None else None
-        return gh, gw, gb, None, None
+        return gh, gw, gb, None, None, None
 
 
 def linear_cross_entropy(
@@ -85,13 +91,15 @@ def linear_cross_entropy(
     bias: torch.Tensor | None,
     target: torch.Tensor,
     chunk: int | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Mean cross-entropy of ``hidden @ weight.T + bias`` against ``target``.
 
     hidden: (N, C); weight: (V, C); bias: (V,) or None; target: (N,) class ids (no ignored
     entries: select the labelled rows first). Same value and gradients as
-    ``F.cross_entropy(F.linear(hidden, weight, bias).float(), target)`` up to float rounding.
+    ``F.cross_entropy(F.linear(hidden, weight, bias).float(), target, label_smoothing=...)`` up
+    to float rounding.
     """
     if chunk is None:
         chunk = max(16, _CHUNK_ELEMENTS // weight.shape[0])
-    return _FusedLinearCrossEntropy.apply(hidden, weight, bias, target, chunk)
+    return _FusedLinearCrossEntropy.apply(hidden, weight, bias, target, chunk, float(label_smoothing))
