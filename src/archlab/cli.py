@@ -15,11 +15,15 @@ Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argpar
 
 def _commands() -> list[Command]:
     from archlab import info
+    from archlab.compare import cli as compare_cli
     from archlab.convert import cli as convert_cli
     from archlab.data import cli as data_cli
+    from archlab.evaluate import cli as evaluate_cli
+    from archlab.generate import cli as generate_cli
     from archlab.train import cli as train_cli
 
-    cmds: list[Command] = [*info.COMMANDS, *data_cli.COMMANDS, *train_cli.COMMANDS, *convert_cli.COMMANDS]
+    cmds: list[Command] = [*info.COMMANDS, *data_cli.COMMANDS, *train_cli.COMMANDS, *generate_cli.COMMANDS,
+                           *evaluate_cli.COMMANDS, *convert_cli.COMMANDS, *compare_cli.COMMANDS]
     return cmds
 
 

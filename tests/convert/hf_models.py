@@ -118,34 +118,25 @@ def left_positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
 
-@torch.no_grad()
 def greedy(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-           eos: int | None = None) -> torch.Tensor:
-    """Greedy decoding by full recomputation (argmax every step), HF ``generate`` conventions:
-    decoder-only returns prompt + new tokens (left-padded prompts, positions from the mask);
-    encoder-decoder returns the start token + new tokens; finished rows continue with pad.
-    TODO(lead): switch to archlab.generate once it is on main."""
+           eos: int | None = None, **options: Any) -> torch.Tensor:
+    """archlab.generate (raw prompts, cached) laid out as HF ``generate`` returns it:
+    decoder-only gives prompt + new tokens (left-padded prompts), encoder-decoder the start
+    token + new tokens; rows that finished early continue with pad up to the longest row."""
+    from archlab.generate import generate
+
     cfg = model.cfg
-    eos = cfg.eos_token_id if eos is None else eos
     pad = cfg.pad_token_id
-    B = input_ids.shape[0]
-    done = torch.zeros(B, dtype=torch.bool)
+    prompts = [row[m.bool()].tolist() for row, m in zip(input_ids, attention_mask)]
+    out = generate(model, prompts, prompt_layout="raw", max_new_tokens=max_new_tokens,
+                   eos_token_id=eos, **options)
+    eos = cfg.eos_token_id if eos is None else eos
+    new = [s + [eos] if f else s for s, f in zip(out.sequences, out.finished)]
+    width = max(len(s) for s in new)
+    new_t = torch.tensor([s + [pad] * (width - len(s)) for s in new], dtype=torch.long)
+    B = new_t.shape[0]
     if cfg.arch == "encoder-decoder":
-        seq = torch.full((B, 1), cfg.start_token_id, dtype=torch.long)
-        enc = model.encode(input_ids, attention_mask)
+        head = torch.full((B, 1), cfg.start_token_id, dtype=torch.long)
     else:
-        seq, mask = input_ids.clone(), attention_mask.clone()
-    for _ in range(max_new_tokens):
-        if cfg.arch == "encoder-decoder":
-            hidden = model.decode(seq, encoder_out=enc, encoder_mask=attention_mask)
-        else:
-            hidden = model.decode(seq, mask, position_ids=left_positions(mask))
-        nxt = model.lm_logits(hidden[:, -1]).argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-        seq = torch.cat([seq, nxt[:, None]], 1)
-        if cfg.arch != "encoder-decoder":
-            mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype)], 1)
-        done |= nxt == eos
-        if bool(done.all()):
-            break
-    return seq
+        head = input_ids.repeat_interleave(B // input_ids.shape[0], dim=0)
+    return torch.cat([head, new_t], 1)

@@ -105,6 +105,34 @@ def test_greedy_generation_matches_hf_generate(ckpts, name):
     assert torch.equal(ours, ref), (ours, ref)
 
 
+def _until_eos(rows: torch.Tensor, start: int, eos: int) -> list[list[int]]:
+    """New tokens of each row up to and including the first EOS (fillers after it differ:
+    HF's beam search pads finished hypotheses with EOS or pad depending on the model)."""
+    out = []
+    for r in rows[:, start:].tolist():
+        out.append(r[: r.index(eos) + 1] if eos in r else r)
+    return out
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "t5-v1.1", "bart"])
+@pytest.mark.parametrize(("length_penalty", "early_stopping"), [(1.0, False), (0.6, True), (2.0, False)])
+def test_beam_search_matches_hf_generate(ckpts, name, length_penalty, early_stopping):
+    """n-best beam search (3 beams, 3 returned, left-padded prompts, an EOS that some beams
+    hit midway) returns HF's hypotheses in HF's order."""
+    path, hf = ckpts[name]
+    model = from_hf(path).model
+    ids, mask = batch(seed=4, T=7, left=name not in SEQ2SEQ)
+    start = ids.shape[1] if name not in SEQ2SEQ else 1
+    eos = int(greedy(model, ids, mask, 8)[0, start + 2])
+    opts = dict(num_beams=3, num_return_sequences=3, length_penalty=length_penalty,
+                early_stopping=early_stopping)
+    with torch.no_grad():
+        ref = hf.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=10,
+                          eos_token_id=eos, pad_token_id=model.cfg.pad_token_id, **opts)
+    ours = greedy(model, ids, mask, 10, eos=eos, strategy="beam", **opts)
+    assert _until_eos(ours, start, eos) == _until_eos(ref, start, eos)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_export_loads_in_hf_with_same_logits(ckpts, tmp_path, name):
     path, hf = ckpts[name]

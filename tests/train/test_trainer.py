@@ -86,6 +86,9 @@ def test_lr_schedule():
     assert lr_at(100, cfg) == pytest.approx(0.1) and lr_at(55, cfg) == pytest.approx(0.55)
     lin = TrainConfig(steps=100, lr=1.0, warmup_steps=0, schedule="linear", min_lr_ratio=0.0)
     assert lr_at(50, lin) == pytest.approx(0.5)
+    wsd = TrainConfig(steps=100, lr=1.0, warmup_steps=10, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0)
+    assert lr_at(10, wsd) == lr_at(79, wsd) == pytest.approx(1.0)  # stable until the last 20 %
+    assert lr_at(90, wsd) == pytest.approx(0.5) and lr_at(100, wsd) == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize("arch,objective", [("decoder", "causal-lm"), ("encoder", "masked-lm")])

@@ -82,14 +82,33 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Select batch rows (beam search): row i becomes old row ``index[i]``."""
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
-        self.positions = self.positions.index_select(0, index)
-        self.key_valid = self.key_valid.index_select(0, index)
+    def reorder(self, index: torch.Tensor, *, cross: bool = False) -> None:
+        """Select batch rows in place (beam search): row i becomes old row ``index[i]``.
+
+        Only the filled slots are gathered and the storage stays where it is, so a beam
+        step allocates nothing that outlives it. Beam search only moves rows between the
+        beams of one source, which share the same cross-attention keys/values, positions and
+        padding; ``cross=True`` reorders those too (for arbitrary row selections)."""
+        n = self.length
+        self.k[:, :, :, :n] = self.k[:, :, :, :n].index_select(1, index)
+        self.v[:, :, :, :n] = self.v[:, :, :, :n].index_select(1, index)
+        if cross:
+            self.positions = self.positions.index_select(0, index)
+            self.key_valid = self.key_valid.index_select(0, index)
+            self.cross = [
+                None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
+                for kv in self.cross
+            ]
+
+    def repeat_interleave(self, n: int) -> None:
+        """Grow the batch n-fold, each row repeated n times in a row (one source -> n beams);
+        allocates the larger storage once."""
+        self.k = self.k.repeat_interleave(n, dim=1)
+        self.v = self.v.repeat_interleave(n, dim=1)
+        self.positions = self.positions.repeat_interleave(n, dim=0)
+        self.key_valid = self.key_valid.repeat_interleave(n, dim=0)
         self.cross = [
-            None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
+            None if kv is None else (kv[0].repeat_interleave(n, dim=0), kv[1].repeat_interleave(n, dim=0))
             for kv in self.cross
         ]
 

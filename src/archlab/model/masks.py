@@ -103,4 +103,10 @@ def build_mask(
         mask = mask | in_prefix[:, None, None, :]  # (B, 1, Tq, Tk)
     if key_padding is not None:
         mask = mask & key_padding[:, None, None, :]
+        # A left-padding query slot sees no real key under causal masking; SDPA would return
+        # NaN for that all-masked row, and the NaN (cached as a key/value) would poison every
+        # later step through 0 * NaN. Letting each slot see itself keeps pad rows finite and
+        # changes nothing for real queries (they always see themselves).
+        q = torch.arange(q_len, device=device)[:, None] + q_offset
+        mask = mask | (torch.arange(k_len, device=device)[None, :] == q)[None, None]
     return AttnMask(mask, False)

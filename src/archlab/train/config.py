@@ -38,7 +38,8 @@ class TrainConfig:
     lr: float = 3e-4
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
     warmup_steps: int = 100
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    decay_fraction: float = 0.2  # wsd: share of the steps spent decaying at the end
     weight_decay: float = 0.1  # not applied to biases, norms and embeddings
     beta1: float = 0.9
     beta2: float = 0.98
@@ -116,6 +117,8 @@ def run_config_from_dict(data: dict[str, Any], where: str = "config") -> RunConf
             raise ConfigError(f"{where}: train.{key} must be >= 1, got {getattr(cfg.train, key)}")
     if cfg.train.lr <= 0:
         raise ConfigError(f"{where}: train.lr must be > 0, got {cfg.train.lr}")
+    if not 0.0 < cfg.train.decay_fraction <= 1.0:
+        raise ConfigError(f"{where}: train.decay_fraction must be in (0, 1], got {cfg.train.decay_fraction}")
     if cfg.train.max_len > cfg.model.max_seq_len and cfg.model.position in ("learned", "sinusoidal"):
         raise ConfigError(f"{where}: train.max_len={cfg.train.max_len} exceeds model.max_seq_len="
                           f"{cfg.model.max_seq_len} ({cfg.model.position} positions)")

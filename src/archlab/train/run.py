@@ -150,6 +150,17 @@ def train_run(
     def save_dir(path: Path) -> None:
         save_model_dir(path, trainer.model, tok, extra={"run": str(run_dir)})
 
+    if metric_fn is None and cfg.eval.decode_examples > 0:
+        # periodic task metrics: decode (pair tasks) or classify (label tasks) a fixed
+        # validation subset, so best/ can track BLEU or accuracy rather than the loss
+        from archlab.evaluate.runner import decode_metric_fn
+
+        metric_fn = decode_metric_fn(tok, ds.valid, ds.kind, objective.name, n=cfg.eval.decode_examples,
+                                     max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams)
+    built_in = ("loss", "ppl", "bpb", *(("accuracy",) if objective.name == "classification" else ()))
+    if metric_fn is None and cfg.eval.metric not in built_in:
+        raise ArchlabError(f"eval.metric={cfg.eval.metric}: task metrics need eval.decode_examples > 0 "
+                           f"on a pair task (this task is {ds.kind}); use eval.metric=loss")
     trainer = Trainer(model=model, objective=objective, batches_for_epoch=batcher.epoch_batches,
                       valid_examples=valid_ex, train_cfg=cfg.train, eval_cfg=cfg.eval, run_dir=run_dir,
                       metric_fn=metric_fn, save_model_dir=save_dir, progress=progress)

@@ -39,14 +39,24 @@ MetricFn = Callable[[torch.nn.Module, int], dict[str, float]]
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine or
-    linear decay to ``lr * min_lr_ratio`` at ``cfg.steps`` (Loshchilov & Hutter 2017)."""
+    linear decay to ``lr * min_lr_ratio`` at ``cfg.steps`` (Loshchilov & Hutter 2017), or
+    ``wsd``: warmup-stable-decay, constant until the last ``decay_fraction`` of the steps,
+    then linear decay (Hu et al. 2024, MiniCPM; Hägele et al. 2024), which trains short runs
+    at the full rate for longer."""
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
+    floor = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "wsd":
+        n_decay = max(int(round(cfg.steps * cfg.decay_fraction)), 1)
+        start = max(cfg.steps - n_decay, cfg.warmup_steps)
+        if step < start:
+            return cfg.lr
+        t = min((step - start) / max(cfg.steps - start, 1), 1.0)
+        return floor + (cfg.lr - floor) * (1.0 - t)
     span = max(cfg.steps - cfg.warmup_steps, 1)
     t = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
-    floor = cfg.lr * cfg.min_lr_ratio
     if cfg.schedule == "linear":
         return floor + (cfg.lr - floor) * (1.0 - t)
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
@@ -321,7 +331,7 @@ class Trainer:
                 is_last = st.step == cfg.steps or timed_out
                 if (eval_every and st.step % eval_every == 0) or is_last:
                     last_eval = self.evaluate(st.step)
-                    self._append_metrics({"step": st.step, "eval": last_eval})
+                    self._append_metrics({"step": st.step, "tokens": st.tokens_seen, "eval": last_eval})
                     value = last_eval.get(self.eval_cfg.metric)
                     if value is not None:
                         if self._improved(value, st.best_metric):

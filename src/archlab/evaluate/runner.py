@@ -1,0 +1,255 @@
+"""Score a model on held-out examples: task quality, and the cost of getting it (decoding
+tokens/s in batches, latency per example at batch 1). Used by ``archlab evaluate``, by the
+trainer's periodic evaluation (a decoded validation subset) and by ``archlab compare``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from archlab.errors import ArchlabError
+from archlab.evaluate import metrics as M
+
+# objectives whose models read a source and write a target (decoded with the seq2seq layout)
+SEQ2SEQ_OBJECTIVES = ("seq2seq", "prefix-lm", "span-corruption", "denoising")
+
+
+@dataclass
+class DecodeOptions:
+    num_beams: int = 4  # 1: greedy
+    max_new_tokens: int = 96
+    length_penalty: float = 1.0
+    batch_size: int = 32
+    latency_examples: int = 0  # examples timed one at a time (batch 1) for latency
+    test_examples: int | None = None  # score only the first N examples (None: all)
+
+
+def _gen_config(opts: DecodeOptions, layout: str) -> Any:
+    from archlab.generate import GenerationConfig
+
+    return GenerationConfig(strategy="beam" if opts.num_beams > 1 else "greedy",
+                            num_beams=max(opts.num_beams, 1), max_new_tokens=opts.max_new_tokens,
+                            length_penalty=opts.length_penalty, prompt_layout=layout)
+
+
+def decode(model: Any, tok: Any, sources: list[list[int]], opts: DecodeOptions, layout: str = "seq2seq",
+           progress: Callable[[int], None] | None = None) -> tuple[list[list[int]], float, int]:
+    """Batched decoding of every source, similar lengths batched together; returns (outputs in
+    input order, seconds, tokens generated)."""
+    from archlab.generate import generate
+
+    gcfg = _gen_config(opts, layout)
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    by_index: dict[int, list[int]] = {}
+    n_tok = 0
+    t0 = time.perf_counter()
+    for i in range(0, len(order), opts.batch_size):
+        idx = order[i : i + opts.batch_size]
+        res = generate(model, [sources[j] for j in idx], gcfg, special=tok.special)
+        for j, seq in zip(idx, res.sequences):
+            by_index[j] = seq
+        n_tok += res.n_new_tokens
+        if progress is not None:
+            progress(len(idx))
+    return [by_index[i] for i in range(len(sources))], time.perf_counter() - t0, n_tok
+
+
+def latency_ms(model: Any, tok: Any, sources: list[list[int]], opts: DecodeOptions, layout: str = "seq2seq") -> float:
+    """Mean milliseconds to decode one example alone (batch 1), after one warm-up."""
+    from archlab.generate import generate
+
+    if not sources:
+        return math.nan
+    gcfg = _gen_config(opts, layout)
+    generate(model, sources[:1], gcfg, special=tok.special)
+    times = []
+    for s in sources:
+        t0 = time.perf_counter()
+        generate(model, [s], gcfg, special=tok.special)
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.fmean(times)
+
+
+def score_pairs(model: Any, tok: Any, examples: list[Any], opts: DecodeOptions, *,
+                progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Decode sources and score against targets: BLEU, chrF, ROUGE, length ratio, repetition."""
+    srcs = [tok.encode(ex.source) for ex in examples]
+    refs = [ex.target for ex in examples]
+    hyp_ids, dt, n_tok = decode(model, tok, srcs, opts, progress=progress)
+    hyps = [tok.decode(h) for h in hyp_ids]
+    out: dict[str, Any] = {**M.translation_metrics(hyps, refs), **M.summarization_metrics(hyps, refs)}
+    out["len_ratio"] = M.length_ratio(hyps, refs)
+    out["repetition_rate"] = M.repetition_rate(hyps)
+    out["decode_tokens_per_s"] = n_tok / max(dt, 1e-9)
+    out["decode_time_s"] = dt
+    if opts.latency_examples:
+        out["latency_ms_per_example"] = latency_ms(model, tok, srcs[: opts.latency_examples], opts)
+    out["samples"] = [{"source": ex.source, "reference": ex.target, "output": h}
+                      for ex, h in zip(examples[:5], hyps[:5])]
+    out["_shape"] = {"src_len": float(np.mean([len(s) for s in srcs])),
+                     "tgt_len": float(np.mean([len(h) for h in hyp_ids]) if hyp_ids else 0.0)}
+    out["_outputs"] = hyps
+    return out
+
+
+@torch.inference_mode()
+def score_labels(model: Any, tok: Any, examples: list[Any], batch_size: int = 32) -> dict[str, Any]:
+    """Classify with the model's pooled head: accuracy, macro-F1, time per example."""
+    from archlab.objectives import Example, make_objective
+
+    was = model.training
+    model.eval()
+    obj = make_objective("classification", tok.special, model.cfg.arch, model.cfg.max_seq_len)
+    preds: list[int] = []
+    t0 = time.perf_counter()
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        b = obj.build([Example(ids=tok.encode(ex.text), label=0) for ex in chunk], np.random.default_rng(0))
+        preds += model.classify(b["input_ids"], b["attention_mask"]).argmax(-1).tolist()
+    dt = time.perf_counter() - t0
+    model.train(was)
+    out: dict[str, Any] = M.classification_metrics(preds, [ex.label for ex in examples], model.cfg.n_classes)
+    out["latency_ms_per_example"] = 1000.0 * dt / max(len(examples), 1)
+    out["_shape"] = {"src_len": float(np.mean([len(tok.encode(ex.text)) for ex in examples[:200]])),
+                     "tgt_len": 0.0}
+    return out
+
+
+@torch.inference_mode()
+def score_texts(model: Any, tok: Any, examples: list[Any], objective: str) -> dict[str, Any]:
+    """Language models: loss, perplexity and bits per byte of the texts (a causal LM scores
+    every token; a prefix-LM model trained with prefix-LM scores a causal read too, the
+    comparable number). Encoders report their masked-LM loss and token accuracy on a fixed
+    masking (seed 0), since they define no text likelihood."""
+    from archlab.objectives import Example, make_objective
+
+    arch = model.cfg.arch
+    was = model.training
+    model.eval()
+    rng = np.random.default_rng(0)
+    total, n_tok, n_bytes, correct = 0.0, 0, 0, 0
+    name = "masked-lm" if arch == "encoder" else "causal-lm"
+    obj = make_objective(name, tok.special, arch, model.cfg.max_seq_len)
+    for i in range(0, len(examples), 16):
+        # texts longer than the model's context are cut; bytes count only what was scored
+        ids = [tok.encode(ex.text)[: obj.max_len - 2] for ex in examples[i : i + 16]]
+        b = obj.build([Example(ids=x) for x in ids], rng)
+        lo = obj.loss(model, b)
+        total += float(lo.loss) * lo.n_tokens
+        n_tok += lo.n_tokens
+        correct += lo.n_correct or 0
+        n_bytes += sum(len(tok.decode(x).encode("utf-8")) for x in ids)
+    model.train(was)
+    if arch == "encoder":
+        return {"mlm_loss": total / max(n_tok, 1), "mlm_accuracy": correct / max(n_tok, 1),
+                "_shape": {"src_len": n_tok / max(len(examples), 1), "tgt_len": 0.0}}
+    out: dict[str, Any] = M.lm_metrics(total, n_tok, n_bytes)
+    out["_shape"] = {"src_len": n_tok / max(len(examples), 1), "tgt_len": 0.0}
+    return out
+
+
+def score_task(model: Any, tok: Any, examples: list[Any], kind: str, opts: DecodeOptions, *,
+               objective: str, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Metrics for ``examples`` (archlab.data.TextExample) of a task of ``kind`` (pair | label |
+    text). Keys starting with ``_`` are internal (``_shape``: mean source/target lengths)."""
+    if not examples:
+        raise ArchlabError("no examples to evaluate")
+    model.eval()
+    if kind == "pair":
+        if model.cfg.arch == "encoder":
+            raise ArchlabError("an encoder-only model cannot generate targets for a pair task")
+        out = score_pairs(model, tok, examples, opts, progress=progress)
+    elif kind == "label":
+        out = score_labels(model, tok, examples, opts.batch_size)
+    else:
+        out = score_texts(model, tok, examples, objective)
+    out["examples"] = len(examples)
+    return out
+
+
+def decode_metric_fn(tok: Any, examples: list[Any], kind: str, objective: str, *, n: int,
+                     max_new_tokens: int, num_beams: int) -> Callable[[Any, int], dict[str, float]] | None:
+    """The trainer's periodic task metric: decode the first ``n`` validation examples (pair
+    tasks: BLEU/chrF/ROUGE-L); None for other tasks."""
+    subset = examples[:n]
+    if n <= 0 or not subset or kind != "pair":  # label tasks: the loss pass already counts accuracy
+        return None
+    opts = DecodeOptions(num_beams=num_beams, max_new_tokens=max_new_tokens, batch_size=32)
+
+    def fn(model: Any, step: int) -> dict[str, float]:
+        was = model.training
+        try:
+            res = score_task(model, tok, subset, kind, opts, objective=objective)
+        finally:
+            model.train(was)
+        keep = ("bleu", "chrf", "rougeL")
+        return {k: float(res[k]) for k in keep}
+
+    return fn
+
+
+def _public(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if not k.startswith("_")}
+
+
+def evaluate_run(path: str | Path, *, split: str = "test", which: str = "auto",
+                 opts: DecodeOptions | None = None, out: str | Path | None = None,
+                 outputs: str | Path | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Evaluate a run directory on its task's ``split`` and write ``eval.json`` (atomically)
+    in the run directory (or ``out``); ``outputs`` also writes the decoded texts, one a line."""
+    from archlab.data import load_dataset
+    from archlab.run import load_run
+
+    if split not in ("test", "valid", "train"):
+        raise ArchlabError(f"--split {split!r}: choose test, valid or train")
+    opts = opts or DecodeOptions()
+    loaded = load_run(path, which)
+    if loaded.config is None or loaded.config.data is None:
+        raise ArchlabError(f"{path}: a model directory has no task; evaluate a run directory "
+                           "(made by archlab train)")
+    if loaded.tokenizer is None:
+        raise ArchlabError(f"{loaded.model_path}: no tokenizer saved with the model")
+    ds = load_dataset(loaded.config.data)
+    examples = getattr(ds, split)
+    if opts.test_examples:
+        examples = examples[: opts.test_examples]
+    if not examples:
+        raise ArchlabError(f"data.task={ds.name}: the {split} split is empty")
+    bar = _bar(len(examples), f"evaluate {split}", progress) if ds.kind == "pair" else None
+    try:
+        res = score_task(loaded.model, loaded.tokenizer, examples, ds.kind, opts,
+                         objective=loaded.config.objective.name,
+                         progress=(lambda k: bar.update(k)) if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    hyps = res.pop("_outputs", None)
+    report = {"run": str(Path(path)), "model": str(loaded.model_path), "task": ds.name,
+              "split": split, "kind": ds.kind, "objective": loaded.config.objective.name,
+              "arch": loaded.model.cfg.arch, "decode": asdict(opts), **_public(res)}
+    dest = Path(out) if out else Path(path) / "eval.json"
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, dest)
+    if outputs and hyps is not None:
+        Path(outputs).write_text("".join(h.replace("\n", " ") + "\n" for h in hyps), encoding="utf-8")
+    return report
+
+
+def _bar(total: int, desc: str, progress: bool | None) -> Any:
+    import sys
+
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    return tqdm(total=total, desc=desc, unit="ex", disable=not show)
