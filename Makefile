@@ -29,9 +29,9 @@ install: $(STAMP)
 data: $(STAMP)
 	$(VENV)/bin/archlab data install
 
+# the main job: encoder-decoder vs decoder-only vs prefix-LM on en->de, budget-matched (~20 min)
 demo: $(STAMP)
-	$(VENV)/bin/archlab info encoder-tiny decoder-tiny prefix-lm-tiny encoder-decoder-tiny encoder-decoder-small
-	$(VENV)/bin/archlab sanity encoder-tiny decoder-tiny prefix-lm-tiny encoder-decoder-tiny
+	$(VENV)/bin/archlab compare --preset demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

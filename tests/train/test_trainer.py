@@ -198,3 +198,22 @@ def test_loss_falls_with_training(tmp_path):
     _, evals = _losses(tmp_path)
     assert evals[-1][1]["loss"] < evals[0][1]["loss"]
     shutil.rmtree(tmp_path)
+
+
+def test_model_config_keeps_padded_pretrained_vocabulary():
+    """T5 checkpoints pad their embeddings (32128 rows for 32100 tokens): fine-tuning keeps the
+    checkpoint's size; a tokenizer larger than the embeddings is refused."""
+    from types import SimpleNamespace
+
+    from archlab.config import ModelConfig
+    from archlab.errors import ArchlabError
+    from archlab.objectives import SpecialTokens
+    from archlab.train.config import RunConfig
+    from archlab.train.run import model_config_for
+
+    base = ModelConfig(arch="encoder-decoder", vocab_size=128, d_model=32, n_heads=2, n_layers=1, d_ff=64)
+    tok = SimpleNamespace(vocab_size=100, special=SpecialTokens())
+    assert model_config_for(RunConfig(), tok, 0, base).vocab_size == 128
+    assert model_config_for(RunConfig(), tok, 0).vocab_size == 100  # from scratch: the tokenizer's
+    with pytest.raises(ArchlabError, match="only 128"):
+        model_config_for(RunConfig(), SimpleNamespace(vocab_size=200, special=SpecialTokens()), 0, base)

@@ -86,15 +86,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The default: sized for a 2-core CPU in about 20 minutes (see README for the measured run).
     "demo": {
         "name": "demo",
-        "data": {"task": "translation-en-de", "max_source_chars": 100},
+        "data": {"task": "translation-en-de", "max_source_chars": 100, "test_fraction": 0.05},
         "tokenizer": {"kind": "bpe", "vocab_size": 3000, "n_sentinels": 8},
         "model": {"d_model": 192, "n_heads": 3, "n_layers": 3, "d_ff": 768, "max_seq_len": 256,
                   "dropout": 0.0, "norm": "rmsnorm", "activation": "swiglu", "position": "rope"},
         "budget": {"match": "flops", "reference": "encoder-decoder"},
         "entries": _THREE,
         "seeds": [0],
-        "train": {"steps": 1000, "lr": 2e-3, "warmup_steps": 100, "schedule": "cosine",
-                  "min_lr_ratio": 0.1, "weight_decay": 0.01, "tokens_per_batch": 3000, "max_len": 256,
+        # warmup-stable-decay: short CPU runs gain most from staying at the full rate (cosine
+        # over 1000 steps reached BLEU 3.9 here; a constant rate over 1650 steps 7.9)
+        "train": {"steps": 1100, "lr": 2e-3, "warmup_steps": 100, "schedule": "wsd", "decay_fraction": 0.25,
+                  "min_lr_ratio": 0.02, "weight_decay": 0.01, "tokens_per_batch": 3000, "max_len": 256,
                   "save_every": 250, "log_every": 25},
         "eval": {"every": 250, "max_examples": 300, "decode_examples": 0},
         "decode": {"num_beams": 4, "max_new_tokens": 96, "test_examples": 500},

@@ -308,8 +308,8 @@ def write_report(
           "## Results (mean ± sd over seeds)", "", _md_table(head, rows), "",
           "Params: all parameters (embeddings included). FLOPs/ex: forward FLOPs of a typical example "
           "(training is 3x). KV/ex: K/V cache bytes per example while decoding (fp32, at the beam "
-          "size), cross-attention included. len ratio: output length / reference length (characters); "
-          "repeat: share of repeated 4-grams in the outputs (looping).", "",
+          "size), cross-attention included. len ratio: output words / reference words; "
+          "repeat: share of word 3-grams that repeat an earlier one in the same output (looping).", "",
           "## Sizing rule", "",
           f"All entries share d_model and the block; depth is chosen per architecture to match "
           f"the {cfg.budget.match} target, then d_ff adjusted. ", "",
@@ -370,7 +370,7 @@ img {{ max-width: 100%; }}
 <h2>Results (mean ± sd over seeds)</h2>{table(head, rows)}
 <p>Params: all parameters. FLOPs/ex: forward FLOPs of a typical example (training is 3x). KV/ex: K/V
 cache bytes per example while decoding, cross-attention included. len ratio: output/reference
-length; repeat: share of repeated 4-grams (looping).</p>
+length; repeat: share of word 3-grams that repeat an earlier one in the same output (looping).</p>
 <h2>Sizing rule</h2>{table(["Entry", "Rule", "Params", "FLOPs/ex", "vs target"],
     [[s["entry"], s["rule"], _human(s["params"]), _human(s["flops_per_example"]), f"{s['deviation']:+.1%}"] for s in sizing])}
 <h2>Plots</h2>{imgs}

@@ -58,8 +58,16 @@ def model_config_for(cfg: RunConfig, tok: Any, n_classes: int, base: ModelConfig
     """The model config with vocabulary and special ids taken from the tokenizer."""
     m = base or cfg.model
     sp = tok.special
+    vocab = tok.vocab_size
+    if base is not None and base.vocab_size >= vocab:
+        # pretrained embedding tables are often padded past the tokenizer (T5: 32128 rows for
+        # 32100 tokens); keep the checkpoint's size so every weight loads unchanged
+        vocab = base.vocab_size
+    elif base is not None:
+        raise ArchlabError(f"train.init_from: the tokenizer has {tok.vocab_size} tokens but the "
+                           f"checkpoint's embeddings only {base.vocab_size}; use the checkpoint's tokenizer")
     changes: dict[str, Any] = {
-        "vocab_size": tok.vocab_size, "pad_token_id": sp.pad, "bos_token_id": sp.bos,
+        "vocab_size": vocab, "pad_token_id": sp.pad, "bos_token_id": sp.bos,
         "eos_token_id": sp.eos,
     }
     if base is None:
@@ -147,8 +155,20 @@ def train_run(
     if init and not resume:
         _load_init_weights(model, init, load_weights)
 
+    # where the weights came from travels with every saved model (an HF import's source and
+    # family, so archlab convert to-hf can restore the original layout)
+    provenance: dict[str, Any] = {}
+    if init:
+        provenance["init_from"] = str(Path(init).resolve())
+        if (Path(init) / "model.yaml").exists():
+            from archlab.run import read_meta
+
+            hf_meta = read_meta(init).get("hf")
+            if hf_meta:
+                provenance["hf"] = hf_meta
+
     def save_dir(path: Path) -> None:
-        save_model_dir(path, trainer.model, tok, extra={"run": str(run_dir)})
+        save_model_dir(path, trainer.model, tok, extra={"run": str(run_dir), **provenance})
 
     if metric_fn is None and cfg.eval.decode_examples > 0:
         # periodic task metrics: decode (pair tasks) or classify (label tasks) a fixed
