@@ -357,14 +357,14 @@ def _beam_search(dec: _Decoding, cfg: GenerationConfig, B: int, max_new: int, eo
                 j += 1
                 if j == K:
                     break
+            if j < K:  # fewer than K live continuations (tiny vocabularies): pad the rest
+                next_scores[b, j:] = NEG_INF
             hyps[b].sort(key=lambda h: -h[0])
             del hyps[b][K:]
             if len(hyps[b]) == K:
                 best_running = float(next_scores[b, 0]) / (t + 1) ** lp
                 if cfg.early_stopping or best_running <= hyps[b][-1][0]:
                     done[b] = True
-            if j < K:  # fewer than K live continuations (tiny vocabularies): pad the rest
-                next_scores[b, j:] = NEG_INF
         if all(done) or t + 1 == max_new:
             # finish: the running beams of unfinished sources compete as cut hypotheses
             next_rows = (base.cpu() + next_beam).view(-1)
