@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archlab.config import ModelConfig
-from archlab.model.layers import apply_rotary
+from archlab.model.layers import Linear, apply_rotary
 from archlab.model.masks import AttnMask
 
 
@@ -42,12 +42,20 @@ class KVCache:
         shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self._layer_views()
         self.positions = torch.zeros(batch, max_len, dtype=torch.long, device=device)
         self.key_valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)
         self.has_padding = False
         self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
         self.length = 0
         self.max_len = max_len
+
+    def _layer_views(self) -> None:
+        # per-layer views of the storage, made once: a decoding step then slices one 4-d
+        # tensor per write instead of indexing the 5-d storage (fewer ops per token)
+        # (one select per layer, not unbind: unbind's views may not be written in place)
+        self.k_layers = [self.k[i] for i in range(self.k.shape[0])]
+        self.v_layers = [self.v[i] for i in range(self.v.shape[0])]
 
     @property
     def batch_size(self) -> int:
@@ -75,9 +83,10 @@ class KVCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # k, v: (B, Hkv, T, hd) -> views over all filled slots (B, Hkv, length + T, hd)
         start, end = self.length, self.length + k.shape[2]
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        kl, vl = self.k_layers[layer], self.v_layers[layer]
+        kl[:, :, start:end] = k
+        vl[:, :, start:end] = v
+        return kl[:, :, :end], vl[:, :, :end]
 
     def advance(self, n: int) -> None:
         self.length += n
@@ -105,6 +114,7 @@ class KVCache:
         allocates the larger storage once."""
         self.k = self.k.repeat_interleave(n, dim=1)
         self.v = self.v.repeat_interleave(n, dim=1)
+        self._layer_views()
         self.positions = self.positions.repeat_interleave(n, dim=0)
         self.key_valid = self.key_valid.repeat_interleave(n, dim=0)
         self.cross = [
@@ -130,11 +140,11 @@ class Attention(nn.Module):
         q_dim = self.n_heads * self.head_dim
         kv_dim = self.n_kv_heads * self.head_dim
         if cross:
-            self.q = nn.Linear(cfg.d_model, q_dim, bias=cfg.bias)
-            self.kv = nn.Linear(cfg.d_model, 2 * kv_dim, bias=cfg.bias)
+            self.q = Linear(cfg.d_model, q_dim, bias=cfg.bias)
+            self.kv = Linear(cfg.d_model, 2 * kv_dim, bias=cfg.bias)
         else:
-            self.qkv = nn.Linear(cfg.d_model, q_dim + 2 * kv_dim, bias=cfg.bias)
-        self.o = nn.Linear(q_dim, cfg.d_model, bias=cfg.bias)
+            self.qkv = Linear(cfg.d_model, q_dim + 2 * kv_dim, bias=cfg.bias)
+        self.o = Linear(q_dim, cfg.d_model, bias=cfg.bias)
         self.scale = cfg.attn_scale  # None: SDPA's default 1/sqrt(head_dim)
         p = cfg.attn_dropout if cfg.attn_dropout is not None else cfg.dropout
         self.dropout_p = p

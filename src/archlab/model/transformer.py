@@ -22,16 +22,22 @@ from archlab.config import ModelConfig
 from archlab.model.attention import Attention, KVCache
 from archlab.model.layers import (
     MLP,
+    Linear,
     RelativePositionBias,
     RMSNorm,
     Rotary,
     activation_fn,
     alibi_bias,
     alibi_slopes,
+    linear,
     make_norm,
     sinusoidal_table,
 )
 from archlab.model.masks import AttnMask, MaskKind, build_mask
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 class Block(nn.Module):
@@ -68,18 +74,20 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        # dropout is the identity in eval mode; skipping the module call saves per-token time
+        drop = self.drop if self.training else _identity
         if self.pre:
-            x = x + self.drop(self.attn(self.attn_norm(x), mask, rope=rope, cache=cache, layer=layer))
+            x = x + drop(self.attn(self.attn_norm(x), mask, rope=rope, cache=cache, layer=layer))
             if self.cross_attn is not None:
                 h = self.cross_attn(self.cross_norm(x), context_mask, context=context,
                                     cache=cache, layer=layer)
-                x = x + self.drop(h)
-            return x + self.drop(self.mlp(self.mlp_norm(x)))
-        x = self.attn_norm(x + self.drop(self.attn(x, mask, rope=rope, cache=cache, layer=layer)))
+                x = x + drop(h)
+            return x + drop(self.mlp(self.mlp_norm(x)))
+        x = self.attn_norm(x + drop(self.attn(x, mask, rope=rope, cache=cache, layer=layer)))
         if self.cross_attn is not None:
             h = self.cross_attn(x, context_mask, context=context, cache=cache, layer=layer)
-            x = self.cross_norm(x + self.drop(h))
-        return self.mlp_norm(x + self.drop(self.mlp(x)))
+            x = self.cross_norm(x + drop(h))
+        return self.mlp_norm(x + drop(self.mlp(x)))
 
 
 class Stack(nn.Module):
@@ -274,7 +282,7 @@ class Transformer(nn.Module):
                 _Act(cfg.activation),
                 make_norm(cfg),
             )
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.lm_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.lm_head_bias else None
         self.cls_head = ClassificationHead(cfg) if cfg.n_classes > 0 else None
         self.reset_parameters()
@@ -393,7 +401,7 @@ class Transformer(nn.Module):
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., C) -> (..., V) vocabulary logits."""
         weight, bias = self.lm_head_weight()
-        return nn.functional.linear(self.lm_head_input(hidden), weight, bias)
+        return linear(self.lm_head_input(hidden), weight, bias)
 
     def new_cache(
         self, batch: int, max_len: int, *, dtype: torch.dtype | None = None,
