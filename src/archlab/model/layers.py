@@ -58,26 +58,21 @@ def decode_blocks(x: torch.Tensor, weight: torch.Tensor) -> int:
     return blocks if blocks > 1 else 0
 
 
-def block_weight(weight: torch.Tensor, bias: torch.Tensor | None, blocks: int
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Views of the first ``blocks * (N // blocks)`` rows: weight (blocks, n, K), bias (blocks, n, 1)."""
-    n = weight.shape[0] // blocks
-    main = n * blocks
-    w3 = weight[:main].view(blocks, n, weight.shape[1])
-    return w3, None if bias is None else bias[:main].view(blocks, n, 1)
-
-
-def blocked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   w3: torch.Tensor, b3: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` computed as one bmm over row blocks (see :func:`decode_blocks`);
-    x must be contiguous, (w3, b3) from :func:`block_weight`."""
+def _blocked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    blocks: int) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` as one bmm over ``blocks`` row blocks of the weight (see
+    :func:`decode_blocks`); x must be contiguous."""
     N, K = weight.shape
-    blocks, n, _ = w3.shape
-    main = blocks * n
+    n = N // blocks
+    main = n * blocks
+    w3 = weight[:main].view(blocks, n, K)
     M = x.numel() // K
     xb = x.as_strided((blocks, K, M), (0, 1, K))  # every block sees all M rows, no copy
     # (blocks, n, K) @ (blocks, K, M) -> (blocks, n, M): one matrix-vector product per thread
-    out = torch.bmm(w3, xb) if b3 is None else torch.baddbmm(b3, w3, xb)
+    if bias is None:
+        out = torch.bmm(w3, xb)
+    else:
+        out = torch.baddbmm(bias[:main].view(blocks, n, 1), w3, xb)
     if M == 1 and main == N:
         return out.view(*x.shape[:-1], N)
     out = out.view(main, M).t()  # (M, main)
@@ -93,28 +88,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     blocks = decode_blocks(x, weight)
     if not blocks:
         return F.linear(x, weight, bias)
-    return blocked_linear(x, weight, bias, *block_weight(weight, bias, blocks))
+    return _blocked_linear(x, weight, bias, blocks)
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and state-dict keys) with the decoding path of
-    :func:`decode_blocks`; the blocked views of its weight are made once and kept."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._blocked: tuple | None = None  # (blocks, weight ptr, bias ptr, w3, b3)
+    """``nn.Linear`` (same parameters and state-dict keys) whose forward is :func:`linear`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        w, b = self.weight, self.bias
-        blocks = decode_blocks(x, w)
-        if not blocks:
-            return F.linear(x, w, b)
-        c = self._blocked
-        b_ptr = None if b is None else b.data_ptr()
-        if c is None or c[0] != blocks or c[1] != w.data_ptr() or c[2] != b_ptr:
-            # (re)made when the thread count changes or the parameters are replaced (.to())
-            c = self._blocked = (blocks, w.data_ptr(), b_ptr, *block_weight(w, b, blocks))
-        return blocked_linear(x, w, b, c[3], c[4])
+        return linear(x, self.weight, self.bias)
 
 
 def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
