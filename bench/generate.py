@@ -10,6 +10,9 @@ Cases: greedy at batch 1 and batch 8, beam search (4 beams) at batch 1. EOS is d
 alternate between the libraries run by run; the median is reported.
 
 Prints new tokens/s for each library and ``ratio NAME = X.XX`` (archlab speed / HF speed).
+After gpt2's batch-1 case it also prints the speed of a bare-tensor decoding step of the same
+model (no modules, no generation loop, no prompt; ``bench/gemv.py``): an upper bound on what
+any eager implementation reaches on this machine, and its ratio to HF in the same run.
 
     python bench/generate.py [--rounds 3] [--threads 2] [--only gpt2,t5] [--new 128]
 """
@@ -30,6 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from archlab.convert import hf_to_archlab  # noqa: E402
 from archlab.generate import GenerationConfig, generate  # noqa: E402
 from archlab.model import build_model  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gemv import bare_step_ms  # noqa: E402
 
 V, D, H, FF = 8192, 384, 6, 1536
 
@@ -104,6 +110,10 @@ def main() -> int:
             print(f"{name:5s} {case:10s} archlab {tok / t_ours:8.0f} tok/s   HF {tok / t_hf:8.0f} tok/s   "
                   f"(same tokens as HF: {same}/{batch})")
             print(f"ratio {name}-{case} = {r:.2f}")
+            if name == "gpt2" and case == "greedy-b1":
+                ms = statistics.median(bare_step_ms(args.threads) for _ in range(args.rounds))
+                print(f"gpt2  bare-tensor step (upper bound, no prompt or loop) {1e3 / ms:8.0f} tok/s "
+                      f"= {(1e3 / ms) / (tok / t_hf):.2f}x HF")
     return 0
 
 

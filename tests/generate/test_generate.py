@@ -58,6 +58,28 @@ def test_greedy_cache_equals_recompute(arch, position, dtype):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_batch_of_one_cache_equals_recompute_on_the_one_row_path(arch, monkeypatch):
+    """Batch 1 is where decoding takes the fastest path: one-row products through the kept
+    blocked views (model.layers.decode_views) and single-query head splits with grouped K/V
+    heads. Checked in float64 against full recomputation, after checking the path is taken."""
+    from archlab.model import layers
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the blocked split, whatever CI has
+    planned = []
+    real_plan = layers._plan
+    monkeypatch.setattr(layers, "_plan", lambda w, b: planned.append(real_plan(w, b)) or planned[-1])
+    model = peaky_model(arch, "rope", n_kv_heads=2).to(torch.float64)
+    cfg = GenerationConfig(max_new_tokens=10)
+    cached = generate(model, INPUTS[:1], cfg, special=SP, output_logits=True)
+    assert any(p[3] > 0 for p in planned)  # some weights took the blocked one-row path
+    full = generate(model, INPUTS[:1], cfg, special=SP, output_logits=True, use_cache=False)
+    assert cached.sequences == full.sequences
+    for a, b in zip(cached.logits, full.logits, strict=True):
+        torch.testing.assert_close(a, b, **LOGIT_TOL[torch.float64])
+    assert layers._VIEWS is None  # nothing kept after the call
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("layout", ["seq2seq", "lm", "raw"])
 def test_beam_cache_equals_recompute_and_batch_equals_single(arch, layout):
     model = peaky_model(arch, "t5-relative" if arch == "encoder-decoder" else "rope")

@@ -67,3 +67,37 @@ def test_linear_module_follows_parameter_changes(two_threads):
         out = m(x.double())
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, F.linear(x.double(), m.weight, m.bias))
+
+
+@pytest.mark.parametrize("n_out", [8, 9])  # divisible by the blocks (kept views) or not
+@pytest.mark.parametrize("bias", [True, False])
+def test_decode_views_equal_f_linear_and_are_dropped_on_exit(two_threads, n_out, bias):
+    from archlab.model import layers
+    from archlab.model.layers import decode_views
+
+    m = Linear(48, n_out, bias=bias)
+    one, few = torch.randn(1, 1, 48), torch.randn(3, 48)
+    with torch.inference_mode(), decode_views():
+        for _ in range(2):  # the second call reuses the kept views
+            torch.testing.assert_close(m(one), F.linear(one, m.weight, m.bias))
+            torch.testing.assert_close(m(few), F.linear(few, m.weight, m.bias))
+        kept = layers._VIEWS
+        with decode_views():  # nested: the outer context's views stay in use
+            assert layers._VIEWS is kept
+        assert layers._VIEWS is kept
+        assert len(kept) == 1
+    assert layers._VIEWS is None
+
+
+def test_decode_views_keep_one_plan_per_weight_and_bias(two_threads):
+    """A tied weight can meet two biases (an LM head with and without its bias)."""
+    from archlab.model.layers import decode_views
+
+    w, b = torch.randn(16, 8), torch.randn(16)
+    x = torch.randn(1, 8)
+    with torch.inference_mode(), decode_views():
+        torch.testing.assert_close(linear(x, w, b), F.linear(x, w, b))
+        torch.testing.assert_close(linear(x, w), F.linear(x, w))
+        torch.testing.assert_close(linear(x, w, b), F.linear(x, w, b))
+        w.mul_(2.0)  # in place: the kept views share the storage
+        torch.testing.assert_close(linear(x, w, b), F.linear(x, w, b))

@@ -22,6 +22,7 @@ import torch
 
 from archlab.errors import ArchlabError
 from archlab.generate.config import GenerationConfig
+from archlab.model.layers import decode_views
 
 NEG_INF = float("-inf")
 
@@ -247,11 +248,12 @@ def generate(model: Any, inputs: Sequence[Sequence[int]], config: GenerationConf
     was_training = model.training
     model.eval()
     try:
-        dec = _Decoding(model, prompts, pad, max_new, cfg.use_cache)
-        if cfg.strategy == "beam":
-            out = _beam_search(dec, cfg, len(prompts), max_new, eos, pad)
-        else:
-            out = _sample_or_greedy(dec, cfg, max_new, eos, pad, output_logits)
+        with decode_views():  # blocked weight views made once per call (see model.layers)
+            dec = _Decoding(model, prompts, pad, max_new, cfg.use_cache)
+            if cfg.strategy == "beam":
+                out = _beam_search(dec, cfg, len(prompts), max_new, eos, pad)
+            else:
+                out = _sample_or_greedy(dec, cfg, max_new, eos, pad, output_logits)
     finally:
         model.train(was_training)
     out.prompts = [p.decoder for p in prompts]
@@ -276,6 +278,7 @@ def _sample_or_greedy(dec: _Decoding, cfg: GenerationConfig, max_new: int, eos: 
     score = torch.zeros(N, device=dev)
     kept: list[torch.Tensor] | None = [] if output_logits else None
     steps = 0
+    any_done = False  # until a row ends, the per-row masking below has nothing to mask
     for t in range(max_new):
         if kept is not None:
             kept.append(logits.clone())
@@ -287,14 +290,22 @@ def _sample_or_greedy(dec: _Decoding, cfg: GenerationConfig, max_new: int, eos: 
             probs = _filter_logits(logits, cfg).softmax(-1)
             nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
         logp = logits.log_softmax(-1).gather(1, nxt[:, None]).squeeze(1)
-        score += logp.masked_fill(done, 0.0)
-        nxt = nxt.masked_fill(done, pad)
+        if any_done:
+            logp = logp.masked_fill(done, 0.0)
+            nxt = nxt.masked_fill(done, pad)
+        score += logp
         out[:, t] = nxt
-        ended = (nxt == eos) & ~done
-        length = torch.where(ended, t, length)
-        done |= ended
+        ended = nxt == eos
+        if any_done:
+            ended &= ~done
         steps = t + 1
-        if t + 1 == max_new or bool(done.all()):
+        if bool(ended.any()):
+            length = torch.where(ended, t, length)
+            done |= ended
+            any_done = True
+            if bool(done.all()):
+                break
+        if t + 1 == max_new:
             break
         logits = dec.step(nxt)
     lengths = length.tolist()

@@ -70,23 +70,24 @@ class KVCache:
 
     def begin(self, positions: torch.Tensor, key_valid: torch.Tensor | None) -> None:
         """Record positions/padding of the ``T`` slots about to be written (B, T)."""
-        start, end = self.length, self.length + positions.shape[1]
-        if end > self.max_len:
-            raise ValueError(f"KV cache full: {end} slots needed, {self.max_len} allocated")
-        self.positions[:, start:end] = positions
+        start, n = self.length, positions.shape[1]
+        if start + n > self.max_len:
+            raise ValueError(f"KV cache full: {start + n} slots needed, {self.max_len} allocated")
+        self.positions.narrow(1, start, n).copy_(positions)
         if key_valid is not None:
-            self.key_valid[:, start:end] = key_valid
+            self.key_valid.narrow(1, start, n).copy_(key_valid)
             self.has_padding = self.has_padding or not bool(key_valid.all())
         else:
-            self.key_valid[:, start:end] = True
+            self.key_valid.narrow(1, start, n).fill_(True)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # k, v: (B, Hkv, T, hd) -> views over all filled slots (B, Hkv, length + T, hd)
-        start, end = self.length, self.length + k.shape[2]
+        # narrow: one view op per slice (indexing ``[:, :, a:b]`` costs one per dimension)
+        start, n = self.length, k.shape[2]
         kl, vl = self.k_layers[layer], self.v_layers[layer]
-        kl[:, :, start:end] = k
-        vl[:, :, start:end] = v
-        return kl[:, :, :end], vl[:, :, :end]
+        kl.narrow(2, start, n).copy_(k)
+        vl.narrow(2, start, n).copy_(v)
+        return kl.narrow(2, 0, start + n), vl.narrow(2, 0, start + n)
 
     def advance(self, n: int) -> None:
         self.length += n
@@ -151,6 +152,8 @@ class Attention(nn.Module):
 
     def _split(self, x: torch.Tensor, n_heads: int) -> torch.Tensor:
         B, T, _ = x.shape
+        if T == 1:  # a decoding step: (B, 1, H*hd) is already laid out as (B, H, 1, hd)
+            return x.view(B, n_heads, 1, self.head_dim)
         return x.view(B, T, n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
 
     def forward(
@@ -177,9 +180,14 @@ class Attention(nn.Module):
             else:
                 k, v = cached
         else:
-            q, k, v = self.qkv(x).split([self.n_heads * self.head_dim, kv_dim, kv_dim], dim=-1)
-            q = self._split(q, self.n_heads)
-            k, v = self._split(k, self.n_kv_heads), self._split(v, self.n_kv_heads)
+            qkv = self.qkv(x)  # (B, T, (H + 2 Hkv) * hd)
+            if T == 1:  # a decoding step: split the heads with one view and one split
+                q, k, v = qkv.view(B, -1, 1, self.head_dim).split(
+                    [self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
+            else:
+                q, k, v = qkv.split([self.n_heads * self.head_dim, kv_dim, kv_dim], dim=-1)
+                q = self._split(q, self.n_heads)
+                k, v = self._split(k, self.n_kv_heads), self._split(v, self.n_kv_heads)
             if rope is not None:
                 cos, sin = rope
                 q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -196,5 +204,8 @@ class Attention(nn.Module):
             scale=self.scale,
             enable_gqa=self.n_kv_heads != self.n_heads,
         )  # (B, H, T, hd)
-        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        if T == 1 and y.is_contiguous():  # (B, H, 1, hd) is (B, 1, H*hd) in memory
+            y = y.view(B, 1, self.n_heads * self.head_dim)
+        else:
+            y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return self.o(y)

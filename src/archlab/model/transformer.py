@@ -147,8 +147,8 @@ class Stack(nn.Module):
             if key_padding is not None and key_padding.shape[1] != T:
                 key_padding = key_padding[:, -T:]
             cache.begin(positions, key_padding)
-            k_pos = cache.positions[:, : q_offset + T]
-            key_padding = cache.key_valid[:, : q_offset + T] if cache.has_padding else None
+            k_pos = cache.positions.narrow(1, 0, q_offset + T)
+            key_padding = cache.key_valid.narrow(1, 0, q_offset + T) if cache.has_padding else None
         k_len = q_offset + T
         mask = build_mask(mask_kind, T, k_len, key_padding=key_padding,
                           prefix_lengths=prefix_lengths, q_offset=q_offset, device=x.device)
@@ -214,11 +214,13 @@ class InputEmbedding(nn.Module):
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(positions)
             x = x + self.types(token_type_ids)
-        if self.pos is not None or self.sin is not None:
-            x = x + (self.pos(positions + self.offset) if self.pos is not None else self.sin[positions])
+        if self.pos is not None:
+            x = x + self.pos(positions + self.offset if self.offset else positions)
+        elif self.sin is not None:
+            x = x + self.sin[positions]
         if self.norm is not None:
             x = self.norm(x)
-        return self.drop(x)
+        return self.drop(x) if self.training else x
 
 
 class ClassificationHead(nn.Module):
