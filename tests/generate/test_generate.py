@@ -76,7 +76,7 @@ def test_batch_of_one_cache_equals_recompute_on_the_one_row_path(arch, monkeypat
     assert cached.sequences == full.sequences
     for a, b in zip(cached.logits, full.logits, strict=True):
         torch.testing.assert_close(a, b, **LOGIT_TOL[torch.float64])
-    assert layers._VIEWS is None  # nothing kept after the call
+    assert layers._STATE.views is None  # nothing kept after the call
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -81,12 +81,12 @@ def test_decode_views_equal_f_linear_and_are_dropped_on_exit(two_threads, n_out,
         for _ in range(2):  # the second call reuses the kept views
             torch.testing.assert_close(m(one), F.linear(one, m.weight, m.bias))
             torch.testing.assert_close(m(few), F.linear(few, m.weight, m.bias))
-        kept = layers._VIEWS
+        kept = layers._STATE.views
         with decode_views():  # nested: the outer context's views stay in use
-            assert layers._VIEWS is kept
-        assert layers._VIEWS is kept
+            assert layers._STATE.views is kept
+        assert layers._STATE.views is kept
         assert len(kept) == 1
-    assert layers._VIEWS is None
+    assert layers._STATE.views is None
 
 
 def test_decode_views_keep_one_plan_per_weight_and_bias(two_threads):
@@ -101,3 +101,20 @@ def test_decode_views_keep_one_plan_per_weight_and_bias(two_threads):
         torch.testing.assert_close(linear(x, w, b), F.linear(x, w, b))
         w.mul_(2.0)  # in place: the kept views share the storage
         torch.testing.assert_close(linear(x, w, b), F.linear(x, w, b))
+
+
+def test_decode_views_are_per_thread():
+    """One thread's generate call neither sees nor ends another thread's kept views."""
+    import threading
+
+    from archlab.model import layers
+    from archlab.model.layers import decode_views
+
+    seen = []
+    with decode_views():
+        t = threading.Thread(target=lambda: seen.append(layers._STATE.views))
+        t.start()
+        t.join()
+        assert layers._STATE.views is not None
+    assert seen == [None]
+    assert layers._STATE.views is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -95,12 +96,18 @@ def _blocked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 # Blocked weight views kept for the length of one generation call (see decode_views). Making
 # them, and deciding per call whether the blocked path applies, costs a few microseconds per
 # matrix and token: about 0.1 ms of a 1.7 ms batch-1 step of the bench model. None outside
-# such a call. Keys are the ids of weight and bias; a value is (w3, b3, N, K) for the one-row
-# blocked path, or (weight, bias, N, -1) where it never applies (K = -1 matches no input).
-# Each value holds its tensors (or views of them), which keeps them alive, so an id cannot be
-# reused while its entry exists.
+# such a call, and per thread (two threads may generate at once). Keys are the ids of weight
+# and bias; a value is (w3, b3, N, K) for the one-row blocked path, or (weight, bias, N, -1)
+# where it never applies (K = -1 matches no input). Each value holds its tensors (or views of
+# them), which keeps them alive, so an id cannot be reused while its entry exists.
 _Plan = tuple[torch.Tensor, torch.Tensor | None, int, int]
-_VIEWS: dict[tuple[int, int], _Plan] | None = None
+
+
+class _DecodeState(threading.local):
+    views: dict[tuple[int, int], _Plan] | None = None
+
+
+_STATE = _DecodeState()
 
 
 @contextmanager
@@ -110,14 +117,13 @@ def decode_views() -> Iterator[None]:
     blocked views; they are dropped on exit, so no view outlives the call or pins a weight
     that is later moved or replaced. Parameters must not be replaced or moved inside the
     context (in-place changes are seen: the views share storage)."""
-    global _VIEWS
-    outer = _VIEWS
+    outer = _STATE.views
     if outer is None:
-        _VIEWS = {}
+        _STATE.views = {}
     try:
         yield
     finally:
-        _VIEWS = outer
+        _STATE.views = outer
 
 
 def _plan(weight: torch.Tensor, bias: torch.Tensor | None) -> _Plan:
@@ -132,7 +138,7 @@ def _plan(weight: torch.Tensor, bias: torch.Tensor | None) -> _Plan:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` (x: (..., K), weight: (N, K) -> (..., N)) with the decoding path of
     :func:`decode_blocks`."""
-    views = _VIEWS
+    views = _STATE.views
     if views is not None and torch.is_inference_mode_enabled():
         key = (id(weight), id(bias))
         if key in views:
