@@ -47,7 +47,10 @@ def test_report_matches_results(smoke):
                   "len_ratio", "repetition_rate"):
             assert x[k] is not None, k
         assert abs(x["budget_deviation"]) <= 0.10  # budget matching within 10 % of the target
+        assert 0 < x["latency_ms_per_example"] < 60_000  # timed after training, all entries in turn
         assert len(x["samples"]) == 3 and x["bleu_signature"].startswith("nrefs:1")
+    latency = json.loads((out / "latency.json").read_text())
+    assert sorted(latency.values()) == sorted(x["latency_ms_per_example"] for x in rows)
     with open(out / "results.csv") as f:
         csv_rows = list(csv.DictReader(f))
     assert len(csv_rows) == len(rows)

@@ -165,10 +165,13 @@ def job_specs(cfg: CompareConfig, sized: list[dict[str, Any]], kind: str, out: P
                     "eval": {**to_dict(cfg.eval), "metric": "loss", "decode_examples": 0},
                 }
                 run["train"] = {**run["train"], "init_from": str(run_dir / "pretrain" / "model")}
+            decode = to_dict(cfg.decode)
+            if kind == "pair":  # timed afterwards, all entries interleaved (measure_latency)
+                decode["latency_examples"] = 0
             jobs.append({"entry": e.label, "arch": e.arch, "seed": seed, "objective": objective,
                          "pretrain_objective": e.pretrain.objective if e.pretrain else None,
                          "run_dir": str(run_dir), "run": run, "pretrain": pre, "sizing": _jsonable(s),
-                         "decode": to_dict(cfg.decode), "kind": kind})
+                         "decode": decode, "kind": kind})
     return jobs
 
 
@@ -202,6 +205,41 @@ def run_job(job: dict[str, Any], job_path: Path) -> dict[str, Any]:
     return json.loads(result_path.read_text())
 
 
+def measure_latency(cfg: CompareConfig, out: Path, ds: Any, tok: Any, jobs: list[dict[str, Any]],
+                    results: list[dict[str, Any]]) -> None:
+    """Batch-1 decoding latency of every trained model of a pair task, written into
+    ``results``: the models of one seed are timed in one process, taking turns example by
+    example (``archlab.evaluate.runner.latency_ms_interleaved``), so machine-speed drift
+    between jobs does not decide which architecture looks faster. Kept in ``latency.json``
+    so that a resumed compare does not time again."""
+    import torch
+
+    from archlab.evaluate.runner import DecodeOptions, latency_ms_interleaved
+    from archlab.run import load_run
+
+    n = cfg.decode.latency_examples
+    if ds.kind != "pair" or not n:
+        return
+    path = out / "latency.json"
+    done: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+    todo = [j for j in jobs if j["run_dir"] not in done]
+    if todo:
+        torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
+        opts = DecodeOptions(**to_dict(cfg.decode))
+        test = ds.test[: opts.test_examples] if opts.test_examples else ds.test  # as the jobs score
+        sources = [tok.encode(ex.source) for ex in test[:n]]
+        for seed in sorted({j["seed"] for j in todo}):
+            group = [j for j in todo if j["seed"] == seed]
+            log(f"latency: {len(group)} model(s) of seed {seed}, {len(sources)} examples one at a time, "
+                "taking turns, fastest of 3")
+            models = {j["run_dir"]: load_run(j["run_dir"]).model for j in group}
+            done.update(latency_ms_interleaved(models, tok, sources, opts))
+            path.write_text(json.dumps(done, indent=1))
+            del models
+    for job, res in zip(jobs, results):
+        res["latency_ms_per_example"] = done[job["run_dir"]]
+
+
 def compare(cfg: CompareConfig) -> Path:
     """Run the whole comparison; returns the output directory (report.md/html inside)."""
     from archlab.compare.report import write_report
@@ -217,6 +255,7 @@ def compare(cfg: CompareConfig) -> Path:
     for i, job in enumerate(jobs):
         log(f"job {i + 1}/{len(jobs)}")
         results.append(run_job(job, out / "jobs" / f"job-{i:03d}.json"))
+    measure_latency(cfg, out, ds, tok, jobs, results)
     write_report(out, cfg, results, sizing=sized, shape=shape, task_kind=ds.kind,
                  wall_time_s=time.perf_counter() - t0)
     return out

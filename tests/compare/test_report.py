@@ -1,0 +1,27 @@
+"""The verdict's inference-cost line: a clear latency winner is named with its margin, and
+latencies within LATENCY_TIE are reported as no clear difference."""
+
+from __future__ import annotations
+
+from archlab.compare.report import LATENCY_TIE, verdict
+
+
+def _agg(entry: str, ms: float) -> dict:
+    return {"entry": entry, "seeds": [0], "latency_ms_per_example": ms, "num_beams": 4,
+            "kv_cache_bytes_per_example": 1000.0, "train_flops_per_example": 1.0, "train_time_s": 1.0}
+
+
+def _latency_line(agg: list[dict]) -> str:
+    return next(line for line in verdict(agg, "pair", []) if line.startswith("Inference cost"))
+
+
+def test_clear_latency_winner_is_named_with_its_margin():
+    line = _latency_line([_agg("decoder", 30.0), _agg("encoder-decoder", 36.0)])
+    assert "**decoder** has the lowest decoding latency (30.0 ms" in line
+    assert "20% below encoder-decoder" in line
+
+
+def test_close_latencies_are_no_clear_difference():
+    close = 30.0 * (1 + LATENCY_TIE / 2)
+    line = _latency_line([_agg("prefix-lm", close), _agg("decoder", 30.0)])
+    assert "**decoder**" in line and "prefix-lm is within 2% of it: not a clear difference" in line
