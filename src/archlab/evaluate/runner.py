@@ -80,7 +80,8 @@ def latency_ms_interleaved(models: dict[str, Any], tok: Any, sources: list[list[
     On this project's 2-core machine, with each model timed once per example in its own job,
     the ratio of the demo's prefix-LM and decoder latencies was 0.87 in one run and 1.22 in
     another with identical outputs (at two commits whose decoding changes apply to every
-    architecture alike); timed this way, three repeats gave 0.937, 0.936 and 0.951."""
+    architecture alike); timed this way, three repeats gave 0.937, 0.936 and 0.951, and a
+    fourth, in another process on another occasion, 1.029."""
     from archlab.generate import generate
 
     if not sources or not models:
