@@ -1,5 +1,6 @@
-"""The verdict's inference-cost line: a clear latency winner is named with its margin, and
-latencies within LATENCY_TIE are reported as no clear difference."""
+"""The verdict's inference-cost line: a clear latency winner is named with its margin,
+latencies within LATENCY_TIE are reported as no clear difference, and classification is not
+described as decoding."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ def _agg(entry: str, ms: float) -> dict:
             "kv_cache_bytes_per_example": 1000.0, "train_flops_per_example": 1.0, "train_time_s": 1.0}
 
 
-def _latency_line(agg: list[dict]) -> str:
-    return next(line for line in verdict(agg, "pair", []) if line.startswith("Inference cost"))
+def _latency_line(agg: list[dict], kind: str = "pair") -> str:
+    return next(line for line in verdict(agg, kind, []) if line.startswith("Inference cost"))
 
 
 def test_clear_latency_winner_is_named_with_its_margin():
@@ -26,3 +27,10 @@ def test_close_latencies_are_no_clear_difference():
     line = _latency_line([_agg("prefix-lm", close), _agg("decoder", 30.0)])
     assert "**decoder**" in line
     assert f"prefix-lm is within {LATENCY_TIE / 2:.0%} of it: not a clear difference" in line
+
+
+def test_classification_is_not_called_decoding():
+    line = _latency_line([_agg("encoder", 0.5), _agg("decoder", 0.9)], kind="label")
+    assert "**encoder** classifies fastest (0.50 ms per example, batched)" in line
+    assert "beam" not in line and "KV cache" not in line
+

@@ -148,8 +148,12 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
         ranked = sorted(lat, key=lambda a: a["latency_ms_per_example"])
         f = ranked[0]
         kv = min(lat, key=lambda a: a.get("kv_cache_bytes_per_example") or float("inf"))
-        line = (f"Inference cost: **{f['entry']}** has the lowest decoding latency "
-                f"({_fmt(f['latency_ms_per_example'], 1)} ms per example at beam {f['num_beams']})")
+        if task_kind == "label":  # no decoding: the pooled head's batched time per example
+            line = (f"Inference cost: **{f['entry']}** classifies fastest "
+                    f"({_fmt(f['latency_ms_per_example'], 2)} ms per example, batched)")
+        else:
+            line = (f"Inference cost: **{f['entry']}** has the lowest decoding latency "
+                    f"({_fmt(f['latency_ms_per_example'], 1)} ms per example at beam {f['num_beams']})")
         if len(ranked) > 1:
             second = ranked[1]
             rel = second["latency_ms_per_example"] / f["latency_ms_per_example"] - 1
@@ -158,8 +162,10 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
                          f"(repeated timings of the same models move such ratios by up to about 10 %)")
             else:
                 line += f", {rel:.0%} below {second['entry']}"
-        lines.append(line + f"; the smallest KV cache per example is {kv['entry']}'s "
-                     f"({_human(kv.get('kv_cache_bytes_per_example'), 'B')}).")
+        if task_kind != "label":
+            line += (f"; the smallest KV cache per example is {kv['entry']}'s "
+                     f"({_human(kv.get('kv_cache_bytes_per_example'), 'B')})")
+        lines.append(line + ".")
     return lines
 
 
@@ -219,17 +225,23 @@ def make_plots(results: list[dict[str, Any]], agg: list[dict[str, Any]], task_ki
 
     lat = [a for a in agg if a.get("latency_ms_per_example") is not None and not math.isnan(a["latency_ms_per_example"])]
     if lat:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        label = task_kind == "label"  # classification: batched time, no decoding and no cache
+        fig, axes = plt.subplots(1, 1 if label else 2, figsize=(4.5 if label else 9, 3.6), squeeze=False)
+        axes = axes[0]
         names = [a["entry"] for a in lat]
         axes[0].bar(names, [a["latency_ms_per_example"] for a in lat],
                     yerr=[a.get("latency_ms_per_example_std", 0) for a in lat],
                     color=[color[n] for n in names])
-        axes[0].set_ylabel("ms per example (batch 1)")
-        axes[0].set_title(f"Decoding latency, beam {lat[0]['num_beams']}")
-        axes[1].bar(names, [a.get("kv_cache_bytes_per_example", 0) / 1024 for a in lat],
-                    color=[color[n] for n in names])
-        axes[1].set_ylabel("KiB per example")
-        axes[1].set_title("KV cache incl. cross-attention")
+        if label:
+            axes[0].set_ylabel("ms per example (batched)")
+            axes[0].set_title("Classification time")
+        else:
+            axes[0].set_ylabel("ms per example (batch 1)")
+            axes[0].set_title(f"Decoding latency, beam {lat[0]['num_beams']}")
+            axes[1].bar(names, [a.get("kv_cache_bytes_per_example", 0) / 1024 for a in lat],
+                        color=[color[n] for n in names])
+            axes[1].set_ylabel("KiB per example")
+            axes[1].set_title("KV cache incl. cross-attention")
         for ax in axes:
             ax.tick_params(axis="x", rotation=20, labelsize=8)
             ax.grid(alpha=0.3, axis="y")

@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import random
 import re
 import sqlite3
 import zipfile
@@ -36,7 +37,7 @@ class DataConfig:
     valid_fraction: float = 0.03
     test_fraction: float = 0.03
     seed: int = 1234  # split seed (the training order has its own seed, train.seed)
-    max_examples: int | None = None  # keep at most this many training examples
+    max_examples: int | None = None  # keep a seeded sample of this many training examples
     max_source_chars: int | None = None  # pairs: drop pairs whose source is longer (all splits)
     max_target_chars: int | None = None  # pairs: drop pairs whose target is longer
     min_chars: int = 1  # drop examples whose text/source/target is shorter
@@ -97,6 +98,12 @@ def split_by_key(items: list[tuple[str, TextExample]], cfg: DataConfig) -> tuple
             valid.append(ex)
         else:
             train.append(ex)
+    # Corpora come grouped (verses by chapter, review snippets by label: the sentiment test
+    # split starts with over 100 positives in a row), and evaluation often reads "the first N"
+    # of a split (eval.max_examples, decode.test_examples, compare's latency examples). A
+    # seeded shuffle makes every such prefix a fair sample; whole-split metrics do not change.
+    random.Random(f"{cfg.seed}:valid").shuffle(valid)
+    random.Random(f"{cfg.seed}:test").shuffle(test)
     return train, valid, test
 
 
@@ -422,8 +429,11 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     ds.valid = [ex for ex in ds.valid if _keep(ex, cfg)]
     ds.test = [ex for ex in ds.test if _keep(ex, cfg)]
     ds.notes["filtered_out_train"] = before - len(ds.train)
-    if cfg.max_examples is not None:
-        ds.train = ds.train[: cfg.max_examples]
+    if cfg.max_examples is not None and cfg.max_examples < len(ds.train):
+        # a seeded sample in corpus order: the first N of a grouped corpus would be skewed
+        # (the first 600 sentiment training snippets hold 576 positives)
+        keep = sorted(random.Random(f"{cfg.seed}:max_examples").sample(range(len(ds.train)), cfg.max_examples))
+        ds.train = [ds.train[i] for i in keep]
     if not ds.train:
         raise ArchlabError(f"data.task={cfg.task}: zero training examples after splitting and filtering "
                            f"(max_source_chars={cfg.max_source_chars}, max_examples={cfg.max_examples})")
