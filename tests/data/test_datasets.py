@@ -108,3 +108,19 @@ def test_bundled_tasks(task, kind, pkg):
     assert ds.kind == kind and len(ds.train) > 1000 and ds.valid and ds.test
     if kind == "label":
         assert {e.label for e in ds.train} == set(range(len(ds.label_names)))
+
+
+def test_first_n_of_a_grouped_corpus_is_a_fair_sample(tmp_path):
+    """Files and corpora often come grouped (all negatives, then all positives); evaluation
+    reads the first N of valid/test and data.max_examples keeps N training examples, so each
+    must be a seeded sample, not the corpus head."""
+    rows = [f"neg {i}\tneg" for i in range(300)] + [f"pos {i}\tpos" for i in range(300)]
+    (tmp_path / "grouped.tsv").write_text("text\tlabel\n" + "\n".join(rows))
+    ds = load_dataset(cfg(tmp_path / "grouped.tsv", max_examples=60))
+    for split in (ds.test[:30], ds.valid[:30], ds.train):
+        assert 0.25 < sum(e.label for e in split) / len(split) < 0.75
+    assert len(ds.train) == 60
+    again = load_dataset(cfg(tmp_path / "grouped.tsv", max_examples=60))
+    assert [e.text for e in again.train] == [e.text for e in ds.train]  # seeded
+    assert [e.text for e in again.test] == [e.text for e in ds.test]
+    assert [e.text for e in ds.train] == sorted((e.text for e in ds.train), key=lambda t: (t[:3] == "pos", int(t.split()[1])))
