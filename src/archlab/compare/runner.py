@@ -226,8 +226,7 @@ def measure_latency(cfg: CompareConfig, out: Path, ds: Any, tok: Any, jobs: list
     if todo:
         torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
         opts = DecodeOptions(**to_dict(cfg.decode))
-        test = ds.test[: opts.test_examples] if opts.test_examples else ds.test  # as the jobs score
-        sources = [tok.encode(ex.source) for ex in test[:n]]
+        sources = [tok.encode(ex.source) for ex in opts.test_subset(ds.test)[:n]]  # as the jobs score
         for seed in sorted({j["seed"] for j in todo}):
             group = [j for j in todo if j["seed"] == seed]
             log(f"latency: {len(group)} model(s) of seed {seed}, {len(sources)} examples one at a time, "

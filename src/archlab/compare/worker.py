@@ -83,7 +83,7 @@ def evaluate_job(job: dict[str, Any]) -> dict[str, Any]:
     loaded = load_run(run_dir)
     ds = load_dataset(from_dict(DataConfig, job["run"]["data"], prefix="data"))
     opts = DecodeOptions(**job["decode"])
-    test = ds.test[: opts.test_examples] if opts.test_examples else ds.test
+    test = opts.test_subset(ds.test)
     if not test:
         raise ArchlabError(f"data.task={ds.name}: the test split is empty")
     scores = score_task(loaded.model, loaded.tokenizer, test, ds.kind, opts, objective=job["objective"])

@@ -33,6 +33,10 @@ class DecodeOptions:
     latency_examples: int = 0  # examples timed one at a time (batch 1) for latency
     test_examples: int | None = None  # score only the first N examples (None: all)
 
+    def test_subset(self, examples: list[Any]) -> list[Any]:
+        """The examples that are scored: the first ``test_examples`` (all when unset)."""
+        return examples[: self.test_examples] if self.test_examples else examples
+
 
 def _gen_config(opts: DecodeOptions, layout: str) -> Any:
     from archlab.generate import GenerationConfig

@@ -180,14 +180,9 @@ class Attention(nn.Module):
             else:
                 k, v = cached
         else:
-            qkv = self.qkv(x)  # (B, T, (H + 2 Hkv) * hd)
-            if T == 1:  # a decoding step: split the heads with one view and one split
-                q, k, v = qkv.view(B, -1, 1, self.head_dim).split(
-                    [self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
-            else:
-                q, k, v = qkv.split([self.n_heads * self.head_dim, kv_dim, kv_dim], dim=-1)
-                q = self._split(q, self.n_heads)
-                k, v = self._split(k, self.n_kv_heads), self._split(v, self.n_kv_heads)
+            q, k, v = self.qkv(x).split([self.n_heads * self.head_dim, kv_dim, kv_dim], dim=-1)
+            q = self._split(q, self.n_heads)
+            k, v = self._split(k, self.n_kv_heads), self._split(v, self.n_kv_heads)
             if rope is not None:
                 cos, sin = rope
                 q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)

@@ -52,13 +52,18 @@ def decode_blocks(x: torch.Tensor, weight: torch.Tensor) -> int:
     ``F.linear``. Its result equals ``F.linear``'s up to the order of floating-point sums.
     """
     if not (torch.is_inference_mode_enabled() and x.is_cpu and x.is_contiguous()
-            and weight.is_contiguous() and x.dtype == weight.dtype) or torch.is_autocast_enabled("cpu"):
+            and x.dtype == weight.dtype) or torch.is_autocast_enabled("cpu"):
         return 0
     K = x.shape[-1]
     if not 0 < x.numel() <= FEW_ROWS * K:
         return 0
+    return _weight_blocks(weight)
+
+
+def _weight_blocks(weight: torch.Tensor) -> int:
+    """Row blocks (one per thread) a contiguous weight is cut into; 0 when fewer than two."""
     blocks = min(torch.get_num_threads(), weight.shape[0])
-    return blocks if blocks > 1 else 0
+    return blocks if blocks > 1 and weight.is_contiguous() else 0
 
 
 def _blocked_views(weight: torch.Tensor, bias: torch.Tensor | None,
@@ -127,9 +132,8 @@ def decode_views() -> Iterator[None]:
 
 
 def _plan(weight: torch.Tensor, bias: torch.Tensor | None) -> _Plan:
-    blocks = min(torch.get_num_threads(), weight.shape[0])
-    if (blocks > 1 and weight.dim() == 2 and weight.is_cpu and weight.is_contiguous()
-            and weight.shape[0] % blocks == 0):  # with a remainder block: the general path
+    blocks = _weight_blocks(weight) if weight.dim() == 2 and weight.is_cpu else 0
+    if blocks and weight.shape[0] % blocks == 0:  # with a remainder block: the general path
         w3, b3, _ = _blocked_views(weight, bias, blocks)
         return w3, b3, weight.shape[0], weight.shape[1]
     return weight, bias, weight.shape[0], -1
