@@ -120,6 +120,8 @@ def test_first_n_of_a_grouped_corpus_is_a_fair_sample(tmp_path):
     for split in (ds.test[:30], ds.valid[:30], ds.train):
         assert 0.25 < sum(e.label for e in split) / len(split) < 0.75
     assert len(ds.train) == 60
+    with pytest.raises(ConfigError, match=r"data\.max_examples=-5: must be a positive number"):
+        load_dataset(cfg(tmp_path / "grouped.tsv", max_examples=-5))
     again = load_dataset(cfg(tmp_path / "grouped.tsv", max_examples=60))
     assert [e.text for e in again.train] == [e.text for e in ds.train]  # seeded
     assert [e.text for e in again.test] == [e.text for e in ds.test]

@@ -421,6 +421,9 @@ def _keep(ex: TextExample, cfg: DataConfig) -> bool:
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     """The task's train / validation / test splits (filters applied to every split)."""
+    if cfg.max_examples is not None and cfg.max_examples < 1:
+        raise ConfigError(f"data.max_examples={cfg.max_examples}: must be a positive number of training "
+                          "examples (or null for all)")
     ds = load_files(cfg) if cfg.task == "file" else _bundled(cfg)
     if cfg.reverse and ds.kind != "pair":
         raise ConfigError(f"data.reverse: only applies to pair data; {ds.name} is {ds.kind} data")
