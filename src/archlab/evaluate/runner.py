@@ -32,6 +32,7 @@ class DecodeOptions:
     batch_size: int = 32
     latency_examples: int = 0  # examples timed one at a time (batch 1) for latency
     test_examples: int | None = None  # score only the first N examples (None: all)
+    max_source_len: int | None = None  # the run's source budget (train.max_source_len), as trained
 
     def test_subset(self, examples: list[Any]) -> list[Any]:
         """The examples that are scored: the first ``test_examples`` (all when unset)."""
@@ -43,7 +44,8 @@ def _gen_config(opts: DecodeOptions, layout: str) -> Any:
 
     return GenerationConfig(strategy="beam" if opts.num_beams > 1 else "greedy",
                             num_beams=max(opts.num_beams, 1), max_new_tokens=opts.max_new_tokens,
-                            length_penalty=opts.length_penalty, prompt_layout=layout)
+                            length_penalty=opts.length_penalty, prompt_layout=layout,
+                            max_source_len=opts.max_source_len)
 
 
 def decode(model: Any, tok: Any, sources: list[list[int]], opts: DecodeOptions, layout: str = "seq2seq",
@@ -104,11 +106,12 @@ def latency_ms_interleaved(models: dict[str, Any], tok: Any, sources: list[list[
 
 
 def score_pairs(model: Any, tok: Any, examples: list[Any], opts: DecodeOptions, *,
-                progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Decode sources and score against targets: BLEU, chrF, ROUGE, length ratio, repetition."""
+                layout: str = "seq2seq", progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Decode sources (prompts in ``layout``) and score against targets: BLEU, chrF, ROUGE,
+    length ratio, repetition."""
     srcs = [tok.encode(ex.source) for ex in examples]
     refs = [ex.target for ex in examples]
-    hyp_ids, dt, n_tok = decode(model, tok, srcs, opts, progress=progress)
+    hyp_ids, dt, n_tok = decode(model, tok, srcs, opts, layout, progress=progress)
     hyps = [tok.decode(h) for h in hyp_ids]
     out: dict[str, Any] = {**M.translation_metrics(hyps, refs), **M.summarization_metrics(hyps, refs)}
     out["len_ratio"] = M.length_ratio(hyps, refs)
@@ -116,12 +119,14 @@ def score_pairs(model: Any, tok: Any, examples: list[Any], opts: DecodeOptions, 
     out["decode_tokens_per_s"] = n_tok / max(dt, 1e-9)
     out["decode_time_s"] = dt
     if opts.latency_examples:
-        out["latency_ms_per_example"] = latency_ms(model, tok, srcs[: opts.latency_examples], opts)
+        out["latency_ms_per_example"] = latency_ms(model, tok, srcs[: opts.latency_examples], opts, layout)
     out["samples"] = [{"source": ex.source, "reference": ex.target, "output": h}
                       for ex, h in zip(examples[:3], hyps[:3])]
     out["_shape"] = {"src_len": float(np.mean([len(s) for s in srcs])),
                      "tgt_len": float(np.mean([len(h) for h in hyp_ids]) if hyp_ids else 0.0)}
     out["_outputs"] = hyps
+    out["_outputs_rows"] = [{"source": ex.source, "reference": ex.target, "hypothesis": h}
+                            for ex, h in zip(examples, hyps)]
     return out
 
 
@@ -191,7 +196,10 @@ def score_task(model: Any, tok: Any, examples: list[Any], kind: str, opts: Decod
     if kind == "pair":
         if model.cfg.arch == "encoder":
             raise ArchlabError("an encoder-only model cannot generate targets for a pair task")
-        out = score_pairs(model, tok, examples, opts, progress=progress)
+        from archlab.objectives.layout import layout_for_objective
+
+        # the layout the objective trained (one definition with archlab generate's default)
+        out = score_pairs(model, tok, examples, opts, layout=layout_for_objective(objective), progress=progress)
     elif kind == "label":
         out = score_labels(model, tok, examples, opts.batch_size)
     else:
@@ -201,13 +209,15 @@ def score_task(model: Any, tok: Any, examples: list[Any], kind: str, opts: Decod
 
 
 def decode_metric_fn(tok: Any, examples: list[Any], kind: str, objective: str, *, n: int,
-                     max_new_tokens: int, num_beams: int) -> Callable[[Any, int], dict[str, float]] | None:
+                     max_new_tokens: int, num_beams: int,
+                     max_source_len: int | None = None) -> Callable[[Any, int], dict[str, float]] | None:
     """The trainer's periodic task metric: decode the first ``n`` validation examples (pair
     tasks: BLEU/chrF/ROUGE-L); None for other tasks."""
     subset = examples[:n]
     if n <= 0 or not subset or kind != "pair":  # label tasks: the loss pass already counts accuracy
         return None
-    opts = DecodeOptions(num_beams=num_beams, max_new_tokens=max_new_tokens, batch_size=32)
+    opts = DecodeOptions(num_beams=num_beams, max_new_tokens=max_new_tokens, batch_size=32,
+                         max_source_len=max_source_len)
 
     def fn(model: Any, step: int) -> dict[str, float]:
         was = model.training
@@ -240,6 +250,10 @@ def evaluate_run(path: str | Path, *, split: str = "test", which: str = "auto",
     if loaded.config is None or loaded.config.data is None:
         raise ArchlabError(f"{path}: a model directory has no task; evaluate a run directory "
                            "(made by archlab train)")
+    if opts.max_source_len is None:
+        from dataclasses import replace
+
+        opts = replace(opts, max_source_len=loaded.config.train.max_source_len)
     if loaded.tokenizer is None:
         raise ArchlabError(f"{loaded.model_path}: no tokenizer saved with the model")
     ds = load_dataset(loaded.config.data)

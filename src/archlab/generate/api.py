@@ -23,6 +23,7 @@ import torch
 from archlab.errors import ArchlabError
 from archlab.generate.config import GenerationConfig
 from archlab.model.layers import decode_views
+from archlab.objectives.layout import lm_prompt, seq2seq_prompt
 
 NEG_INF = float("-inf")
 
@@ -70,32 +71,34 @@ def layout_prompts(model: Any, inputs: Sequence[Sequence[int]], cfg: GenerationC
     out = []
     for x in inputs:
         x = [int(t) for t in x]
-        if arch == "encoder-decoder":
-            if cfg.prompt_layout == "seq2seq":
-                enc = [*x[: limit - 1], eos] if limit else [*x, eos]
-                out.append(Prompt([mcfg.start_token_id], enc))
-            elif cfg.prompt_layout == "lm":
-                dec = [bos, *x]
-                out.append(Prompt(dec[-(limit - 1):] if limit else dec, [eos]))
-            else:
-                out.append(Prompt([mcfg.start_token_id], x[:limit] if limit else x))
-            continue
-        prefix = arch == "prefix-lm"
         if cfg.prompt_layout == "seq2seq":
-            if sep is None:
+            if arch != "encoder-decoder" and sep is None:
                 raise ArchlabError("prompt_layout=seq2seq on a decoder-only model needs the "
                                    "tokenizer's <sep> token (pass special=tokenizer.special)")
-            if limit:  # as in training (objectives.build_seq2seq): keep the start of the source
-                x = x[: max(limit - 3, 0)]
-            out.append(Prompt([bos, *x, sep], prefix=prefix))
+            if cfg.max_source_len is not None:  # the run's source budget, as in training
+                x = x[: cfg.max_source_len]
+            if limit:  # absolute-position tables: keep the start of the source
+                x = x[: max(limit - (1 if arch == "encoder-decoder" else 3), 0)]
+            dec, enc = seq2seq_prompt(arch, x, _Special(pad, bos, eos, sep), mcfg.start_token_id)
+            out.append(Prompt(dec, enc, prefix=arch == "prefix-lm"))
         elif cfg.prompt_layout == "lm":
-            dec = [bos, *x]
-            out.append(Prompt(dec[-(limit - 1):] if limit else dec))
+            dec, enc = lm_prompt(arch, x, _Special(pad, bos, eos, sep))
+            out.append(Prompt(dec[-(limit - 1):] if limit else dec, enc))
+        elif arch == "encoder-decoder":
+            out.append(Prompt([mcfg.start_token_id], x[:limit] if limit else x))
         else:
             if not x:
                 raise ArchlabError("prompt_layout=raw: an empty prompt has nothing to continue")
-            out.append(Prompt(x[-(limit - 1):] if limit else x, prefix=prefix))
+            out.append(Prompt(x[-(limit - 1):] if limit else x, prefix=arch == "prefix-lm"))
     return out
+
+
+@dataclass(frozen=True)
+class _Special:
+    pad: int
+    bos: int
+    eos: int
+    sep: int | None
 
 
 class _Decoding:

@@ -55,9 +55,10 @@ def _add(p: argparse.ArgumentParser) -> None:
 
 
 def default_layout(config: object | None) -> str:
-    if config is None:
-        return "raw"
-    return "lm" if config.objective.name == "causal-lm" else "seq2seq"
+    """The run's layout (``objectives.layout.layout_for_objective``, shared with evaluate)."""
+    from archlab.objectives.layout import layout_for_objective
+
+    return layout_for_objective(None if config is None else config.objective.name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     if tok is None:
         raise ArchlabError(f"{loaded.model_path}: no tokenizer saved with the model")
     gcfg = generation_config(args, args.layout or default_layout(loaded.config))
+    if loaded.config is not None:  # cut sources to the run's source budget, as in training
+        gcfg.max_source_len = loaded.config.train.max_source_len
     n = gcfg.num_return_sequences
     lines: list[str] = []
     bar = tqdm(total=len(texts), unit="ex", desc="generate",

@@ -43,6 +43,7 @@ class GenerationConfig:
     top_p: float = 1.0  # 1.0: off
     seed: int | None = None  # a fixed seed makes sampling reproducible
     prompt_layout: str = "seq2seq"  # seq2seq | lm | raw
+    max_source_len: int | None = None  # seq2seq: cut sources to the run's train.max_source_len
     use_cache: bool = True  # False: recompute the whole sequence each step (reference path)
     eos_token_id: int | None = None  # None: the tokenizer's (or model config's) EOS
 
@@ -54,6 +55,8 @@ class GenerationConfig:
             raise bad("strategy", f"{self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if self.prompt_layout not in LAYOUTS:
             raise bad("prompt_layout", f"{self.prompt_layout!r} is not one of {', '.join(LAYOUTS)}")
+        if self.max_source_len is not None and self.max_source_len < 1:
+            raise bad("max_source_len", f"must be >= 1 or null, got {self.max_source_len}")
         if self.max_new_tokens < 1:
             raise bad("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:

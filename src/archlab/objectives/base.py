@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from archlab.errors import ConfigError
+from archlab.objectives.layout import PairBudget
 from archlab.objectives.loss import linear_cross_entropy
 
 IGNORE = -100
@@ -122,6 +123,8 @@ class Objective:
         *,
         decoder_start: int | None = None,
         label_smoothing: float = 0.0,
+        max_source_len: int | None = None,
+        max_target_len: int | None = None,
         **options: Any,
     ) -> None:
         if options:
@@ -138,6 +141,22 @@ class Objective:
         self.label_smoothing = label_smoothing
         self.max_len = max_len  # longest sequence a model input may have (tokens)
         self.decoder_start = special.bos if decoder_start is None else decoder_start
+        for key, v in (("max_source_len", max_source_len), ("max_target_len", max_target_len)):
+            if v is not None and v < 1:
+                raise ConfigError(f"train.{key} must be >= 1 or null, got {v}")
+        # source/target token budgets of (source, target) pairs (objectives.layout)
+        self.budget = PairBudget(max_len, max_source_len, max_target_len)
+
+    def truncated(self, ex: Example) -> bool:
+        """Whether ``build`` cuts tokens of this example (counted per run)."""
+        if ex.src is not None and self.needs == "pair":
+            return self.budget.truncated(self.arch, ex.src, ex.tgt or [])
+        return len(ex.ids) > self.text_budget
+
+    @property
+    def text_budget(self) -> int:
+        """Tokens kept of a single text (the source budget when one is set)."""
+        return self.budget.max_source if self.budget.max_source is not None else self.max_len - 2
 
     def build(self, examples: Sequence[Example], rng: np.random.Generator) -> Batch:
         raise NotImplementedError

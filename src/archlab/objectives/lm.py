@@ -18,6 +18,7 @@ from archlab.objectives.base import (
     pad_labels,
     pad_sequences,
 )
+from archlab.objectives.layout import lm_sequence, seq2seq_pair
 
 GENERATIVE = ("decoder", "prefix-lm", "encoder-decoder")
 DECODERS = ("decoder", "prefix-lm")
@@ -36,9 +37,7 @@ class CausalLM(Objective):
 
     def build(self, examples: Sequence[Example], rng: np.random.Generator) -> Batch:
         sp = self.special
-        seqs = [[sp.bos, *ex.ids[: self.max_len - 1], sp.eos][: self.max_len + 1] for ex in examples]
-        inputs = [s[:-1] for s in seqs]
-        labels = [s[1:] for s in seqs]
+        inputs, labels = zip(*(lm_sequence(ex.ids, sp, self.max_len) for ex in examples))
         ids, mask = pad_sequences(inputs, sp.pad)
         return {"input_ids": ids, "attention_mask": mask, "labels": pad_labels(labels, ids.shape[1])}
 
@@ -91,33 +90,20 @@ class Seq2Seq(Objective):
 
 def build_seq2seq(obj: Objective, srcs: Sequence[Sequence[int]], tgts: Sequence[Sequence[int]]) -> Batch:
     """Shared by seq2seq, prefix-LM, span corruption and denoising: a (source, target) pair in
-    the layout of ``obj.arch``."""
+    the layout of ``obj.arch`` (``objectives.layout``, the same definition decoding uses),
+    truncated to the objective's source/target budgets."""
     sp = obj.special
-    L = obj.max_len
+    lay = [seq2seq_pair(obj.arch, *obj.budget.cut_pair(obj.arch, s, t), sp, obj.decoder_start)
+           for s, t in zip(srcs, tgts)]
     if obj.arch == "encoder-decoder":
-        enc = [[*s[: L - 1], sp.eos] for s in srcs]
-        tgt = [[*t[: L - 1], sp.eos] for t in tgts]
-        dec_in = [[obj.decoder_start, *t[:-1]] for t in tgt]
-        ids, mask = pad_sequences(enc, sp.pad)
-        dids, dmask = pad_sequences(dec_in, sp.pad)
+        ids, mask = pad_sequences([x.encoder or [] for x in lay], sp.pad)
+        dids, dmask = pad_sequences([x.decoder for x in lay], sp.pad)
         return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dids,
-                "decoder_attention_mask": dmask, "labels": pad_labels(tgt, dids.shape[1])}
-    # decoder-only layout: <bos> src <sep> tgt <eos>, inputs drop the last token
-    inputs, labels, prefix = [], [], []
-    for s, t in zip(srcs, tgts):
-        head = [sp.bos, *s, sp.sep]
-        room = L + 1 - len(head)  # leave at least one target token when the source is long
-        if room < 2:
-            head = [sp.bos, *s[: max(L - 3, 0)], sp.sep]
-            room = L + 1 - len(head)
-        tail = [*t[: room - 1], sp.eos]
-        seq = head + tail
-        inputs.append(seq[:-1])
-        labels.append([IGNORE] * (len(head) - 1) + tail)
-        prefix.append(len(head))
-    ids, mask = pad_sequences(inputs, sp.pad)
-    return {"input_ids": ids, "attention_mask": mask, "labels": pad_labels(labels, ids.shape[1]),
-            "prefix_lengths": torch.tensor(prefix, dtype=torch.long)}
+                "decoder_attention_mask": dmask, "labels": pad_labels([x.labels for x in lay], dids.shape[1])}
+    ids, mask = pad_sequences([x.decoder for x in lay], sp.pad)
+    return {"input_ids": ids, "attention_mask": mask,
+            "labels": pad_labels([x.labels for x in lay], ids.shape[1]),
+            "prefix_lengths": torch.tensor([x.prompt_len for x in lay], dtype=torch.long)}
 
 
 class MaskedLM(Objective):
@@ -166,7 +152,7 @@ class Classification(Objective):
 
     def build(self, examples: Sequence[Example], rng: np.random.Generator) -> Batch:
         sp = self.special
-        seqs = [[sp.cls, *ex.ids[: self.max_len - 2], sp.sep] for ex in examples]
+        seqs = [[sp.cls, *ex.ids[: self.text_budget], sp.sep] for ex in examples]
         ids, mask = pad_sequences(seqs, sp.pad)
         y = torch.tensor([ex.label if ex.label is not None else IGNORE for ex in examples])
         return {"input_ids": ids, "attention_mask": mask, "class_labels": y}

@@ -49,6 +49,10 @@ class TrainConfig:
     tokens_per_batch: int = 8192  # padded tokens per micro-batch (length-bucketed batches)
     max_batch: int | None = None  # cap on examples per micro-batch
     max_len: int = 256  # longest model input (tokens); longer examples are truncated and counted
+    # pair tasks: source / target tokens kept (special tokens not counted), the same for every
+    # family; null: fill max_len as the family's layout allows (objectives.layout)
+    max_source_len: int | None = None
+    max_target_len: int | None = None
     pack: bool = False  # pack LM examples into max_len sequences (causal-lm / masked-lm / denoising)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast bf16 matmuls, fp32 master weights
     seed: int = 0
@@ -115,6 +119,10 @@ def run_config_from_dict(data: dict[str, Any], where: str = "config") -> RunConf
     for key in ("steps", "grad_accum", "tokens_per_batch", "max_len", "log_every", "keep_last"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"{where}: train.{key} must be >= 1, got {getattr(cfg.train, key)}")
+    for key in ("max_source_len", "max_target_len"):
+        v = getattr(cfg.train, key)
+        if v is not None and v < 1:
+            raise ConfigError(f"{where}: train.{key} must be >= 1 or null, got {v}")
     if cfg.train.lr <= 0:
         raise ConfigError(f"{where}: train.lr must be > 0, got {cfg.train.lr}")
     if not 0.0 < cfg.train.decay_fraction <= 1.0:

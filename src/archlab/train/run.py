@@ -93,8 +93,10 @@ def train_run(
     metric_fn: MetricFn | None = None,
     progress: bool | None = None,
     raw_model_keys: set[str] | None = None,
+    dataset: Any | None = None,
 ) -> TrainResult:
-    """Run (or resume) the training described by ``cfg``; returns the result summary."""
+    """Run (or resume) the training described by ``cfg``; returns the result summary.
+    ``dataset``: the already loaded ``cfg.data`` (callers that also evaluate load it once)."""
     from archlab.data import Batcher, load_dataset, tokenize_examples
     from archlab.model import build_model
     from archlab.run import load_weights, save_model_dir
@@ -112,10 +114,8 @@ def train_run(
     init = cfg.train.init_from
     base = _init_model_config(init, cfg, raw_model_keys or set()) if init else None
     arch = base.arch if base is not None else cfg.model.arch
-    make_objective(cfg.objective.name, SpecialTokens(sentinels=(7,)), arch, cfg.train.max_len,
-                   **{k: v for k, v in cfg.objective.options.items() if k != "sentence_end_ids"},
-                   **({"sentence_end_ids": [1]} if cfg.objective.options.get("permute_sentences") else {}))
-    ds = load_dataset(cfg.data)
+    check_objective(cfg, arch)
+    ds = dataset if dataset is not None else load_dataset(cfg.data)
     _check_objective_data(cfg, ds.kind)
     if not ds.train:
         raise ArchlabError(f"data.task={cfg.data.task}: zero training examples")
@@ -140,8 +140,9 @@ def train_run(
     if cfg.objective.name == "denoising" and options.get("permute_sentences"):
         options.setdefault("sentence_end_ids", sentence_end_ids(tok))
     objective = make_objective(cfg.objective.name, tok.special, mcfg.arch, cfg.train.max_len,
-                               decoder_start=mcfg.start_token_id, **options)
+                               decoder_start=mcfg.start_token_id, **_budget_kw(cfg), **options)
     train_ex = examples_for_objective(tokenize_examples(ds.train, tok), objective.name)
+    n_truncated = sum(objective.truncated(ex) for ex in train_ex)
     valid_ex = examples_for_objective(tokenize_examples(ds.valid, tok), objective.name)
     batcher = Batcher(train_ex, tokens_per_batch=cfg.train.tokens_per_batch,
                       max_batch=cfg.train.max_batch, seed=cfg.train.seed,
@@ -176,18 +177,39 @@ def train_run(
         from archlab.evaluate.runner import decode_metric_fn
 
         metric_fn = decode_metric_fn(tok, ds.valid, ds.kind, objective.name, n=cfg.eval.decode_examples,
-                                     max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams)
+                                     max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams,
+                                     max_source_len=cfg.train.max_source_len)
     built_in = ("loss", "ppl", "bpb", *(("accuracy",) if objective.name == "classification" else ()))
     if metric_fn is None and cfg.eval.metric not in built_in:
         raise ArchlabError(f"eval.metric={cfg.eval.metric}: task metrics need eval.decode_examples > 0 "
                            f"on a pair task (this task is {ds.kind}); use eval.metric=loss")
     trainer = Trainer(model=model, objective=objective, batches_for_epoch=batcher.epoch_batches,
                       valid_examples=valid_ex, train_cfg=cfg.train, eval_cfg=cfg.eval, run_dir=run_dir,
-                      metric_fn=metric_fn, save_model_dir=save_dir, progress=progress)
+                      metric_fn=metric_fn, save_model_dir=save_dir, progress=progress,
+                      examples_truncated=n_truncated)
     n_params = sum(p.numel() for p in model.parameters())
     _log(f"{mcfg.arch} model, {n_params / 1e6:.2f}M parameters; objective {objective.name}; "
-         f"{len(train_ex)} training / {len(valid_ex)} validation examples; run dir {run_dir}")
+         f"{len(train_ex)} training / {len(valid_ex)} validation examples "
+         f"({n_truncated} truncated); run dir {run_dir}")
     return trainer.fit(resume=resume)
+
+
+def _budget_kw(cfg: RunConfig) -> dict[str, Any]:
+    return {"max_source_len": cfg.train.max_source_len, "max_target_len": cfg.train.max_target_len}
+
+
+def check_objective(cfg: RunConfig, arch: str) -> None:
+    """Everything about the objective that can be checked without data or tokenizer: its name,
+    options, that it fits ``arch``, and that an explicit source/target budget fits the model's
+    absolute-position table."""
+    obj = make_objective(cfg.objective.name, SpecialTokens(sentinels=(7,)), arch, cfg.train.max_len,
+                         **_budget_kw(cfg),
+                         **{k: v for k, v in cfg.objective.options.items() if k != "sentence_end_ids"},
+                         **({"sentence_end_ids": [1]} if cfg.objective.options.get("permute_sentences") else {}))
+    ctx = obj.budget.context(arch)
+    if ctx is not None and cfg.model.position in ("learned", "sinusoidal") and ctx > cfg.model.max_seq_len:
+        raise ConfigError(f"train.max_source_len + train.max_target_len: a {arch} input of {ctx} tokens "
+                          f"exceeds model.max_seq_len={cfg.model.max_seq_len} ({cfg.model.position} positions)")
 
 
 def sentence_end_ids(tok: Any) -> list[int]:

@@ -116,6 +116,7 @@ class TrainResult:
     train_time_s: float = 0.0
     tokens_seen: int = 0
     peak_memory_bytes: int = 0
+    examples_truncated: int = 0  # training examples the objective cuts (counted once per run)
 
 
 class Trainer:
@@ -141,8 +142,10 @@ class Trainer:
         save_model_dir: Callable[[Path], None] | None = None,
         progress: bool | None = None,
         log: Callable[[str], None] | None = None,
+        examples_truncated: int = 0,
     ) -> None:
         self.model = model
+        self.examples_truncated = examples_truncated
         self.objective = objective
         self.batches_for_epoch = batches_for_epoch
         self.valid = valid_examples
@@ -249,7 +252,7 @@ class Trainer:
     def fit(self, *, resume: bool = False) -> TrainResult:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        st = TrainState(step=0, epoch=0, batch_index=0)
+        st = TrainState(step=0, epoch=0, batch_index=0, examples_truncated=self.examples_truncated)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
@@ -363,7 +366,7 @@ class Trainer:
             self.save_model_dir(self.run_dir / "model")
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else _peak_rss()
         return TrainResult(self.run_dir, st.step, stopped, last_eval, st.best_metric,
-                           st.train_time_s, st.tokens_seen, peak)
+                           st.train_time_s, st.tokens_seen, peak, st.examples_truncated)
 
     @staticmethod
     def _n_targets(batch: Batch) -> int:
