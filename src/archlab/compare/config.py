@@ -46,6 +46,26 @@ class BudgetConfig:
     target: float | None = None  # ... unless given: parameters, or forward FLOPs per example
     tolerance: float = 0.05  # sizing aims within this; entries outside 10 % are an error
     d_ff_multiple: int = 32
+    # budget sweep: the whole comparison at each scale; a scale multiplies the training steps,
+    # or with scale_model the sizing target (model size) at fixed steps
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    scale_model: bool = False
+    seeds_at_largest: list[int] | None = None  # seeds at the largest scale (default: seeds)
+
+
+@dataclass
+class TuneConfig:
+    """Per-entry tuning: a short run per entry and candidate (every combination of the lists),
+    the best on validation loss (or the task metric) kept for the full runs. Every entry gets
+    the same candidates and steps, and their FLOPs are counted (``tune_flops``)."""
+
+    lr: list[float] = field(default_factory=list)
+    steps: int = 200
+    warmup_steps: list[int] | None = None  # None: train.warmup_steps (capped below steps)
+    dropout: list[float] | None = None  # None: the model's dropout
+    metric: Literal["val_loss", "task"] = "val_loss"  # task: BLEU (pair) / accuracy (label)
+    decode_examples: int = 64  # metric task on pair tasks: validation examples decoded
+    seed: int | None = None  # tuning runs' seed (None: the first seed)
 
 
 @dataclass
@@ -71,6 +91,9 @@ class CompareConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    tune: TuneConfig | None = None
+    # label tasks: an encoder entry (the family made for classification) joins when none is given
+    encoder_on_label_tasks: bool = True
 
     @property
     def run_dir(self) -> Path:
@@ -162,6 +185,26 @@ def compare_config_from_dict(data: dict[str, Any], where: str) -> CompareConfig:
     dup = {x for x in labels if labels.count(x) > 1}
     if dup:
         raise ConfigError(f"{where}: entries: duplicate entry name {sorted(dup)[0]!r}; set name: to tell them apart")
+    b = cfg.budget
+    if not b.scales or any(x <= 0 for x in b.scales):
+        raise ConfigError(f"{where}: budget.scales must be a non-empty list of numbers > 0, got {b.scales}")
+    if len(set(b.scales)) != len(b.scales):
+        raise ConfigError(f"{where}: budget.scales has a repeated value: {b.scales}")
+    if b.seeds_at_largest is not None and not b.seeds_at_largest:
+        raise ConfigError(f"{where}: budget.seeds_at_largest: give at least one seed, or null")
+    t = cfg.tune
+    if t is not None:
+        if not t.lr or any(x <= 0 for x in t.lr):
+            raise ConfigError(f"{where}: tune.lr must be a non-empty list of learning rates > 0, got {t.lr}")
+        if t.steps < 1:
+            raise ConfigError(f"{where}: tune.steps must be >= 1, got {t.steps}")
+        if t.warmup_steps is not None and any(not 0 <= w < t.steps for w in t.warmup_steps):
+            raise ConfigError(f"{where}: tune.warmup_steps must be in [0, tune.steps={t.steps}), "
+                              f"got {t.warmup_steps}")
+        if t.dropout is not None and any(not 0.0 <= d < 1.0 for d in t.dropout):
+            raise ConfigError(f"{where}: tune.dropout must be in [0, 1), got {t.dropout}")
+        if t.metric == "task" and t.decode_examples < 1:
+            raise ConfigError(f"{where}: tune.decode_examples must be >= 1 with tune.metric=task")
     if cfg.budget.reference not in {e.arch for e in cfg.entries} and cfg.budget.target is None:
         raise ConfigError(f"{where}: budget.reference={cfg.budget.reference} is not among the entries' "
                           "architectures; set budget.target or add such an entry")

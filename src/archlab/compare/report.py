@@ -29,8 +29,9 @@ LATENCY_TIE = 0.10
 SUMMARY_PRIMARY = ("rougeL", "ROUGE-L", True)
 
 CSV_FIELDS = [
-    "entry", "arch", "objective", "pretrain_objective", "seed", "layers", "d_model", "d_ff", "params",
-    "flops_per_example", "train_flops_per_example", "budget_deviation", "train_steps", "train_tokens",
+    "entry", "arch", "objective", "pretrain_objective", "seed", "scale", "layers", "d_model", "d_ff", "params",
+    "flops_per_example", "train_flops_per_example", "train_flops", "tune_flops", "lr", "warmup_steps",
+    "budget_deviation", "examples_truncated", "truncated_fraction", "train_steps", "train_tokens",
     "train_time_s", "peak_memory_bytes", "val_loss", "bleu", "chrf", "rouge1", "rouge2", "rougeL",
     "accuracy", "macro_f1", "ppl", "bpb", "len_ratio", "repetition_rate", "decode_tokens_per_s",
     "latency_ms_per_example", "kv_cache_bytes_per_example", "num_beams",
@@ -53,18 +54,22 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per entry: mean and standard deviation over seeds of every numeric field."""
-    order: list[str] = []
-    by: dict[str, list[dict[str, Any]]] = {}
+    """One row per entry and budget scale: mean and standard deviation over seeds of every
+    numeric field."""
+    order: list[tuple[str, float]] = []
+    by: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in results:
-        if r["entry"] not in by:
-            order.append(r["entry"])
-        by.setdefault(r["entry"], []).append(r)
+        key = (r["entry"], float(r.get("scale", 1.0)))
+        if key not in by:
+            order.append(key)
+        by.setdefault(key, []).append(r)
     out = []
     for name in order:
         rows = by[name]
-        agg: dict[str, Any] = {k: rows[0][k] for k in ("entry", "arch", "objective", "pretrain_objective",
-                                                       "layers", "d_model", "d_ff", "num_beams")}
+        agg: dict[str, Any] = {k: rows[0].get(k) for k in ("entry", "arch", "objective", "pretrain_objective",
+                                                           "layers", "d_model", "d_ff", "num_beams")}
+        agg["scale"] = name[1]
+        agg["tuned"] = rows[0].get("tuned") or {}
         agg["seeds"] = [r["seed"] for r in rows]
         for k in CSV_FIELDS:
             if k in agg or k == "seed":
@@ -255,17 +260,27 @@ def make_plots(results: list[dict[str, Any]], agg: list[dict[str, Any]], task_ki
 # ---------------------------------------------------------------------------------------------
 def _main_table(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     q = quality_columns(task_kind, results)
-    head = ["Architecture", "Objective", "Layers", "Params", "FLOPs/ex", *[c[1] for c in q], "val loss",
-            "train s", "dec tok/s", "ms/ex", "KV/ex", "len ratio", "repeat"]
+    decoding = task_kind == "pair"  # KV cache, length ratio and repetition only apply to decoding
+    scales = len({a.get("scale", 1.0) for a in agg}) > 1
+    tuned = any(a.get("tuned") for a in agg)
+    truncated = any(a.get("examples_truncated") for a in agg)
+    head = ["Architecture", *(["Scale", "train FLOPs"] if scales else []), "Objective", "Layers", "Params",
+            "FLOPs/ex", *(["lr"] if tuned else []), *[c[1] for c in q], "val loss", "train s",
+            *(["truncated"] if truncated else []),
+            *(["dec tok/s", "ms/ex", "KV/ex", "len ratio", "repeat"] if decoding else ["ms/ex"])]
     rows = []
     for a in agg:
         obj = a["objective"] if not a.get("pretrain_objective") else f"{a['pretrain_objective']} → {a['objective']}"
         rows.append([
-            a["entry"], obj, a["layers"], _human(a.get("params")), _human(a.get("flops_per_example")),
+            a["entry"], *([f"{a.get('scale', 1.0):g}", _human(a.get("train_flops"))] if scales else []),
+            obj, a["layers"], _human(a.get("params")), _human(a.get("flops_per_example")),
+            *([f"{a['tuned'].get('lr', a.get('lr', float('nan'))):.2g}"] if tuned else []),
             *[_pm(a, k, d) for k, _, d in q],
-            _pm(a, "val_loss", 3), _fmt(a.get("train_time_s"), 1), _fmt(a.get("decode_tokens_per_s"), 0),
-            _fmt(a.get("latency_ms_per_example"), 1), _human(a.get("kv_cache_bytes_per_example"), "B"),
-            _fmt(a.get("len_ratio"), 2), _fmt(a.get("repetition_rate"), 3),
+            _pm(a, "val_loss", 3), _fmt(a.get("train_time_s"), 1),
+            *([f"{_fmt(a.get('truncated_fraction', 0.0) * 100, 1)} %"] if truncated else []),
+            *([_fmt(a.get("decode_tokens_per_s"), 0), _fmt(a.get("latency_ms_per_example"), 1),
+               _human(a.get("kv_cache_bytes_per_example"), "B"), _fmt(a.get("len_ratio"), 2),
+               _fmt(a.get("repetition_rate"), 3)] if decoding else [_fmt(a.get("latency_ms_per_example"), 2)]),
         ])
     return head, rows
 
@@ -295,13 +310,21 @@ def write_report(
     shape: Any,
     task_kind: str,
     wall_time_s: float,
+    tuning: list[dict[str, Any]] | None = None,
+    scales: list[float] | None = None,
 ) -> None:
     agg = aggregate(results)
-    tokens_per_example = shape.src_len + shape.tgt_len + 3
-    plots = make_plots(results, agg, task_kind, tokens_per_example)
+    tokens_per_example = shape.src_len + shape.tgt_len + 2
+    scales = scales or sorted({float(r.get("scale", 1.0)) for r in results})
+    top = max(scales)
+    top_results = [r for r in results if float(r.get("scale", 1.0)) == top]
+    top_agg = [a for a in agg if a.get("scale", 1.0) == top]
+    plots = make_plots(top_results, top_agg, task_kind, tokens_per_example)
     for name, data in plots.items():
         (out / f"{name}.png").write_bytes(data)
-    verdict_lines = verdict(agg, task_kind, results)
+    verdict_lines = verdict(top_agg, task_kind, top_results)
+    if len(scales) > 1:
+        verdict_lines = [f"At the largest budget (scale {top:g}): {verdict_lines[0]}", *verdict_lines[1:]]
     doc = {
         "name": cfg.name,
         "task": cfg.data,
@@ -310,6 +333,8 @@ def write_report(
         "typical_example_tokens": {"src": shape.src_len, "tgt": shape.tgt_len},
         "sizing": [{k: (to_dict(v) if k == "model" else v) for k, v in s.items()} for s in sizing],
         "seeds": cfg.seeds,
+        "scales": scales,
+        "tuning": tuning or [],
         "wall_time_s": wall_time_s,
         "verdict": verdict_lines,
         "entries": agg,
@@ -327,8 +352,9 @@ def write_report(
     md = [f"# archlab compare: {cfg.name}", "",
           f"Task **{task}** ({task_kind}); budget matched on **{cfg.budget.match}** "
           f"(typical example {shape.src_len:.1f} + {shape.tgt_len:.1f} tokens); "
-          f"{len(cfg.seeds)} seed(s) per entry; {cfg.train.steps} training steps of "
-          f"{cfg.train.tokens_per_batch} padded tokens; decoding with beam {cfg.decode.num_beams}; "
+          f"{_seeds_text(cfg)}; {cfg.train.steps} training steps of "
+          f"{cfg.train.tokens_per_batch} padded tokens{_scales_text(cfg, scales)}; "
+          f"{_lr_text(cfg, tuning)}; decoding with beam {cfg.decode.num_beams}; "
           f"total wall time {wall_time_s / 60:.1f} min.", "",
           "## Verdict", "", *[f"- {v}" for v in verdict_lines], "",
           "## Results (mean ± sd over seeds)", "", _md_table(head, rows), "",
@@ -342,6 +368,7 @@ def write_report(
           _md_table(["Entry", "Rule", "Params", "FLOPs/ex", "vs target"],
                     [[s["entry"], s["rule"], _human(s["params"]), _human(s["flops_per_example"]),
                       f"{s['deviation']:+.1%}"] for s in sizing]), "",
+          *_tuning_md(tuning or []),
           "## Plots", "", *[f"![{n}]({n}.png)" for n in plots], ""]
     samples = _samples(results)
     if samples:
@@ -354,6 +381,40 @@ def write_report(
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
     (out / "report.html").write_text(_html(cfg, md, head, rows, plots, verdict_lines, samples, sizing),
                                      encoding="utf-8")
+
+
+def _seeds_text(cfg: Any) -> str:
+    b = cfg.budget
+    if b.seeds_at_largest and len(b.scales) > 1:
+        return f"{len(cfg.seeds)} seed(s) per entry, {len(b.seeds_at_largest)} at the largest budget"
+    return f"{len(cfg.seeds)} seed(s) per entry"
+
+
+def _scales_text(cfg: Any, scales: list[float]) -> str:
+    if len(scales) < 2:
+        return ""
+    what = "model size (sizing target)" if cfg.budget.scale_model else "training steps"
+    return f", at budget scales {', '.join(f'{x:g}' for x in scales)} (multiplying {what})"
+
+
+def _lr_text(cfg: Any, tuning: list[dict[str, Any]] | None) -> str:
+    if tuning:
+        t = cfg.tune
+        return (f"learning rate tuned per entry ({len(tuning)} runs of {t.steps} steps, best "
+                f"{'validation loss' if t.metric == 'val_loss' else 'validation task metric'}; their "
+                "FLOPs are in tune_flops)")
+    return f"one learning rate for all entries ({cfg.train.lr:g}, not tuned)"
+
+
+def _tuning_md(tuning: list[dict[str, Any]]) -> list[str]:
+    if not tuning:
+        return []
+    rows = [[t["entry"], f"{t['lr']:g}", _fmt(t.get("warmup_steps")), _fmt(t.get("dropout")), str(t["steps"]),
+             _fmt(t.get("val_loss"), 3), _fmt(t.get("metric"), 2), _human(t.get("flops")),
+             "yes" if t.get("chosen") else ""] for t in tuning]
+    return ["## Tuning (short runs per entry and candidate)", "",
+            _md_table(["Entry", "lr", "warm-up", "dropout", "steps", "val loss", "metric", "FLOPs", "chosen"], rows),
+            ""]
 
 
 def _html(cfg: Any, md: list[str], head: list[str], rows: list[list[str]], plots: dict[str, bytes],

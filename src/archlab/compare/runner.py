@@ -9,20 +9,22 @@ progress resumes from its last checkpoint).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from archlab.compare.config import CompareConfig, EntryConfig
+from archlab.compare.config import CompareConfig, DecodeConfig, EntryConfig
 from archlab.compare.sizing import Shape, measure, size_to_budget
 from archlab.config import ModelConfig, from_dict, save_yaml, to_dict
 from archlab.errors import ArchlabError, ConfigError
+from archlab.train.config import ObjectiveConfig, RunConfig
 
 NATURAL_OBJECTIVE = {"pair": "seq2seq", "label": "classification", "text": "causal-lm"}
 TASK_KIND_ARCHS = {
@@ -42,12 +44,231 @@ def _config_fingerprint(cfg: CompareConfig) -> dict[str, Any]:
     return d
 
 
-def prepare(cfg: CompareConfig) -> tuple[Path, Any, Any, Shape]:
-    """Output dir, dataset, shared tokenizer, typical example shape (tokens)."""
-    from archlab.data import DataConfig, Tokenizer, corpus_texts, load_dataset, tokenize_examples
+@dataclass
+class JobSpec:
+    """One compare job, typed: a tuning run (``kind == "tune"``: train and report the
+    validation score) or a full run (train, decode and score the test split). Written once to
+    ``jobs/*.json`` for its worker process, which reads it back with :func:`job_from_dict`."""
+
+    kind: str  # "tune" | "main"
+    entry: str
+    arch: str
+    seed: int
+    scale: float
+    objective: str
+    pretrain_objective: str | None
+    run_dir: str
+    out_dir: str  # the compare's output directory (outputs_path is relative to it)
+    run: RunConfig
+    pretrain: RunConfig | None
+    raw_model_keys: list[str]
+    sizing: dict[str, Any]
+    decode: DecodeConfig
+    task_kind: str
+    tokens_per_example: float  # layout tokens of a typical (truncated) example: FLOPs per token
+    tuned: dict[str, Any] = field(default_factory=dict)  # values chosen by tuning (main jobs)
+    candidate: dict[str, Any] = field(default_factory=dict)  # the values tried (tune jobs)
+    tune_metric: str = "val_loss"
+
+
+def job_to_dict(job: JobSpec) -> dict[str, Any]:
+    d = to_dict(job)
+    for k in ("run", "pretrain"):  # RunConfig.data is a DataConfig; keep it a plain mapping
+        if d[k] is not None:
+            d[k]["data"] = to_dict(getattr(job, k).data)
+    return d
+
+
+def job_from_dict(d: dict[str, Any], where: str = "job") -> JobSpec:
+    from archlab.train.config import run_config_from_dict
+
+    d = dict(d)
+    run = run_config_from_dict(d.pop("run"), where=f"{where}: run")
+    pre = d.pop("pretrain")
+    pre = run_config_from_dict(pre, where=f"{where}: pretrain") if pre is not None else None
+    decode = from_dict(DecodeConfig, d.pop("decode"), prefix="decode")
+    return JobSpec(run=run, pretrain=pre, decode=decode, **d)
+
+
+def resolved_entries(cfg: CompareConfig, kind: str) -> list[EntryConfig]:
+    """The configured entries; on label tasks an encoder joins unless one is given (or
+    ``encoder_on_label_tasks: false``)."""
+    entries = list(cfg.entries)
+    if kind == "label" and cfg.encoder_on_label_tasks and not any(e.arch == "encoder" for e in entries):
+        entries.append(EntryConfig(arch="encoder"))
+    return entries
+
+
+def pair_budgets(cfg: CompareConfig, kind: str) -> tuple[int | None, int | None]:
+    """Source and target token budgets shared by every entry: ``train.max_source_len`` /
+    ``train.max_target_len``, else ``train.max_len - 1`` each (pair tasks; label tasks only cut
+    the text, to ``max_len - 2``)."""
+    t = cfg.train
+    if kind == "pair":
+        return (t.max_source_len or t.max_len - 1, t.max_target_len or t.max_len - 1)
+    if kind == "label":
+        return (t.max_source_len or t.max_len - 2, None)
+    return (None, None)
+
+
+def _context(arch: str, src: int | None, tgt: int | None, max_len: int) -> int:
+    """train.max_len of a run: the longest input of the shared budgets in the family's layout
+    (a decoder-only sequence holds source, target and three specials)."""
+    if src is None:
+        return max_len
+    if tgt is None:
+        return src + 2
+    return src + tgt + 2 if arch in ("decoder", "prefix-lm") else max(src, tgt) + 1
+
+
+def tune_candidates(cfg: CompareConfig) -> list[dict[str, Any]]:
+    """Every combination of the tuning lists (lr x warm-up x dropout)."""
+    t = cfg.tune
+    if t is None or not t.lr:
+        return []
+    # default warm-up: the full run's schedule compressed to the tuning steps
+    wu = t.warmup_steps or [max(1, round(cfg.train.warmup_steps * t.steps / max(cfg.train.steps, 1)))]
+    do = t.dropout or [None]
+    return [{"lr": lr, "warmup_steps": w, "dropout": d} for lr in t.lr for w in wu for d in do]
+
+
+def scale_seeds(cfg: CompareConfig) -> list[tuple[float, list[int]]]:
+    scales = list(cfg.budget.scales)
+    top = max(scales)
+    return [(sc, list(cfg.budget.seeds_at_largest) if sc == top and cfg.budget.seeds_at_largest else
+             list(cfg.seeds)) for sc in scales]
+
+
+def _scaled_steps(steps: int, scale: float, scale_model: bool) -> int:
+    # not clamped: a scale that leaves no step is an error (train.steps must be >= 1)
+    return steps if scale_model else round(steps * scale)
+
+
+def _tag(v: float) -> str:
+    return f"{v:g}"
+
+
+def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float, list[dict[str, Any]]],
+               kind: str, out: Path, tokens_per_example: float, tokenizer_path: str,
+               tuned: dict[str, dict[str, Any]] | None = None, *, phase: str = "main") -> list[JobSpec]:
+    """Typed job specs: ``phase="tune"``, one per entry and tuning candidate (at scale 1); else
+    one per scale x entry x seed with each entry's tuned values."""
+    from archlab.train.config import RunConfig, TrainConfig
+
+    src_budget, tgt_budget = pair_budgets(cfg, kind)
+    jobs: list[JobSpec] = []
+    multi = len(cfg.budget.scales) > 1
+    plan: list[tuple[float, int, dict[str, Any] | None]] = []
+    if phase == "tune":
+        seed = cfg.tune.seed if cfg.tune and cfg.tune.seed is not None else cfg.seeds[0]
+        plan = [(1.0, seed, c) for c in tune_candidates(cfg)]
+    else:
+        plan = [(sc, seed, None) for sc, seeds in scale_seeds(cfg) for seed in seeds]
+    for i, e in enumerate(entries):
+        objective = e.objective or NATURAL_OBJECTIVE[kind]
+        if e.arch not in TASK_KIND_ARCHS[kind]:
+            raise ConfigError(f"entry {e.label}: arch {e.arch} cannot do a {kind} task; choose one of: "
+                              f"{', '.join(TASK_KIND_ARCHS[kind])}")
+        for scale, seed, cand in plan:
+            s = sized[scale][i]
+            chosen = dict((tuned or {}).get(e.label, {})) if cand is None else cand
+            model = s["model"]
+            if chosen.get("dropout") is not None:
+                model = replace(model, dropout=chosen["dropout"])
+            steps = _scaled_steps(cfg.train.steps, scale, cfg.budget.scale_model)
+            tr: dict[str, Any] = {"seed": seed, "steps": steps,
+                                  "max_len": _context(e.arch, src_budget, tgt_budget, cfg.train.max_len),
+                                  "max_source_len": src_budget, "max_target_len": tgt_budget}
+            ev = cfg.eval
+            if chosen.get("lr") is not None:
+                tr["lr"] = chosen["lr"]
+            if chosen.get("warmup_steps") is not None:
+                tr["warmup_steps"] = chosen["warmup_steps"]
+            if cand is not None:
+                assert cfg.tune is not None
+                tr["steps"] = cfg.tune.steps
+                tr["save_every"] = cfg.tune.steps
+                task_metric = cfg.tune.metric == "task"
+                ev = replace(cfg.eval, every=cfg.tune.steps,
+                             decode_examples=cfg.tune.decode_examples if task_metric and kind == "pair" else 0,
+                             metric=("bleu" if kind == "pair" else "accuracy") if task_metric else "loss")
+                name = "-".join(f"{k[:2]}{_tag(v)}" for k, v in cand.items() if v is not None)
+                run_dir = out / "tune" / _slug(e.label) / name
+            else:
+                run_dir = out / "runs" / _slug(e.label) / (f"scale-{_tag(scale)}" if multi else "") / f"seed-{seed}"
+            train = from_dict(TrainConfig, {**to_dict(cfg.train), **tr}, prefix="train")
+            tok_cfg = replace(cfg.tokenizer, path=tokenizer_path)
+            run = RunConfig(name=f"{e.label}-seed{seed}", out_dir=str(run_dir), model=model,
+                            data=from_dict(_data_cls(), cfg.data, prefix="data"), tokenizer=tok_cfg,
+                            objective=ObjectiveConfig(objective, dict(e.objective_options)), train=train, eval=ev)
+            pre = None
+            if e.pretrain is not None:
+                p = e.pretrain
+                # pretraining keeps its own layout (no shared pair budgets)
+                pre_train = replace(train, steps=p.steps, lr=p.lr or train.lr, max_len=cfg.train.max_len,
+                                    max_source_len=None, max_target_len=None)
+                pre = replace(run, name=run.name + "-pretrain", out_dir=str(run_dir / "pretrain"),
+                              data=from_dict(_data_cls(), p.data or cfg.data, prefix="pretrain.data"),
+                              objective=ObjectiveConfig(p.objective, dict(p.options)), train=pre_train,
+                              eval=replace(cfg.eval, metric="loss", decode_examples=0))
+                run = replace(run, train=replace(train, init_from=str(run_dir / "pretrain" / "model")))
+            decode = cfg.decode
+            if kind == "pair":  # timed afterwards, all entries interleaved (measure_latency)
+                decode = replace(decode, latency_examples=0)
+            jobs.append(JobSpec(
+                kind="tune" if cand is not None else "main", entry=e.label, arch=e.arch, seed=seed,
+                scale=scale, objective=objective, pretrain_objective=e.pretrain.objective if e.pretrain else None,
+                run_dir=str(run_dir), out_dir=str(out), run=run, pretrain=pre,
+                raw_model_keys=sorted(to_dict(model)), sizing=_jsonable(s), decode=decode, task_kind=kind,
+                tokens_per_example=tokens_per_example, tuned=chosen if cand is None else {},
+                candidate=cand or {}, tune_metric=cfg.tune.metric if cfg.tune else "val_loss"))
+    return jobs
+
+
+def _data_cls() -> Any:
+    from archlab.data import DataConfig
+
+    return DataConfig
+
+
+def validate(cfg: CompareConfig, entries: list[EntryConfig], kind: str, n_classes: int) -> None:
+    """Check the whole compare before any work: every entry's model, and every job's resolved
+    run config (each scale, seed and tuning candidate), with a stand-in vocabulary (the
+    tokenizer is trained later). Raises ConfigError naming the entry and key."""
+    from archlab.train.config import run_config_from_dict
+    from archlab.train.run import check_objective
+
+    class _Tok:  # stand-in for the tokenizer: sizes and special ids only
+        vocab_size = cfg.tokenizer.vocab_size
+        from archlab.objectives import SpecialTokens as _S
+        special = _S()
+
+    base = [base_model_config(cfg, e, _Tok, n_classes) for e in entries]
+    stand_in = {sc: [{"model": m, "params": 0, "flops_per_example": 0, "rule": "", "deviation": 0.0,
+                      "value": 0.0, "target": 0.0, "entry": e.label} for m, e in zip(base, entries)]
+                for sc in {*cfg.budget.scales, 1.0}}
+    jobs = build_jobs(cfg, entries, stand_in, kind, cfg.run_dir, 1.0, "tokenizer", phase="tune")
+    jobs += build_jobs(cfg, entries, stand_in, kind, cfg.run_dir, 1.0, "tokenizer", phase="main")
+    for job in jobs:
+        for rc, what in ((job.run, "run"), (job.pretrain, "pretraining")):
+            if rc is None:
+                continue
+            where = (f"entry {job.entry}" + (f" (tuning {job.candidate})" if job.candidate else "")
+                     + (f" at budget scale {job.scale:g}" if job.scale != 1.0 else "") + f", {what}")
+            d = job_to_dict(job)["run" if what == "run" else "pretrain"]
+            typed = run_config_from_dict(d, where=where)
+            try:
+                check_objective(typed, job.arch)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
+
+
+def prepare(cfg: CompareConfig, ds: Any, kind: str) -> tuple[Path, Any, Shape]:
+    """Output dir, shared tokenizer, typical example shape in tokens as trained (sources and
+    targets cut to the shared budgets)."""
+    from archlab.data import Tokenizer, corpus_texts, tokenize_examples
 
     out = cfg.run_dir
-    out.mkdir(parents=True, exist_ok=True)
     fp_path = out / "compare.json"
     fp = _config_fingerprint(cfg)
     if fp_path.exists():
@@ -55,12 +276,11 @@ def prepare(cfg: CompareConfig) -> tuple[Path, Any, Any, Shape]:
         if old != json.loads(json.dumps(fp)):
             raise ArchlabError(f"{out}: holds a compare run with a different configuration; choose "
                                "another --out (nothing was changed)")
-    else:
+    out.mkdir(parents=True, exist_ok=True)
+    if not fp_path.exists():
         fp_path.write_text(json.dumps(fp, indent=1))
     save_yaml(cfg, out / "compare.yaml")
 
-    data_cfg = from_dict(DataConfig, cfg.data, prefix="data")
-    ds = load_dataset(data_cfg)
     tdir = out / "tokenizer"
     if (tdir / "archlab_tokenizer.json").exists():
         tok = Tokenizer.load(tdir)
@@ -76,11 +296,13 @@ def prepare(cfg: CompareConfig) -> tuple[Path, Any, Any, Shape]:
         log(f"tokenizer: {tc.kind} {tok.vocab_size} tokens, trained in {time.perf_counter() - t0:.1f}s")
     sample = ds.train[: 2000]
     ex = tokenize_examples(sample, tok)
+    src_b, tgt_b = pair_budgets(cfg, kind)
     if ds.kind == "pair":
-        shape = Shape(float(np.mean([len(e.src) for e in ex])), float(np.mean([len(e.tgt) for e in ex])))
+        shape = Shape(float(np.mean([min(len(e.src), src_b) for e in ex])),
+                      float(np.mean([min(len(e.tgt), tgt_b) for e in ex])))
     else:
-        shape = Shape(float(np.mean([len(e.ids) for e in ex])), 0.0)
-    return out, ds, tok, shape
+        shape = Shape(float(np.mean([min(len(e.ids), src_b or len(e.ids)) for e in ex])), 0.0)
+    return out, tok, shape
 
 
 def base_model_config(cfg: CompareConfig, entry: EntryConfig, tok: Any, n_classes: int) -> ModelConfig:
@@ -95,19 +317,24 @@ def base_model_config(cfg: CompareConfig, entry: EntryConfig, tok: Any, n_classe
         raise ConfigError(f"entry {entry.label}: {e}") from None
 
 
-def size_entries(cfg: CompareConfig, tok: Any, shape: Shape, n_classes: int) -> list[dict[str, Any]]:
-    """Sized model config per entry, plus the sizing record printed and saved."""
+def size_entries(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape: Shape, n_classes: int,
+                 scale: float = 1.0) -> list[dict[str, Any]]:
+    """Sized model config per entry, plus the sizing record printed and saved. With
+    ``budget.scale_model`` the target is multiplied by ``scale``."""
     b = cfg.budget
     if b.target is not None:
         target = float(b.target)
         how = f"target {target:.4g} given"
     else:
-        ref_entry = next(e for e in cfg.entries if e.arch == b.reference)
+        ref_entry = next(e for e in entries if e.arch == b.reference)
         ref = base_model_config(cfg, ref_entry, tok, n_classes)
         target = measure(ref, b.match, shape)
         how = f"target = {b.reference} base model ({ref.n_layers}{'+' + str(ref.n_layers) if ref.arch == 'encoder-decoder' else ''} layers, d_model {ref.d_model})"
+    if b.scale_model and scale != 1.0:
+        target *= scale
+        how += f" x scale {scale:g}"
     sized = []
-    for e in cfg.entries:
+    for e in entries:
         base = base_model_config(cfg, e, tok, n_classes)
         fixed_depth = any(k in e.model for k in ("n_layers", "n_encoder_layers", "n_decoder_layers", "d_ff"))
         if fixed_depth:
@@ -119,8 +346,9 @@ def size_entries(cfg: CompareConfig, tok: Any, shape: Shape, n_classes: int) -> 
         dev = value / target - 1
         sized.append({"entry": e.label, "arch": e.arch, "model": s_cfg, "value": value, "target": target,
                       "deviation": dev, "rule": rule, "params": measure(s_cfg, "params", shape),
-                      "flops_per_example": measure(s_cfg, "flops", shape)})
-    log(f"budget: match {b.match}, {how}; typical example {shape.src_len:.1f} + {shape.tgt_len:.1f} tokens")
+                      "flops_per_example": measure(s_cfg, "flops", shape), "scale": scale})
+    log(f"budget: match {b.match}, {how}; typical example {shape.src_len:.1f} + {shape.tgt_len:.1f} tokens "
+        "(as trained, after the shared source/target budgets)")
     for s in sized:
         log(f"  {s['entry']:<28} {s['rule']:<34} params {s['params'] / 1e6:6.2f}M  "
             f"FLOPs/example {s['flops_per_example'] / 1e6:8.1f}M  ({s['deviation']:+.1%} of target)")
@@ -132,49 +360,6 @@ def size_entries(cfg: CompareConfig, tok: Any, shape: Shape, n_classes: int) -> 
     return sized
 
 
-def job_specs(cfg: CompareConfig, sized: list[dict[str, Any]], kind: str, out: Path) -> list[dict[str, Any]]:
-    jobs = []
-    for e, s in zip(cfg.entries, sized):
-        objective = e.objective or NATURAL_OBJECTIVE[kind]
-        if e.arch not in TASK_KIND_ARCHS[kind]:
-            raise ConfigError(f"entry {e.label}: arch {e.arch} cannot do a {kind} task; choose one of: "
-                              f"{', '.join(TASK_KIND_ARCHS[kind])}")
-        for seed in cfg.seeds:
-            run_dir = out / "runs" / _slug(e.label) / f"seed-{seed}"
-            train = replace(cfg.train, seed=seed)
-            run = {
-                "name": f"{e.label}-seed{seed}",
-                "out_dir": str(run_dir),
-                "model": to_dict(s["model"]),
-                "data": cfg.data,
-                "tokenizer": {**to_dict(cfg.tokenizer), "path": str(out / "tokenizer")},
-                "objective": {"name": objective, "options": e.objective_options},
-                "train": to_dict(train),
-                "eval": to_dict(cfg.eval),
-            }
-            pre = None
-            if e.pretrain is not None:
-                p = e.pretrain
-                pre = {
-                    **run,
-                    "name": f"{e.label}-seed{seed}-pretrain",
-                    "out_dir": str(run_dir / "pretrain"),
-                    "data": p.data or cfg.data,
-                    "objective": {"name": p.objective, "options": p.options},
-                    "train": {**to_dict(train), "steps": p.steps, "lr": p.lr or train.lr},
-                    "eval": {**to_dict(cfg.eval), "metric": "loss", "decode_examples": 0},
-                }
-                run["train"] = {**run["train"], "init_from": str(run_dir / "pretrain" / "model")}
-            decode = to_dict(cfg.decode)
-            if kind == "pair":  # timed afterwards, all entries interleaved (measure_latency)
-                decode["latency_examples"] = 0
-            jobs.append({"entry": e.label, "arch": e.arch, "seed": seed, "objective": objective,
-                         "pretrain_objective": e.pretrain.objective if e.pretrain else None,
-                         "run_dir": str(run_dir), "run": run, "pretrain": pre, "sizing": _jsonable(s),
-                         "decode": decode, "kind": kind})
-    return jobs
-
-
 def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
 
@@ -183,29 +368,58 @@ def _jsonable(s: dict[str, Any]) -> dict[str, Any]:
     return {k: (to_dict(v) if k == "model" else v) for k, v in s.items()}
 
 
-def run_job(job: dict[str, Any], job_path: Path) -> dict[str, Any]:
-    """Run one (entry, seed) job in a child process; returns its result."""
-    result_path = Path(job["run_dir"]) / "result.json"
+def run_job(job: JobSpec, job_path: Path) -> dict[str, Any]:
+    """Run one job in a child process (or reuse its ``result.json``); returns its result."""
+    result_path = Path(job.run_dir) / "result.json"
+    what = f"[{job.entry} seed {job.seed}" + (f" scale {job.scale:g}" if job.scale != 1.0 else "") + "]"
+    if job.kind == "tune":
+        what = f"[{job.entry} tuning " + ", ".join(f"{k} {v:g}" for k, v in job.candidate.items() if v is not None) + "]"
     if result_path.exists():
-        log(f"[{job['entry']} seed {job['seed']}] done earlier: {result_path}")
+        log(f"{what} done earlier: {result_path}")
         return json.loads(result_path.read_text())
     job_path.parent.mkdir(parents=True, exist_ok=True)
-    job_path.write_text(json.dumps(job, indent=1))
-    log(f"[{job['entry']} seed {job['seed']}] training {job['arch']} with {job['objective']}"
-        + (f" after {job['pretrain_objective']} pretraining" if job["pretrain_objective"] else ""))
+    job_path.write_text(json.dumps(job_to_dict(job), indent=1))
+    log(f"{what} training {job.arch} with {job.objective} for {job.run.train.steps} steps"
+        + (f" after {job.pretrain_objective} pretraining" if job.pretrain_objective else ""))
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.run([sys.executable, "-m", "archlab.compare.worker", str(job_path)], env=env,
                           stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
-        err = Path(job["run_dir"]) / "error.txt"
+        err = Path(job.run_dir) / "error.txt"
         why = err.read_text().strip() if err.exists() else f"exit code {proc.returncode}"
-        raise ArchlabError(f"entry {job['entry']} seed {job['seed']} failed: {why}")
+        raise ArchlabError(f"entry {job.entry} seed {job.seed} failed: {why}")
     return json.loads(result_path.read_text())
 
 
-def measure_latency(cfg: CompareConfig, out: Path, ds: Any, tok: Any, jobs: list[dict[str, Any]],
+def choose_tuned(tuning: list[dict[str, Any]], metric: str) -> dict[str, dict[str, Any]]:
+    """Per entry, the candidate with the lowest validation loss (``metric="val_loss"``) or the
+    highest task metric; runs that diverged (no score) are never chosen. Marks ``chosen``."""
+    best: dict[str, dict[str, Any]] = {}
+    for row in tuning:
+        score = row["val_loss"] if metric == "val_loss" else row["metric"]
+        row["chosen"] = False
+        if score is None or not math.isfinite(score):
+            continue
+        cur = best.get(row["entry"])
+        if cur is None:
+            best[row["entry"]] = row
+            continue
+        cur_score = cur["val_loss"] if metric == "val_loss" else cur["metric"]
+        if (score < cur_score) if metric == "val_loss" else (score > cur_score):
+            best[row["entry"]] = row
+    out = {}
+    for entry, row in best.items():
+        row["chosen"] = True
+        out[entry] = {k: row[k] for k in ("lr", "warmup_steps", "dropout") if row.get(k) is not None}
+    missing = sorted({r["entry"] for r in tuning} - set(out))
+    if missing:
+        raise ArchlabError(f"entry {missing[0]}: every tuning run diverged; lower tune.lr")
+    return out
+
+
+def measure_latency(cfg: CompareConfig, out: Path, ds: Any, tok: Any, jobs: list[JobSpec],
                     results: list[dict[str, Any]]) -> None:
     """Batch-1 decoding latency of every trained model of a pair task, written into
     ``results``: the models of one seed are timed in one process, taking turns example by
@@ -222,39 +436,73 @@ def measure_latency(cfg: CompareConfig, out: Path, ds: Any, tok: Any, jobs: list
         return
     path = out / "latency.json"
     done: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
-    todo = [j for j in jobs if j["run_dir"] not in done]
+    todo = [j for j in jobs if j.run_dir not in done]
     if todo:
         torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
-        opts = DecodeOptions(**to_dict(cfg.decode))
+        opts = DecodeOptions(**to_dict(cfg.decode), max_source_len=pair_budgets(cfg, ds.kind)[0])
         sources = [tok.encode(ex.source) for ex in opts.test_subset(ds.test)[:n]]  # as the jobs score
-        for seed in sorted({j["seed"] for j in todo}):
-            group = [j for j in todo if j["seed"] == seed]
+        for seed in sorted({j.seed for j in todo}):
+            group = [j for j in todo if j.seed == seed]
             log(f"latency: {len(group)} model(s) of seed {seed}, {len(sources)} examples one at a time, "
                 "taking turns, fastest of 3")
-            models = {j["run_dir"]: load_run(j["run_dir"]).model for j in group}
+            models = {j.run_dir: load_run(j.run_dir).model for j in group}
             done.update(latency_ms_interleaved(models, tok, sources, opts))
             path.write_text(json.dumps(done, indent=1))
             del models
     for job, res in zip(jobs, results):
-        res["latency_ms_per_example"] = done[job["run_dir"]]
+        res["latency_ms_per_example"] = done[job.run_dir]
 
 
 def compare(cfg: CompareConfig) -> Path:
     """Run the whole comparison; returns the output directory (report.md/html inside)."""
     from archlab.compare.report import write_report
+    from archlab.data import load_dataset
 
     t0 = time.perf_counter()
-    out, ds, tok, shape = prepare(cfg)
-    n_classes = len(ds.label_names) if ds.kind == "label" and ds.label_names else 0
-    sized = size_entries(cfg, tok, shape, n_classes)
-    (out / "sizing.json").write_text(json.dumps({"match": cfg.budget.match, "shape": shape.__dict__,
-                                                  "entries": [_jsonable(s) for s in sized]}, indent=1))
-    jobs = job_specs(cfg, sized, ds.kind, out)
+    ds = load_dataset(from_dict(_data_cls(), cfg.data, prefix="data"))
+    kind = ds.kind
+    n_classes = len(ds.label_names) if kind == "label" and ds.label_names else 0
+    entries = resolved_entries(cfg, kind)
+    validate(cfg, entries, kind, n_classes)  # before anything is written
+    out, tok, shape = prepare(cfg, ds, kind)
+    tokens_per_example = shape.total + 2  # layout tokens the trainer counts per example
+    sized = {sc: size_entries(cfg, entries, tok, shape, n_classes, sc if cfg.budget.scale_model else 1.0)
+             for sc in sorted({*cfg.budget.scales, 1.0})}
+    (out / "sizing.json").write_text(json.dumps(
+        {"match": cfg.budget.match, "shape": shape.__dict__,
+         "entries": [_jsonable(s) for sc in sorted(sized) for s in sized[sc]]}, indent=1))
+    tdir = str(out / "tokenizer")
+
+    tuning: list[dict[str, Any]] = []
+    tuned: dict[str, dict[str, Any]] = {}
+    tune_flops: dict[str, float] = {}
+    tune_jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, phase="tune")
+    for i, job in enumerate(tune_jobs):
+        log(f"tuning job {i + 1}/{len(tune_jobs)}")
+        res = run_job(job, out / "jobs" / f"tune-{i:03d}.json")
+        tuning.append({"entry": job.entry, "seed": job.seed, **job.candidate, "steps": job.run.train.steps,
+                       "val_loss": res.get("val_loss"), "metric": res.get("metric"),
+                       "flops": res["train_flops"], "chosen": False})
+        tune_flops[job.entry] = tune_flops.get(job.entry, 0.0) + res["train_flops"]
+    if tuning:
+        assert cfg.tune is not None
+        tuned = choose_tuned(tuning, cfg.tune.metric)
+        for e, v in tuned.items():
+            log(f"tuned {e}: " + ", ".join(f"{k} {x:g}" for k, x in v.items()))
+        (out / "tuning.json").write_text(json.dumps(tuning, indent=1))
+
+    jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, tuned)
     results = []
     for i, job in enumerate(jobs):
         log(f"job {i + 1}/{len(jobs)}")
-        results.append(run_job(job, out / "jobs" / f"job-{i:03d}.json"))
-    measure_latency(cfg, out, ds, tok, jobs, results)
-    write_report(out, cfg, results, sizing=sized, shape=shape, task_kind=ds.kind,
-                 wall_time_s=time.perf_counter() - t0)
+        res = run_job(job, out / "jobs" / f"job-{i:03d}.json")
+        res["tune_flops"] = tune_flops.get(job.entry, 0.0)
+        res["tuned"] = job.tuned
+        results.append(res)
+    top = max(cfg.budget.scales)
+    timed = [(j, r) for j, r in zip(jobs, results) if j.scale == top]
+    measure_latency(cfg, out, ds, tok, [j for j, _ in timed], [r for _, r in timed])
+    write_report(out, cfg, results, sizing=sized[1.0 if 1.0 in cfg.budget.scales else top],
+                 shape=shape, task_kind=kind, wall_time_s=time.perf_counter() - t0,
+                 tuning=tuning, scales=sorted(cfg.budget.scales))
     return out

@@ -25,21 +25,34 @@ def _has_checkpoint(run_dir: Path) -> bool:
     return ck.is_dir() and any(p.name.startswith("step-") for p in ck.iterdir())
 
 
-def _train(run: dict[str, Any]) -> dict[str, Any]:
-    """Train (or resume, or skip if finished) one run; returns its timing summary."""
-    from archlab.train.config import run_config_from_dict
+def _train(cfg: Any, raw_model_keys: list[str], dataset: Any) -> dict[str, Any]:
+    """Train (or resume, or skip if finished) one run; returns its summary."""
     from archlab.train.run import train_run
 
-    cfg = run_config_from_dict(run, where=f"job {run['name']}")
     done = cfg.run_dir / "summary.json"
     if done.exists():
         return json.loads(done.read_text())
-    res = train_run(cfg, resume=_has_checkpoint(cfg.run_dir), raw_model_keys=set(run["model"]),
-                    progress=None)
+    res = train_run(cfg, resume=_has_checkpoint(cfg.run_dir), raw_model_keys=set(raw_model_keys),
+                    progress=None, dataset=dataset)
     summary = {"steps": res.step, "stopped": res.stopped, "train_time_s": res.train_time_s,
-               "tokens": res.tokens_seen, "last_eval": res.last_eval}
+               "tokens": res.tokens_seen, "last_eval": res.last_eval,
+               "peak_memory_bytes": res.peak_memory_bytes, "examples_truncated": res.examples_truncated,
+               "peak_memory_kind": "cuda_allocated" if str(cfg.train.device).startswith("cuda")
+               or (cfg.train.device == "auto" and torch.cuda.is_available()) else "host_rss"}
     done.write_text(json.dumps(summary))
     return summary
+
+
+def _train_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """Logged training losses (metrics.jsonl): step, tokens seen, loss."""
+    p = run_dir / "metrics.jsonl"
+    rows = []
+    if p.exists():
+        for line in p.read_text().splitlines():
+            r = json.loads(line)
+            if "loss" in r and "eval" not in r:
+                rows.append({"step": r["step"], "tokens": r.get("tokens"), "loss": r["loss"]})
+    return rows
 
 
 def _eval_curve(run_dir: Path) -> list[dict[str, Any]]:
@@ -72,73 +85,150 @@ def kv_cache_bytes(cfg: Any, src_len: float, tgt_len: float, beams: int, bytes_p
     return cfg.decoder_layers * per_tok_layer * (src_len + 2 + tgt_len + 1) * beams
 
 
-def evaluate_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Decode and score the test split with the run's best (else final) model."""
-    from archlab.config import from_dict
-    from archlab.data import DataConfig, load_dataset
+def evaluate_job(job: Any, ds: Any) -> dict[str, Any]:
+    """Decode and score the test split with the run's best (else final) model; the scored
+    outputs go to ``outputs.jsonl`` in the run directory, one line per test example in order."""
+    from archlab.config import to_dict
     from archlab.evaluate.runner import DecodeOptions, score_task
     from archlab.run import load_run
 
-    run_dir = Path(job["run_dir"])
+    run_dir = Path(job.run_dir)
     loaded = load_run(run_dir)
-    ds = load_dataset(from_dict(DataConfig, job["run"]["data"], prefix="data"))
-    opts = DecodeOptions(**job["decode"])
+    opts = DecodeOptions(**to_dict(job.decode), max_source_len=job.run.train.max_source_len)
     test = opts.test_subset(ds.test)
     if not test:
         raise ArchlabError(f"data.task={ds.name}: the test split is empty")
-    scores = score_task(loaded.model, loaded.tokenizer, test, ds.kind, opts, objective=job["objective"])
+    scores = score_task(loaded.model, loaded.tokenizer, test, ds.kind, opts, objective=job.objective)
     scores.pop("_outputs", None)
+    rows = scores.pop("_outputs_rows", None)
+    scores["outputs_path"] = None
+    if rows is not None:
+        path = run_dir / "outputs.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        scores["outputs_path"] = os.path.relpath(path, job.out_dir)
+    scores["ablation"] = _ablation(loaded, test, ds.kind, opts, job)
     scores["test_examples"] = scores.pop("examples")
     scores.setdefault("latency_ms_per_example", math.nan)
     return scores
 
 
+def _ablation(loaded: Any, test: list[Any], kind: str, opts: Any, job: Any) -> dict[str, float]:
+    """Source ablation of a pair task (archlab.evaluate.ablation); {} where not available."""
+    if kind != "pair":
+        return {}
+    try:
+        from archlab.evaluate.ablation import source_ablation
+    except ImportError:
+        return {}
+    return source_ablation(loaded.model, loaded.tokenizer, test, opts, objective=job.objective, seed=job.seed)
+
+
+def _train_flops(summary: dict[str, Any] | None, job: Any) -> float:
+    """Training FLOPs spent: 3 x forward FLOPs per layout token x tokens trained (the
+    trainer counts real, unpadded tokens; pretraining tokens at the same rate)."""
+    if not summary:
+        return 0.0
+    per_token = job.sizing["flops_per_example"] / max(job.tokens_per_example, 1e-9)
+    return 3.0 * per_token * summary["tokens"]
+
+
 def run(job_path: str) -> None:
-    job = json.loads(Path(job_path).read_text())
-    run_dir = Path(job["run_dir"])
+    from archlab.compare.runner import job_from_dict
+    from archlab.config import ModelConfig, from_dict, to_dict
+    from archlab.data import load_dataset
+
+    job = job_from_dict(json.loads(Path(job_path).read_text()), where=job_path)
+    run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     err = run_dir / "error.txt"
     if err.exists():
         err.unlink()
-    torch.set_num_threads(job["run"]["train"].get("threads") or torch.get_num_threads())
+    torch.set_num_threads(job.run.train.threads or torch.get_num_threads())
     t0 = time.perf_counter()
-    pre = _train(job["pretrain"]) if job.get("pretrain") else None
-    main = _train(job["run"])
-    scores = evaluate_job(job)
-    sizing = job["sizing"]
-    from archlab.config import ModelConfig, from_dict
-
+    ds = load_dataset(job.run.data)  # once per process: training and scoring share it
+    pre = None
+    if job.pretrain is not None:
+        same = to_dict(job.pretrain.data) == to_dict(job.run.data)
+        pre = _train(job.pretrain, job.raw_model_keys, ds if same else load_dataset(job.pretrain.data))
+    if job.kind == "tune":
+        _tune_result(job, ds, pre, run_dir)
+        return
+    main = _train(job.run, job.raw_model_keys, ds)
+    scores = evaluate_job(job, ds)
+    sizing = job.sizing
     mcfg = from_dict(ModelConfig, sizing["model"])
-    beams = job["decode"]["num_beams"]
+    beams = job.decode.num_beams
     shape = scores.pop("_shape")
+    n_train = len(ds.train)
+    if main.get("peak_memory_bytes"):
+        peak = max(main["peak_memory_bytes"], (pre or {}).get("peak_memory_bytes", 0))
+        peak_kind = main.get("peak_memory_kind", "host_rss")
+    else:  # a summary from before the trainer's figure was kept
+        peak, peak_kind = _peak_rss(), "host_rss (worker process)"
     result = {
-        "entry": job["entry"],
-        "arch": job["arch"],
-        "objective": job["objective"],
-        "pretrain_objective": job["pretrain_objective"],
-        "seed": job["seed"],
+        "entry": job.entry,
+        "arch": job.arch,
+        "objective": job.objective,
+        "pretrain_objective": job.pretrain_objective,
+        "seed": job.seed,
+        "scale": job.scale,
         "params": sizing["params"],
         "flops_per_example": sizing["flops_per_example"],
         "train_flops_per_example": 3 * sizing["flops_per_example"],
+        "train_flops": _train_flops(main, job) + _train_flops(pre, job),
         "sizing_rule": sizing["rule"],
         "budget_deviation": sizing["deviation"],
         "layers": (f"{mcfg.encoder_layers}+{mcfg.decoder_layers}" if mcfg.arch == "encoder-decoder"
                    else str(mcfg.n_layers)),
         "d_model": mcfg.d_model,
         "d_ff": mcfg.d_ff,
+        "lr": job.run.train.lr,
+        "warmup_steps": job.run.train.warmup_steps,
+        "tuned": job.tuned,
+        "max_source_len": job.run.train.max_source_len,
+        "max_target_len": job.run.train.max_target_len,
+        "examples_truncated": int(main.get("examples_truncated", 0)),
+        "truncated_fraction": int(main.get("examples_truncated", 0)) / max(n_train, 1),
         "train_steps": main["steps"],
         "train_tokens": main["tokens"] + (pre["tokens"] if pre else 0),
         "train_time_s": main["train_time_s"] + (pre["train_time_s"] if pre else 0.0),
         "pretrain_time_s": pre["train_time_s"] if pre else 0.0,
         "stopped": main["stopped"],
         "val_loss": main["last_eval"].get("loss"),
-        "peak_memory_bytes": _peak_rss(),
-        "kv_cache_bytes_per_example": kv_cache_bytes(mcfg, shape["src_len"], shape["tgt_len"], beams),
+        "peak_memory_bytes": peak,
+        "peak_memory_kind": peak_kind,
         "num_beams": beams,
         "curve": _eval_curve(run_dir),
+        "train_curve": _train_curve(run_dir),
         "job_wall_time_s": time.perf_counter() - t0,
         **scores,
     }
+    if job.task_kind == "pair":  # decoding state; a classifier keeps no cache
+        result["kv_cache_bytes_per_example"] = kv_cache_bytes(mcfg, shape["src_len"], shape["tgt_len"], beams)
+    _write(run_dir, result)
+
+
+def _tune_result(job: Any, ds: Any, pre: dict[str, Any] | None, run_dir: Path) -> None:
+    """A tuning run: train, keep the validation score (a run whose loss diverged scores None)."""
+    try:
+        main = _train(job.run, job.raw_model_keys, ds)
+    except ArchlabError as e:
+        if "loss became" not in str(e):
+            raise
+        _write(run_dir, {"entry": job.entry, "candidate": job.candidate, "val_loss": None, "metric": None,
+                         "diverged": str(e), "train_flops": 3.0 * job.sizing["flops_per_example"]
+                         / max(job.tokens_per_example, 1e-9) * job.run.train.tokens_per_batch
+                         * job.run.train.steps})
+        return
+    ev = main["last_eval"]
+    metric = ev.get("bleu" if job.task_kind == "pair" else "accuracy")
+    _write(run_dir, {"entry": job.entry, "candidate": job.candidate, "val_loss": ev.get("loss"),
+                     "metric": metric, "train_steps": main["steps"], "train_tokens": main["tokens"],
+                     "train_flops": _train_flops(main, job) + _train_flops(pre, job),
+                     "train_time_s": main["train_time_s"]})
+
+
+def _write(run_dir: Path, result: dict[str, Any]) -> None:
     tmp = run_dir / "result.json.tmp"
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, run_dir / "result.json")
@@ -161,6 +251,7 @@ def main() -> int:
     except ArchlabError as e:
         job = json.loads(Path(job_path).read_text())
         msg = str(e).splitlines()[0]
+        Path(job["run_dir"]).mkdir(parents=True, exist_ok=True)
         (Path(job["run_dir"]) / "error.txt").write_text(msg + "\n")
         print(f"archlab compare: error: {msg}", file=sys.stderr)
         return 2

@@ -148,6 +148,7 @@ def score_labels(model: Any, tok: Any, examples: list[Any], batch_size: int = 32
     model.train(was)
     out: dict[str, Any] = M.classification_metrics(preds, [ex.label for ex in examples], model.cfg.n_classes)
     out["latency_ms_per_example"] = 1000.0 * dt / max(len(examples), 1)
+    out["_outputs_rows"] = [{"label": ex.label, "prediction": p} for ex, p in zip(examples, preds)]
     out["_shape"] = {"src_len": float(np.mean([len(tok.encode(ex.text)) for ex in examples[:200]])),
                      "tgt_len": 0.0}
     return out
