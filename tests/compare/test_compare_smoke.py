@@ -49,6 +49,20 @@ def test_report_matches_results(smoke):
         assert abs(x["budget_deviation"]) <= 0.10  # budget matching within 10 % of the target
         assert 0 < x["latency_ms_per_example"] < 60_000  # timed after training, all entries in turn
         assert len(x["samples"]) == 3 and x["bleu_signature"].startswith("nrefs:1")
+        assert x["scale"] == 1.0 and x["tune_flops"] == 0.0 and x["tuned"] == {}
+        # training FLOPs actually spent: 3 x forward FLOPs per token x tokens trained
+        assert x["train_flops"] == pytest.approx(x["train_flops_per_example"] * x["train_tokens"]
+                                                 / (doc["typical_example_tokens"]["src"]
+                                                    + doc["typical_example_tokens"]["tgt"] + 2))
+        assert x["train_curve"] and x["train_curve"][-1]["step"] == x["train_steps"]
+        outs = (out / x["outputs_path"]).read_text().splitlines()
+        assert len(outs) == x["test_examples"] and set(json.loads(outs[0])) == {"source", "reference", "hypothesis"}
+        assert x["examples_truncated"] == 0 and x["peak_memory_kind"] == "host_rss"
+    # every entry scored the same test examples in the same order
+    sources = {x["entry"]: [json.loads(line)["source"] for line in (out / x["outputs_path"]).read_text().splitlines()]
+               for x in rows}
+    assert len({tuple(v) for v in sources.values()}) == 1
+    assert doc["tuning"] == [] and doc["scales"] == [1.0]
     latency = json.loads((out / "latency.json").read_text())
     assert sorted(latency.values()) == sorted(x["latency_ms_per_example"] for x in rows)
     with open(out / "results.csv") as f:
@@ -74,16 +88,23 @@ def test_resume_skips_finished_jobs(smoke, tmp_path):
     out, _ = smoke
     doc = json.loads((out / "results.json").read_text())
     # simulate an interruption: one job lost its result (it is redone), the others are kept
-    victim = Path(doc["results"][-1]["entry"])
+    row = doc["results"][-1]
+    victim = out / Path(row["outputs_path"]).parent  # that row's own job directory
+    assert victim.parts[-3:] == ("runs", row["entry"], f"seed-{row['seed']}")
     job_dirs = sorted((out / "runs").glob("*/seed-*"))
+    assert victim in job_dirs
     mtimes = {d: (d / "result.json").stat().st_mtime_ns for d in job_dirs}
-    (job_dirs[-1] / "result.json").unlink()
+    (victim / "result.json").unlink()
     r = _run(out)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stderr.count("done earlier") == len(job_dirs) - 1
-    for d in job_dirs[:-1]:
-        assert (d / "result.json").stat().st_mtime_ns == mtimes[d]
-    assert (job_dirs[-1] / "result.json").exists() and victim
+    assert f"[{row['entry']} seed {row['seed']}] training" in r.stderr  # the victim, and only it, retrained
+    for d in job_dirs:
+        if d != victim:
+            assert (d / "result.json").stat().st_mtime_ns == mtimes[d]
+    assert (victim / "result.json").exists()
+    redone = json.loads((victim / "result.json").read_text())
+    assert (redone["entry"], redone["seed"]) == (row["entry"], row["seed"])
 
 
 def test_changed_config_refused(smoke):

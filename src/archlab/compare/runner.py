@@ -69,6 +69,7 @@ class JobSpec:
     tuned: dict[str, Any] = field(default_factory=dict)  # values chosen by tuning (main jobs)
     candidate: dict[str, Any] = field(default_factory=dict)  # the values tried (tune jobs)
     tune_metric: str = "val_loss"
+    count_pretrain: bool = True  # tuning runs share one pretraining: the first one counts its FLOPs
 
 
 def job_to_dict(job: JobSpec) -> dict[str, Any]:
@@ -207,11 +208,13 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
                 # pretraining keeps its own layout (no shared pair budgets)
                 pre_train = replace(train, steps=p.steps, lr=p.lr or train.lr, max_len=cfg.train.max_len,
                                     max_source_len=None, max_target_len=None)
-                pre = replace(run, name=run.name + "-pretrain", out_dir=str(run_dir / "pretrain"),
+                # tuning candidates fine-tune from one shared pretraining run (done once)
+                pre_dir = run_dir.parent / "pretrain" if cand is not None else run_dir / "pretrain"
+                pre = replace(run, name=run.name + "-pretrain", out_dir=str(pre_dir),
                               data=from_dict(_data_cls(), p.data or cfg.data, prefix="pretrain.data"),
                               objective=ObjectiveConfig(p.objective, dict(p.options)), train=pre_train,
                               eval=replace(cfg.eval, metric="loss", decode_examples=0))
-                run = replace(run, train=replace(train, init_from=str(run_dir / "pretrain" / "model")))
+                run = replace(run, train=replace(train, init_from=str(pre_dir / "model")))
             decode = cfg.decode
             if kind == "pair":  # timed afterwards, all entries interleaved (measure_latency)
                 decode = replace(decode, latency_examples=0)
@@ -221,7 +224,8 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
                 run_dir=str(run_dir), out_dir=str(out), run=run, pretrain=pre,
                 raw_model_keys=sorted(to_dict(model)), sizing=_jsonable(s), decode=decode, task_kind=kind,
                 tokens_per_example=tokens_per_example, tuned=chosen if cand is None else {},
-                candidate=cand or {}, tune_metric=cfg.tune.metric if cfg.tune else "val_loss"))
+                candidate=cand or {}, tune_metric=cfg.tune.metric if cfg.tune else "val_loss",
+                count_pretrain=cand is None or (scale, seed, cand) == plan[0]))
     return jobs
 
 

@@ -224,7 +224,7 @@ def _tune_result(job: Any, ds: Any, pre: dict[str, Any] | None, run_dir: Path) -
     metric = ev.get("bleu" if job.task_kind == "pair" else "accuracy")
     _write(run_dir, {"entry": job.entry, "candidate": job.candidate, "val_loss": ev.get("loss"),
                      "metric": metric, "train_steps": main["steps"], "train_tokens": main["tokens"],
-                     "train_flops": _train_flops(main, job) + _train_flops(pre, job),
+                     "train_flops": _train_flops(main, job) + (_train_flops(pre, job) if job.count_pretrain else 0.0),
                      "train_time_s": main["train_time_s"]})
 
 
