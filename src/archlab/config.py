@@ -290,6 +290,7 @@ class SSMConfig:
     d_state: int = 16  # N: state size per channel (Mamba-1) or per head (Mamba-2)
     d_conv: int = 4  # kernel of the short causal depthwise convolution
     expand: int = 2  # d_inner = expand * d_model
+    d_inner: int | None = None  # explicit inner width (budget matching tunes it); None: expand * d_model
     dt_rank: int | None = None  # Mamba-1 rank of the dt projection; None: ceil(d_model / 16)
     head_dim: int = 64  # Mamba-2 P: channels per head (n_heads = d_inner / head_dim)
     n_groups: int = 1  # Mamba-2 groups of B/C shared by heads (as GQA's key/value groups)
@@ -303,14 +304,15 @@ class SSMConfig:
     dtbc_norm: bool = False  # RMSNorm on dt, B and C (Jamba's Mamba layers; Mamba-1 only)
     norm_eps: float | None = None  # eps of the Mamba-2 gated norm and dt/B/C norms; None: model.norm_eps
 
-    def d_inner(self, d_model: int) -> int:
-        return self.expand * d_model
+    def inner(self, d_model: int) -> int:
+        """d_inner: the mixer's expanded width."""
+        return self.d_inner if self.d_inner is not None else self.expand * d_model
 
     def rank(self, d_model: int) -> int:
         return self.dt_rank if self.dt_rank is not None else math.ceil(d_model / 16)
 
     def heads(self, d_model: int) -> int:
-        return self.d_inner(d_model) // self.head_dim
+        return self.inner(d_model) // self.head_dim
 
     def validate(self, d_model: int) -> None:
         def bad(key: str, msg: str) -> ConfigError:
@@ -319,6 +321,8 @@ class SSMConfig:
         for key in ("d_state", "d_conv", "expand", "head_dim", "n_groups", "chunk_size"):
             if getattr(self, key) < 1:
                 raise bad(key, f"must be >= 1, got {getattr(self, key)}")
+        if self.d_inner is not None and self.d_inner < 1:
+            raise bad("d_inner", f"must be >= 1 or null, got {self.d_inner}")
         if self.dt_rank is not None and self.dt_rank < 1:
             raise bad("dt_rank", f"must be >= 1 or null, got {self.dt_rank}")
         if not 0 < self.dt_min <= self.dt_max:
@@ -550,10 +554,10 @@ class ModelConfig:
                 raise ConfigError("model.share_encoder_decoder: not supported with Mamba layers "
                                   "(model.layers)")
         if any(m == "mamba2" for m, _ in kinds):
-            d_inner = s.d_inner(self.d_model)
+            d_inner = s.inner(self.d_model)
             if d_inner % s.head_dim:
-                raise ConfigError(f"model.ssm.head_dim: d_inner = expand * d_model = {d_inner} is "
-                                  f"not divisible by head_dim={s.head_dim}")
+                raise ConfigError(f"model.ssm.head_dim: d_inner = {d_inner} (expand * d_model or "
+                                  f"ssm.d_inner) is not divisible by head_dim={s.head_dim}")
             if s.heads(self.d_model) % s.n_groups or d_inner % s.n_groups:
                 raise ConfigError(f"model.ssm.n_groups: {s.heads(self.d_model)} Mamba-2 heads are "
                                   f"not divisible by n_groups={s.n_groups}")

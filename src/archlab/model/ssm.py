@@ -264,7 +264,7 @@ class Mamba(nn.Module):
 
     def __init__(self, d_model: int, s: SSMConfig, norm_eps: float) -> None:
         super().__init__()
-        self.d_inner = di = s.d_inner(d_model)
+        self.d_inner = di = s.inner(d_model)
         self.d_state = N = s.d_state
         self.dt_rank = R = s.rank(d_model)
         self.chunk_size = s.chunk_size
@@ -355,7 +355,7 @@ class Mamba2(nn.Module):
 
     def __init__(self, d_model: int, s: SSMConfig, norm_eps: float) -> None:
         super().__init__()
-        self.d_inner = di = s.d_inner(d_model)
+        self.d_inner = di = s.inner(d_model)
         self.d_state = N = s.d_state
         self.n_heads = H = s.heads(d_model)
         self.head_dim = s.head_dim
