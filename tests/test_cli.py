@@ -49,3 +49,21 @@ def test_console_script_runs():
 def test_sanity_command(capsys):
     assert main(["sanity", "decoder-tiny", "vocab_size=256", "--steps", "5", "--batch", "2"]) == 0
     assert "falls" in capsys.readouterr().out
+
+
+def test_info_shows_layer_types_and_decoding_state(capsys):
+    assert main(["info", "decoder-tiny", "layers=MA*", "--seq-len", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "layers MA: mamba" in out and "attention" in out
+    assert "SSM" in out and "KV" in out
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["info", "decoder-tiny", "layers=MXM"], "model.layers: unknown layer letter 'X'"),
+    (["info", "decoder-tiny", "layers=MMM"], "model.layers: pattern 'MMM' has 3 layers"),
+    (["info", "decoder-tiny", "ssm.d_state=8"], "model.ssm: SSM options on an attention-only model"),
+])
+def test_bad_layer_patterns_exit_2(argv, msg, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1 and "Traceback" not in err

@@ -252,6 +252,87 @@ Pooling = Literal["auto", "first", "last", "mean", "decoder"]
 ARCHS: tuple[str, ...] = get_args(Arch)
 GATED_ACTIVATIONS = ("swiglu", "geglu", "geglu_tanh", "reglu")
 
+# Layer patterns (model.layers / model.ffn): one letter per layer.
+MIXERS = {"A": "attention", "M": "mamba", "S": "mamba2"}  # S: Mamba-2's SSD (Dao & Gu 2024)
+FFNS = {"D": "dense", "N": "none"}  # (E: mixture of experts, from the MoE issue)
+
+
+def _parse_pattern(text: str, n: int, key: str, letters: dict[str, str]) -> list[str]:
+    """``"MMMA"`` -> ["M", "M", "M", "A"] for ``n`` layers. Whitespace is ignored; a trailing
+    ``*`` repeats the pattern cyclically to ``n`` layers (``"MMMA*"``, as Jamba's period)."""
+    body = "".join(text.split())
+    cyclic = body.endswith("*")
+    if cyclic:
+        body = body[:-1]
+    valid = ", ".join(f"{k}={v}" for k, v in letters.items())
+    if not body:
+        raise ConfigError(f"{key}: empty pattern; one letter per layer ({valid})")
+    for ch in body:
+        if ch not in letters:
+            raise ConfigError(f"{key}: unknown layer letter {ch!r} in {text!r}; valid: {valid}")
+    if cyclic:
+        return [body[i % len(body)] for i in range(n)]
+    if len(body) != n:
+        raise ConfigError(f"{key}: pattern {text!r} has {len(body)} layers but the stack has {n} "
+                          f"(set the layer count to {len(body)}, or end the pattern with * to "
+                          "repeat it)")
+    return list(body)
+
+
+@dataclass
+class SSMConfig:
+    """Options of the state-space mixers (Mamba-1: Gu & Dao 2023; Mamba-2: Dao & Gu 2024).
+
+    Defaults follow ``mamba_ssm`` / Hugging Face ``MambaConfig`` (Mamba-2: ``Mamba2Config``,
+    except ``d_state`` and ``chunk_size``, which are kept small for CPU-sized models).
+    """
+
+    d_state: int = 16  # N: state size per channel (Mamba-1) or per head (Mamba-2)
+    d_conv: int = 4  # kernel of the short causal depthwise convolution
+    expand: int = 2  # d_inner = expand * d_model
+    d_inner: int | None = None  # explicit inner width (budget matching tunes it); None: expand * d_model
+    dt_rank: int | None = None  # Mamba-1 rank of the dt projection; None: ceil(d_model / 16)
+    head_dim: int = 64  # Mamba-2 P: channels per head (n_heads = d_inner / head_dim)
+    n_groups: int = 1  # Mamba-2 groups of B/C shared by heads (as GQA's key/value groups)
+    chunk_size: int = 64  # chunk length of the chunked training scan
+    conv_bias: bool = True
+    proj_bias: bool = False  # bias of in_proj / out_proj
+    dt_min: float = 0.001  # dt initialisation range (log-uniform) and floor
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    dt_limit: list[float] | None = None  # Mamba-2: clamp dt to [lo, hi] (HF time_step_limit)
+    dtbc_norm: bool = False  # RMSNorm on dt, B and C (Jamba's Mamba layers; Mamba-1 only)
+    norm_eps: float | None = None  # eps of the Mamba-2 gated norm and dt/B/C norms; None: model.norm_eps
+
+    def inner(self, d_model: int) -> int:
+        """d_inner: the mixer's expanded width."""
+        return self.d_inner if self.d_inner is not None else self.expand * d_model
+
+    def rank(self, d_model: int) -> int:
+        return self.dt_rank if self.dt_rank is not None else math.ceil(d_model / 16)
+
+    def heads(self, d_model: int) -> int:
+        return self.inner(d_model) // self.head_dim
+
+    def validate(self, d_model: int) -> None:
+        def bad(key: str, msg: str) -> ConfigError:
+            return ConfigError(f"model.ssm.{key}: {msg}")
+
+        for key in ("d_state", "d_conv", "expand", "head_dim", "n_groups", "chunk_size"):
+            if getattr(self, key) < 1:
+                raise bad(key, f"must be >= 1, got {getattr(self, key)}")
+        if self.d_inner is not None and self.d_inner < 1:
+            raise bad("d_inner", f"must be >= 1 or null, got {self.d_inner}")
+        if self.dt_rank is not None and self.dt_rank < 1:
+            raise bad("dt_rank", f"must be >= 1 or null, got {self.dt_rank}")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise bad("dt_min", f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        if self.dt_limit is not None and (len(self.dt_limit) != 2
+                                          or not 0 <= self.dt_limit[0] < self.dt_limit[1]):
+            raise bad("dt_limit", f"expected [lo, hi] with 0 <= lo < hi, got {self.dt_limit}")
+        if self.norm_eps is not None and self.norm_eps <= 0:
+            raise bad("norm_eps", f"must be > 0, got {self.norm_eps}")
+
 
 @dataclass
 class ModelConfig:
@@ -302,8 +383,18 @@ class ModelConfig:
     bos_token_id: int = 1
     eos_token_id: int = 2
     decoder_start_token_id: int | None = None  # None: bos_token_id
+    # Per-layer design: a layer is (sequence mixer, feed-forward). ``layers`` has one letter
+    # per layer: A attention, M Mamba-1, S Mamba-2 (None: all attention, today's models); an
+    # encoder-decoder takes "ENCODER/DECODER" (one pattern without "/" serves both sides).
+    # ``ffn``: D dense, N none, same layout; None: dense after attention, none after Mamba
+    # (the Mamba block replaces both attention and MLP; Gu & Dao 2023 Sec. 3.4).
+    layers: str | None = None
+    ffn: str | None = None
+    ssm: SSMConfig | None = None  # mixer options; only for patterns with M or S layers
 
     def __post_init__(self) -> None:
+        if isinstance(self.ssm, Mapping):  # ModelConfig(ssm={...}) from code
+            self.ssm = from_dict(SSMConfig, self.ssm, prefix="model.ssm")
         self.validate()
 
     # ---- derived -------------------------------------------------------------------------
@@ -350,6 +441,46 @@ class ModelConfig:
             return self.pooling
         return {"encoder": "first", "decoder": "last", "prefix-lm": "mean",
                 "encoder-decoder": "decoder"}[self.arch]
+
+    @property
+    def ssm_cfg(self) -> SSMConfig:
+        return self.ssm if self.ssm is not None else SSMConfig()
+
+    def _side(self, text: str | None, side: str, key: str) -> str | None:
+        if text is None or "/" not in text:
+            return text
+        if self.arch != "encoder-decoder":
+            raise ConfigError(f"model.{key}: 'ENCODER/DECODER' patterns need arch encoder-decoder "
+                              f"(arch is {self.arch}); write one pattern")
+        parts = text.split("/")
+        if len(parts) != 2:
+            raise ConfigError(f"model.{key}: expected one '/' (ENCODER/DECODER), got {text!r}")
+        return parts[0] if side == "encoder" else parts[1]
+
+    def layer_kinds(self, side: str) -> list[tuple[str, str]]:
+        """[(mixer, ffn)] of each layer of the ``encoder`` or ``decoder`` stack, e.g.
+        [("mamba", "none"), ("attention", "dense")]."""
+        n = self.encoder_layers if side == "encoder" else self.decoder_layers
+        mix = self._side(self.layers, side, "layers")
+        mixers = ["A"] * n if mix is None else _parse_pattern(mix, n, "model.layers", MIXERS)
+        ff = self._side(self.ffn, side, "ffn")
+        if ff is None:
+            ffns = ["D" if m == "A" else "N" for m in mixers]
+        else:
+            ffns = _parse_pattern(ff, n, "model.ffn", FFNS)
+        return [(MIXERS[m], FFNS[f]) for m, f in zip(mixers, ffns)]
+
+    def all_layer_kinds(self) -> list[tuple[str, str]]:
+        out = []
+        for side in ("encoder", "decoder"):
+            n = self.encoder_layers if side == "encoder" else self.decoder_layers
+            if n:
+                out += self.layer_kinds(side)
+        return out
+
+    @property
+    def has_ssm(self) -> bool:
+        return any(m != "attention" for m, _ in self.all_layer_kinds())
 
     # ---- checks --------------------------------------------------------------------------
     def validate(self) -> None:
@@ -406,6 +537,33 @@ class ModelConfig:
             v = getattr(self, key)
             if v is not None and not 0 <= v < self.vocab_size:
                 raise bad(key, f"{v} is outside the vocabulary [0, {self.vocab_size})")
+        self._validate_layers()
+
+    def _validate_layers(self) -> None:
+        if self.layers is None and self.ffn is None and self.ssm is None:
+            return  # all-attention, nothing to check (today's models)
+        kinds = self.all_layer_kinds()  # parses the patterns: unknown letters, lengths
+        if self.ssm is not None:
+            if not any(m != "attention" for m, _ in kinds):
+                raise ConfigError("model.ssm: SSM options on an attention-only model; "
+                                  "model.layers has no M (Mamba) or S (Mamba-2) layer")
+        s = self.ssm_cfg
+        if any(m != "attention" for m, _ in kinds):
+            s.validate(self.d_model)
+            if self.share_encoder_decoder:
+                raise ConfigError("model.share_encoder_decoder: not supported with Mamba layers "
+                                  "(model.layers)")
+        if any(m == "mamba2" for m, _ in kinds):
+            d_inner = s.inner(self.d_model)
+            if d_inner % s.head_dim:
+                raise ConfigError(f"model.ssm.head_dim: d_inner = {d_inner} (expand * d_model or "
+                                  f"ssm.d_inner) is not divisible by head_dim={s.head_dim}")
+            if s.heads(self.d_model) % s.n_groups or d_inner % s.n_groups:
+                raise ConfigError(f"model.ssm.n_groups: {s.heads(self.d_model)} Mamba-2 heads are "
+                                  f"not divisible by n_groups={s.n_groups}")
+        if s.dtbc_norm and any(m == "mamba2" for m, _ in kinds):
+            raise ConfigError("model.ssm.dtbc_norm: applies to Mamba-1 (M) layers only "
+                              "(Jamba); Mamba-2 layers normalise their gated output")
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -418,6 +576,7 @@ def model_config_from_dict(data: Mapping[str, Any], prefix: str = "model") -> Mo
 __all__ = [
     "ARCHS",
     "ModelConfig",
+    "SSMConfig",
     "apply_overrides",
     "field",
     "from_dict",

@@ -10,6 +10,7 @@ import time
 from archlab.config import ModelConfig, to_dict
 from archlab.errors import ConfigError
 from archlab.model import count_params, flops_per_token
+from archlab.model.flops import decode_memory, flops_by_layer_type, params_by_layer_type
 from archlab.model.presets import resolve_model_config
 
 
@@ -29,10 +30,36 @@ def _human(n: float) -> str:
     return f"{n:.0f}"
 
 
+def _pattern(cfg: ModelConfig) -> str:
+    letters = {"attention": "A", "mamba": "M", "mamba2": "S"}
+    sides = [s for s in ("encoder", "decoder")
+             if (cfg.encoder_layers if s == "encoder" else cfg.decoder_layers)]
+    return "/".join("".join(letters[m] for m, _ in cfg.layer_kinds(s)) for s in sides)
+
+
+def layer_accounting(cfg: ModelConfig, seq_len: int) -> dict:
+    """Params and forward FLOPs per token by layer type, and per-example decoding memory
+    (fp32) after ``seq_len`` decoder tokens: KV bytes grow with length, SSM state bytes do not."""
+    by = flops_by_layer_type(cfg, seq_len if cfg.encoder_layers else 0,
+                             seq_len if cfg.decoder_layers else 0)
+    flops: dict[str, float] = {}
+    for d in by.values():
+        for k, v in d.items():
+            flops[k] = flops.get(k, 0) + v / seq_len
+    out = {"pattern": _pattern(cfg), "params": params_by_layer_type(cfg),
+           "forward_flops_per_token": flops}
+    if cfg.decoder_layers:
+        m = decode_memory(cfg, seq_len, src_len=seq_len if cfg.arch == "encoder-decoder" else 0)
+        out["decode_bytes"] = {"length": seq_len, "kv": m.kv, "cross_kv": m.cross_kv,
+                               "ssm_state": m.ssm_state}
+    return out
+
+
 def describe(cfg: ModelConfig, seq_len: int) -> dict:
     p = count_params(cfg)
     f = flops_per_token(cfg, seq_len)
     return {
+        "by_layer_type": layer_accounting(cfg, seq_len),
         "arch": cfg.arch,
         "layers": (f"{cfg.encoder_layers}+{cfg.decoder_layers}" if cfg.arch == "encoder-decoder"
                    else str(cfg.n_layers)),
@@ -90,6 +117,18 @@ def run_info(args: argparse.Namespace) -> int:
         if "encoder_forward_per_src_token" in f:
             print(f"{'':<28} encoder {_human(f['encoder_forward_per_src_token'])} FLOPs/src token, "
                   f"decoder {_human(f['decoder_forward_per_tgt_token'])} FLOPs/tgt token (forward)")
+        lt = r["by_layer_type"]
+        if set(lt["params"]) - {"attention", "cross-attention"}:  # Mamba / hybrid stacks
+            parts = ", ".join(f"{k} {_human(v)} params {_human(lt['forward_flops_per_token'][k])} "
+                              f"FLOPs/tok" for k, v in lt["params"].items())
+            print(f"{'':<28} layers {lt['pattern']}: {parts}"
+                  + (f", ffn {_human(lt['forward_flops_per_token']['ffn'])} FLOPs/tok"
+                     if "ffn" in lt["forward_flops_per_token"] else ""))
+            if "decode_bytes" in lt:
+                db = lt["decode_bytes"]
+                print(f"{'':<28} decoding state per example at T={db['length']} (fp32): KV "
+                      f"{_human(db['kv'])}B (grows with T), SSM {_human(db['ssm_state'])}B (constant)"
+                      + (f", cross KV {_human(db['cross_kv'])}B" if db["cross_kv"] else ""))
         if args.config:
             print(json.dumps(r["config"]))
     return 0

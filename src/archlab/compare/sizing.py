@@ -3,7 +3,10 @@
 The sizing rule (recorded in the results): all entries share the block (width ``d_model``,
 heads, norm, activation, positions); each architecture gets the depth that comes closest to
 the target, and then its feed-forward width ``d_ff`` (in steps of ``d_ff_multiple``) is
-adjusted so the matched quantity lands within ``tolerance`` of the target.
+adjusted so the matched quantity lands within ``tolerance`` of the target. Layer patterns
+(``model.layers``) are repeated as a unit to the chosen depth ("MMMA" at depth 6 is
+"MMMAMM"); when a Mamba stack is still off the target (no feed-forward to widen, as in pure
+Mamba), the mixers' inner width ``ssm.d_inner`` is tuned (whole heads for Mamba-2).
 
 Accounting follows the T5 paper (Raffel et al. 2020, Sec. 3.2.2 and Table 2): an
 encoder-decoder with L+L layers has about twice the parameters of an L-layer decoder-only model,
@@ -55,10 +58,30 @@ def measure(cfg: ModelConfig, match: Match, shape: Shape) -> float:
     return float(count_params(cfg).total if match == "params" else example_flops(cfg, shape))
 
 
+def _cyclic(pattern: str | None) -> str | None:
+    """A layer pattern as a unit repeated to any depth ("MMMA" -> "MMMA*"; each side of an
+    "ENCODER/DECODER" pattern separately), so that sizing can change the depth."""
+    if pattern is None:
+        return None
+    return "/".join(p if p.strip().endswith("*") else p.strip() + "*" for p in pattern.split("/"))
+
+
 def _with_depth(cfg: ModelConfig, depth: int) -> ModelConfig:
+    layers = {"layers": _cyclic(cfg.layers), "ffn": _cyclic(cfg.ffn)}
     if cfg.arch == "encoder-decoder":
-        return replace(cfg, n_layers=depth, n_encoder_layers=None, n_decoder_layers=None)
-    return replace(cfg, n_layers=depth)
+        return replace(cfg, n_layers=depth, n_encoder_layers=None, n_decoder_layers=None, **layers)
+    return replace(cfg, n_layers=depth, **layers)
+
+
+def _with_d_inner(cfg: ModelConfig, d_inner: int) -> ModelConfig:
+    return replace(cfg, ssm=replace(cfg.ssm_cfg, d_inner=d_inner))
+
+
+def _d_inner_step(cfg: ModelConfig) -> int:
+    s = cfg.ssm_cfg
+    if any(m == "mamba2" for m, _ in cfg.all_layer_kinds()):
+        return s.head_dim * s.n_groups  # whole heads, whole groups
+    return 16
 
 
 def _depth(cfg: ModelConfig) -> int:
@@ -102,7 +125,8 @@ def size_to_budget(
     assert best is not None
     _, cfg, v = best
     rule = f"depth {_depth(cfg)}{'+' + str(_depth(cfg)) if cfg.arch == 'encoder-decoder' else ''}"
-    if abs(v / target - 1) > tolerance:
+    has_ffn = any(f == "dense" for _, f in cfg.all_layer_kinds())
+    if abs(v / target - 1) > tolerance and has_ffn:
         # fine-tune the feed-forward width: the matched quantity is monotone in d_ff
         lo, hi = d_ff_multiple, max(cfg.d_ff * 4, d_ff_multiple * 2)
         while measure(replace(cfg, d_ff=hi), match, shape) < target and hi < 1 << 16:
@@ -124,4 +148,24 @@ def size_to_budget(
         cfg = replace(cfg, d_ff=best_ff)
         v = measure(cfg, match, shape)
         rule += f", d_ff {base.d_ff} -> {best_ff}"
+    if abs(v / target - 1) > tolerance and cfg.has_ssm:
+        # Mamba layers without feed-forwards: tune the mixers' inner width instead
+        step = _d_inner_step(cfg)
+        d0 = cfg.ssm_cfg.inner(cfg.d_model)
+        best_di, best_err = d0, abs(v / target - 1)
+        lo_k, hi_k = 1, max(4 * d0 // step, 2)
+        while lo_k <= hi_k:
+            mid = (lo_k + hi_k) // 2
+            val = measure(_with_d_inner(cfg, mid * step), match, shape)
+            err = abs(val / target - 1)
+            if err < best_err:
+                best_di, best_err = mid * step, err
+            if val < target:
+                lo_k = mid + 1
+            else:
+                hi_k = mid - 1
+        if best_di != d0:
+            cfg = _with_d_inner(cfg, best_di)
+            v = measure(cfg, match, shape)
+            rule += f", ssm d_inner {d0} -> {best_di}"
     return SizedModel(cfg, v, target, rule)

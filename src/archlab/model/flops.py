@@ -10,6 +10,14 @@ attended key), in the accounting of Kaplan et al. 2020 (Sec. 2.1) and Hoffmann e
 (T+1)/2), which is what fused causal kernels compute. Training is 3x forward (the backward
 pass costs two forward passes). Norms, activations, softmax and embedding lookups are left
 out, as usual.
+
+State-space layers (Mamba-1, Gu & Dao 2023; Mamba-2, Dao & Gu 2024) count their projections
+the same way, the depthwise convolution (2 x channels x kernel per token) and the scan:
+Mamba-1's selective scan about 9 x d_inner x d_state per token and forward (discretise, update,
+read out: Albert Gu, state-spaces/mamba #110), Mamba-2's chunked SSD as computed with chunks
+of Q: 2QH(N + P) (the masked C.B^T block and its product with x) + 4HPN (chunk states in and
+out). Bidirectional layers (encoders) run two mixers; a prefix-LM's backward mixer runs over
+the prefix only. The attention term is counted only for attention layers.
 """
 
 from __future__ import annotations
@@ -39,20 +47,74 @@ def _mlp_params(cfg: ModelConfig) -> int:
     return _linear(cfg, cfg.d_model, g * cfg.d_ff) + _linear(cfg, cfg.d_ff, cfg.d_model)
 
 
-def _block_params(cfg: ModelConfig, cross: bool, shared: bool = False) -> int:
-    n = 0 if shared else 2 * _norm_params(cfg) + _attn_params(cfg) + _mlp_params(cfg)
+def mixer_params(cfg: ModelConfig, mixer: str) -> int:
+    """Parameters of one sequence mixer (attention, mamba, mamba2), without its norm."""
+    if mixer == "attention":
+        return _attn_params(cfg)
+    s, d = cfg.ssm_cfg, cfg.d_model
+    di, N, K = s.inner(d), s.d_state, s.d_conv
+    pb = s.proj_bias
+    if mixer == "mamba":
+        R = s.rank(d)
+        n = d * 2 * di + (2 * di if pb else 0)  # in_proj
+        n += di * K + (di if s.conv_bias else 0)  # depthwise conv
+        n += di * (R + 2 * N) + R * di + di  # x_proj, dt_proj (+ bias)
+        n += di * N + di  # A_log, D
+        n += di * d + (d if pb else 0)  # out_proj
+        if s.dtbc_norm:
+            n += R + 2 * N
+        return n
+    H, G = s.heads(d), s.n_groups
+    conv = di + 2 * G * N
+    n = d * (di + conv + H) + ((di + conv + H) if pb else 0)  # in_proj: z, x, B, C, dt
+    n += conv * K + (conv if s.conv_bias else 0)
+    n += 3 * H + di  # dt_bias, A_log, D, gated norm
+    n += di * d + (d if pb else 0)
+    return n
+
+
+def _block_params(cfg: ModelConfig, cross: bool, shared: bool = False, mixer: str = "attention",
+                  ffn: str = "dense", bidirectional: bool = False) -> int:
+    if shared:
+        n = 0
+    else:
+        n = _norm_params(cfg) + mixer_params(cfg, mixer)
+        if mixer != "attention" and bidirectional:
+            n += mixer_params(cfg, mixer)  # the backward scan's own mixer
+        if ffn == "dense":
+            n += _norm_params(cfg) + _mlp_params(cfg)
     if cross:
         n += _norm_params(cfg) + _attn_params(cfg)  # q + kv have the same sizes as qkv
     return n
 
 
-def _stack_params(cfg: ModelConfig, n_layers: int, cross: bool, shared: bool = False) -> int:
-    n = n_layers * _block_params(cfg, cross, shared)
+def _stack_params(cfg: ModelConfig, side: str, cross: bool, shared: bool = False) -> int:
+    kinds = cfg.layer_kinds(side)
+    bidir = side == "encoder" or cfg.arch == "prefix-lm"
+    n = sum(_block_params(cfg, cross, shared, m, f, bidir) for m, f in kinds)
     if cfg.use_final_norm:
         n += _norm_params(cfg)
-    if cfg.position == "t5-relative":
+    if cfg.position == "t5-relative" and any(m == "attention" for m, _ in kinds):
         n += cfg.rel_buckets * cfg.n_heads
     return n
+
+
+def params_by_layer_type(cfg: ModelConfig) -> dict[str, int]:
+    """Parameters of all layers by mixer type (norms and the layer's feed-forward included;
+    cross-attention counted under "cross-attention")."""
+    out: dict[str, int] = {}
+    for side in ("encoder", "decoder"):
+        if not (cfg.encoder_layers if side == "encoder" else cfg.decoder_layers):
+            continue
+        cross = side == "decoder" and cfg.arch == "encoder-decoder"
+        shared = side == "decoder" and cfg.share_encoder_decoder
+        bidir = side == "encoder" or cfg.arch == "prefix-lm"
+        for m, f in cfg.layer_kinds(side):
+            n = _block_params(cfg, False, shared, m, f, bidir)
+            out[m] = out.get(m, 0) + n
+            if cross:
+                out["cross-attention"] = out.get("cross-attention", 0) + _norm_params(cfg) + _attn_params(cfg)
+    return out
 
 
 def _input_embedding_params(cfg: ModelConfig) -> int:
@@ -84,10 +146,10 @@ def count_params(cfg: ModelConfig) -> ParamCount:
     enc = dec = 0
     if cfg.encoder_layers:
         emb += _input_embedding_params(cfg)
-        enc = _stack_params(cfg, cfg.encoder_layers, cross=False)
+        enc = _stack_params(cfg, "encoder", cross=False)
     if cfg.decoder_layers:
         emb += _input_embedding_params(cfg)
-        dec = _stack_params(cfg, cfg.decoder_layers, cross=cfg.arch == "encoder-decoder",
+        dec = _stack_params(cfg, "decoder", cross=cfg.arch == "encoder-decoder",
                             shared=cfg.share_encoder_decoder)
     head = 0
     if not cfg.tie_embeddings:
@@ -108,10 +170,64 @@ def count_params(cfg: ModelConfig) -> ParamCount:
 
 def _layer_matmul_flops(cfg: ModelConfig) -> int:
     """2 x matrix parameters of one self-attention block's projections and MLP, per token."""
+    return _attn_matmul_flops(cfg) + _mlp_flops(cfg)
+
+
+def _attn_matmul_flops(cfg: ModelConfig) -> int:
     q = cfg.n_heads * cfg.dim_head
     kv = cfg.kv_heads * cfg.dim_head
+    return 2 * (cfg.d_model * (q + 2 * kv) + q * cfg.d_model)
+
+
+def _mlp_flops(cfg: ModelConfig) -> int:
     g = 2 if cfg.gated else 1
-    return 2 * (cfg.d_model * (q + 2 * kv) + q * cfg.d_model + cfg.d_model * g * cfg.d_ff + cfg.d_ff * cfg.d_model)
+    return 2 * (cfg.d_model * g * cfg.d_ff + cfg.d_ff * cfg.d_model)
+
+
+def ssm_token_flops(cfg: ModelConfig, mixer: str) -> dict[str, int]:
+    """Forward FLOPs per token of one Mamba mixer: {"proj": projections, "conv": depthwise
+    conv, "scan": selective scan / SSD} (see the module docstring)."""
+    s, d = cfg.ssm_cfg, cfg.d_model
+    di, N, K = s.inner(d), s.d_state, s.d_conv
+    if mixer == "mamba":
+        R = s.rank(d)
+        proj = 2 * (d * 2 * di + di * (R + 2 * N) + R * di + di * d)
+        return {"proj": proj, "conv": 2 * di * K, "scan": 9 * di * N}
+    H, G, P, Q = s.heads(d), s.n_groups, s.head_dim, s.chunk_size
+    conv = di + 2 * G * N
+    proj = 2 * (d * (di + conv + H) + di * d)
+    return {"proj": proj, "conv": 2 * conv * K, "scan": 2 * Q * H * (N + P) + 4 * H * P * N}
+
+
+def _ssm_flops(cfg: ModelConfig, mixer: str) -> int:
+    return sum(ssm_token_flops(cfg, mixer).values())
+
+
+def _stack_flops(cfg: ModelConfig, side: str, n_tok: int, kind: str, prefix: int = 0,
+                 src_len: int = 0) -> dict[str, int]:
+    """Forward FLOPs of one stack over ``n_tok`` tokens, by layer type."""
+    out: dict[str, int] = {}
+    attn_unit = 4 * cfg.n_heads * cfg.dim_head  # QK^T + AV per (query, key) pair
+
+    def add(key: str, n: int) -> None:
+        out[key] = out.get(key, 0) + n
+
+    for m, f in cfg.layer_kinds(side):
+        if m == "attention":
+            add("attention", n_tok * _attn_matmul_flops(cfg) + attn_unit * _attended_keys(n_tok, kind, prefix))
+        else:
+            per = _ssm_flops(cfg, m)
+            # bidirectional: a backward mixer over the whole input (encoder) or the prefix
+            back = n_tok if kind == "bidirectional" else (min(prefix, n_tok) if kind == "prefix" else 0)
+            add(m, (n_tok + back) * per)
+        if f == "dense":
+            add("ffn", n_tok * _mlp_flops(cfg))
+        if side == "decoder" and cfg.arch == "encoder-decoder":
+            q = cfg.n_heads * cfg.dim_head
+            kv = cfg.kv_heads * cfg.dim_head
+            add("cross-attention", n_tok * 2 * (cfg.d_model * q + q * cfg.d_model)
+                + src_len * 2 * cfg.d_model * 2 * kv + attn_unit * n_tok * src_len)
+    return out
 
 
 def _attended_keys(n_queries: int, kind: str, prefix: int = 0) -> int:
@@ -148,21 +264,9 @@ def flops_per_example(
     ``tgt_len`` decoder tokens. ``predicted``: positions that go through the LM head (default:
     every output position: ``src_len`` for an encoder, ``tgt_len`` otherwise).
     """
-    attn_unit = 4 * cfg.n_heads * cfg.dim_head  # QK^T + AV per (query, key) pair
-    enc = dec = 0
-    if cfg.arch in ("encoder", "encoder-decoder"):
-        per_layer = src_len * _layer_matmul_flops(cfg) + attn_unit * _attended_keys(src_len, "bidirectional")
-        enc = cfg.encoder_layers * per_layer
-    if cfg.arch != "encoder":
-        kind = "prefix" if cfg.arch == "prefix-lm" and prefix_len else "causal"
-        per_layer = tgt_len * _layer_matmul_flops(cfg) + attn_unit * _attended_keys(tgt_len, kind, prefix_len)
-        if cfg.arch == "encoder-decoder":
-            q = cfg.n_heads * cfg.dim_head
-            kv = cfg.kv_heads * cfg.dim_head
-            per_layer += tgt_len * 2 * (cfg.d_model * q + q * cfg.d_model)  # q and o projections
-            per_layer += src_len * 2 * cfg.d_model * 2 * kv  # k, v of the encoder output
-            per_layer += attn_unit * tgt_len * src_len
-        dec = cfg.decoder_layers * per_layer
+    by = flops_by_layer_type(cfg, src_len, tgt_len, prefix_len=prefix_len)
+    enc = sum(by["encoder"].values())
+    dec = sum(by["decoder"].values())
     if predicted is None:
         predicted = src_len if cfg.arch == "encoder" else tgt_len
     head = predicted * 2 * cfg.d_model * cfg.vocab_size
@@ -170,6 +274,62 @@ def flops_per_example(
         head += predicted * 2 * cfg.d_model * cfg.d_model
     fwd = enc + dec + head
     return FlopCount(enc, dec, head, fwd, 3 * fwd)
+
+
+def flops_by_layer_type(cfg: ModelConfig, src_len: int = 0, tgt_len: int = 0, *,
+                        prefix_len: int = 0) -> dict[str, dict[str, int]]:
+    """Forward FLOPs of one example per stack and layer type: {"encoder": {"attention": ..,
+    "mamba": .., "ffn": ..}, "decoder": {..., "cross-attention": ..}} (arguments as
+    :func:`flops_per_example`)."""
+    enc: dict[str, int] = {}
+    dec: dict[str, int] = {}
+    if cfg.arch in ("encoder", "encoder-decoder"):
+        enc = _stack_flops(cfg, "encoder", src_len, "bidirectional")
+    if cfg.arch != "encoder":
+        kind = "prefix" if cfg.arch == "prefix-lm" and prefix_len else "causal"
+        dec = _stack_flops(cfg, "decoder", tgt_len, kind, prefix_len,
+                           src_len if cfg.arch == "encoder-decoder" else 0)
+    return {"encoder": enc, "decoder": dec}
+
+
+@dataclass
+class DecodeMemory:
+    """Decoding state of one example after ``length`` decoder tokens, in bytes."""
+
+    kv: int  # self-attention keys/values: grows with length
+    cross_kv: int  # encoder-decoder cross-attention keys/values: grows with the source only
+    ssm_state: int  # Mamba conv + SSM states: constant in length
+
+    @property
+    def total(self) -> int:
+        return self.kv + self.cross_kv + self.ssm_state
+
+
+def ssm_state_numbers(cfg: ModelConfig, mixer: str) -> int:
+    """Numbers in one Mamba layer's decoding state per example (conv window + SSM state):
+    Mamba-1 d_inner (N + K - 1); Mamba-2 (d_inner + 2GN)(K - 1) + H P N."""
+    s, d = cfg.ssm_cfg, cfg.d_model
+    di, N, K = s.inner(d), s.d_state, s.d_conv
+    if mixer == "mamba":
+        return di * (N + K - 1)
+    return (di + 2 * s.n_groups * N) * (K - 1) + s.heads(d) * s.head_dim * N
+
+
+def decode_memory(cfg: ModelConfig, length: int, *, src_len: int = 0,
+                  bytes_per_number: int = 4) -> DecodeMemory:
+    """Bytes a decoder holds per example to decode token ``length + 1``: KV of its attention
+    layers (2 x n_kv_heads x head_dim per layer and token), cross-attention KV over
+    ``src_len`` source tokens, and the constant recurrent states of its Mamba layers."""
+    if not cfg.decoder_layers:
+        raise ValueError(f"arch {cfg.arch} has no decoder")
+    kinds = cfg.layer_kinds("decoder")
+    per_tok = 2 * cfg.kv_heads * cfg.dim_head
+    n_attn = sum(m == "attention" for m, _ in kinds)
+    kv = n_attn * per_tok * length
+    cross = len(kinds) * per_tok * src_len if cfg.arch == "encoder-decoder" else 0
+    state = sum(ssm_state_numbers(cfg, m) for m, _ in kinds if m != "attention")
+    b = bytes_per_number
+    return DecodeMemory(kv * b, cross * b, state * b)
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:

@@ -20,6 +20,7 @@ from torch import nn
 
 from archlab.config import ModelConfig
 from archlab.model.attention import Attention, KVCache
+from archlab.model.cache import StackCache
 from archlab.model.layers import (
     MLP,
     Linear,
@@ -34,6 +35,7 @@ from archlab.model.layers import (
     sinusoidal_table,
 )
 from archlab.model.masks import AttnMask, MaskKind, build_mask
+from archlab.model.ssm import Mamba, Mamba2, make_mixer, reverse_by_length
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -41,52 +43,100 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """Self-attention, optional cross-attention, feed-forward; each in a residual branch.
+    """One layer: a sequence mixer (attention, Mamba or Mamba-2), optional cross-attention
+    and an optional feed-forward; each in a residual branch.
 
     Pre-norm (``x + f(norm(x))``; Xiong et al. 2020) or post-norm (``norm(x + f(x))``, the
-    original Transformer and BERT/BART).
+    original Transformer and BERT/BART). Attention layers keep the module names ``attn_norm``
+    / ``attn`` (checkpoints of all-attention models are unchanged); Mamba layers name theirs
+    ``ssm_norm`` / ``ssm``, plus ``ssm_bwd`` for the backward scan of a bidirectional layer.
     """
 
-    def __init__(self, cfg: ModelConfig, *, cross: bool = False, share: Block | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, *, cross: bool = False, share: Block | None = None,
+                 mixer: str = "attention", ffn: str = "dense", bidirectional: bool = False) -> None:
         super().__init__()
         self.pre = cfg.norm_position == "pre"
-        # share: T5's shared encoder-decoder variant reuses the encoder block's self-attention
-        # and feed-forward; only cross-attention is the decoder's own.
-        self.attn_norm = share.attn_norm if share else make_norm(cfg)
-        self.attn = share.attn if share else Attention(cfg)
+        self.mixer = mixer
+        if mixer == "attention":
+            # share: T5's shared encoder-decoder variant reuses the encoder block's
+            # self-attention and feed-forward; only cross-attention is the decoder's own.
+            self.attn_norm = share.attn_norm if share else make_norm(cfg)
+            self.attn = share.attn if share else Attention(cfg)
+            self.ssm = self.ssm_bwd = None
+        else:
+            self.attn_norm = self.attn = None
+            self.ssm_norm = make_norm(cfg)
+            self.ssm = make_mixer(mixer, cfg.d_model, cfg.ssm_cfg, cfg.norm_eps)
+            # a second mixer reads each sequence reversed (Caduceus / Vim); outputs are added
+            self.ssm_bwd = (make_mixer(mixer, cfg.d_model, cfg.ssm_cfg, cfg.norm_eps)
+                            if bidirectional else None)
         if cross:
             self.cross_norm = make_norm(cfg)
             self.cross_attn = Attention(cfg, cross=True)
         else:
             self.cross_norm = self.cross_attn = None
-        self.mlp_norm = share.mlp_norm if share else make_norm(cfg)
-        self.mlp = share.mlp if share else MLP(cfg)
+        if ffn == "dense":
+            self.mlp_norm = share.mlp_norm if share else make_norm(cfg)
+            self.mlp = share.mlp if share else MLP(cfg)
+        else:
+            self.mlp_norm = self.mlp = None
         self.drop = nn.Dropout(cfg.dropout)
+
+    def _ssm(self, h: torch.Tensor, cache: KVCache | None, layer: int,
+             valid: torch.Tensor | None, bwd_lengths: torch.Tensor | None) -> torch.Tensor:
+        # h: (B, T, C) normed input -> (B, T, C)
+        state = cache.ssm[layer] if cache is not None else None
+        y, new = self.ssm(h, valid, state, return_state=cache is not None)
+        if cache is not None:
+            cache.ssm[layer] = new
+        if self.ssm_bwd is not None and bwd_lengths is not None:
+            # backward scan over slots [0, L_b) of each row, reversed by its own length;
+            # slots past L_b (the targets of a prefix-LM) get no backward term
+            rv = reverse_by_length(valid, bwd_lengths) if valid is not None else None
+            yb, _ = self.ssm_bwd(reverse_by_length(h, bwd_lengths), rv)
+            yb = reverse_by_length(yb, bwd_lengths)
+            inside = torch.arange(h.shape[1], device=h.device)[None, :] < bwd_lengths[:, None]
+            y = y + yb * inside[..., None].to(yb.dtype)
+        return y
 
     def forward(
         self,
         x: torch.Tensor,
-        mask: AttnMask,
+        mask: AttnMask | None,
         *,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         context: torch.Tensor | None = None,
         context_mask: AttnMask | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
+        valid: torch.Tensor | None = None,
+        bwd_lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        """valid: (B, T) real tokens (Mamba layers zero the pads' inputs); bwd_lengths: (B,)
+        span of the backward scan of bidirectional Mamba layers (None: causal only)."""
         # dropout is the identity in eval mode; skipping the module call saves per-token time
         drop = self.drop if self.training else _identity
         if self.pre:
-            x = x + drop(self.attn(self.attn_norm(x), mask, rope=rope, cache=cache, layer=layer))
+            if self.attn is not None:
+                x = x + drop(self.attn(self.attn_norm(x), mask, rope=rope, cache=cache, layer=layer))
+            else:
+                x = x + drop(self._ssm(self.ssm_norm(x), cache, layer, valid, bwd_lengths))
             if self.cross_attn is not None:
                 h = self.cross_attn(self.cross_norm(x), context_mask, context=context,
                                     cache=cache, layer=layer)
                 x = x + drop(h)
+            if self.mlp is None:
+                return x
             return x + drop(self.mlp(self.mlp_norm(x)))
-        x = self.attn_norm(x + drop(self.attn(x, mask, rope=rope, cache=cache, layer=layer)))
+        if self.attn is not None:
+            x = self.attn_norm(x + drop(self.attn(x, mask, rope=rope, cache=cache, layer=layer)))
+        else:
+            x = self.ssm_norm(x + drop(self._ssm(x, cache, layer, valid, bwd_lengths)))
         if self.cross_attn is not None:
             h = self.cross_attn(x, context_mask, context=context, cache=cache, layer=layer)
             x = self.cross_norm(x + drop(h))
+        if self.mlp is None:
+            return x
         return self.mlp_norm(x + drop(self.mlp(x)))
 
 
@@ -105,24 +155,59 @@ class Stack(nn.Module):
         cross: bool = False,
         bidirectional_positions: bool = True,
         share: Stack | None = None,
+        kinds: list[tuple[str, str]] | None = None,
+        ssm_bidirectional: bool = False,
     ) -> None:
         super().__init__()
         self.cfg = cfg
+        kinds = kinds if kinds is not None else [("attention", "dense")] * n_layers
+        self.mixers = [m for m, _ in kinds]
         self.blocks = nn.ModuleList(
-            Block(cfg, cross=cross, share=share.blocks[i] if share else None) for i in range(n_layers)
+            Block(cfg, cross=cross, share=share.blocks[i] if share else None, mixer=m, ffn=f,
+                  bidirectional=ssm_bidirectional)
+            for i, (m, f) in enumerate(kinds)
         )
+        # masks and position tables only for stacks that have self-attention layers
+        self.has_attn = "attention" in self.mixers
+        self.has_ssm = any(m != "attention" for m in self.mixers)
+        self.ssm_bidirectional = ssm_bidirectional and self.has_ssm
         self.final_norm = make_norm(cfg) if cfg.use_final_norm else None
-        self.rotary = Rotary(cfg.dim_head, cfg.rope_theta) if cfg.position == "rope" else None
-        if cfg.position == "alibi":
+        attn = self.has_attn
+        self.rotary = Rotary(cfg.dim_head, cfg.rope_theta) if cfg.position == "rope" and attn else None
+        if cfg.position == "alibi" and attn:
             self.register_buffer("alibi", alibi_slopes(cfg.n_heads), persistent=False)
         else:
             self.alibi = None
         self.rel_bias = (
             RelativePositionBias(cfg.n_heads, cfg.rel_buckets, cfg.rel_max_distance,
                                  bidirectional_positions)
-            if cfg.position == "t5-relative"
+            if cfg.position == "t5-relative" and attn
             else None
         )
+
+    def _ssm_inputs(self, B: int, T: int, mask_kind: MaskKind, key_padding: torch.Tensor | None,
+                    prefix_lengths: torch.Tensor | None, q_offset: int, device: torch.device
+                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(valid (B, T) of the new tokens or None, backward-scan spans (B,) or None)."""
+        valid = None
+        if key_padding is not None:
+            valid = key_padding[:, -T:]
+            if bool(valid.all()):
+                valid = None
+        if not self.ssm_bidirectional:
+            return valid, None
+        if mask_kind == "bidirectional":
+            if valid is None:
+                return None, torch.full((B,), T, device=device)
+            # up to the last real token (right padding: the sequence's own length)
+            ar = torch.arange(1, T + 1, device=device)
+            return valid, (valid.long() * ar).amax(-1)
+        if mask_kind == "prefix" and prefix_lengths is not None:
+            if q_offset:
+                raise ValueError("a prefix-LM with Mamba layers reads its prefix in the first "
+                                 "call (the backward scan spans the whole prefix)")
+            return valid, prefix_lengths.to(device).clamp(max=T)
+        return valid, None
 
     def forward(
         self,
@@ -140,6 +225,10 @@ class Stack(nn.Module):
         key_padding: (B, T) (or (B, past+T) with a cache), True for real tokens;
         context: (B, S, C) encoder output with context_padding (B, S) -> (B, T, C)."""
         B, T, _ = x.shape
+        valid = bwd = None
+        if self.has_ssm:
+            valid, bwd = self._ssm_inputs(B, T, mask_kind, key_padding, prefix_lengths,
+                                          cache.length if cache is not None else 0, x.device)
         q_offset = 0
         k_pos = positions
         if cache is not None:
@@ -150,6 +239,31 @@ class Stack(nn.Module):
             k_pos = cache.positions.narrow(1, 0, q_offset + T)
             key_padding = cache.key_valid.narrow(1, 0, q_offset + T) if cache.has_padding else None
         k_len = q_offset + T
+        mask = rope = None
+        if self.has_attn:
+            mask, rope = self._attn_inputs(x, mask_kind, positions, k_pos, key_padding,
+                                           prefix_lengths, q_offset, T, k_len)
+        context_mask = None
+        cached_cross = cache is not None and cache.cross[0] is not None
+        if context is not None or cached_cross:
+            # with a cache, the encoder's keys/values were stored at the first step
+            S = context.shape[1] if context is not None else cache.cross[0][0].shape[2]
+            context_mask = build_mask("bidirectional", T, S, key_padding=context_padding, device=x.device)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, rope=rope, context=context, context_mask=context_mask,
+                      cache=cache, layer=i, valid=valid, bwd_lengths=bwd)
+        if cache is not None:
+            cache.advance(T)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x
+
+    def _attn_inputs(
+        self, x: torch.Tensor, mask_kind: MaskKind, positions: torch.Tensor, k_pos: torch.Tensor,
+        key_padding: torch.Tensor | None, prefix_lengths: torch.Tensor | None, q_offset: int,
+        T: int, k_len: int,
+    ) -> tuple[AttnMask, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Self-attention mask (with position biases folded in) and rotary tables."""
         mask = build_mask(mask_kind, T, k_len, key_padding=key_padding,
                           prefix_lengths=prefix_lengths, q_offset=q_offset, device=x.device)
         bias = None
@@ -167,20 +281,7 @@ class Stack(nn.Module):
         rope = None
         if self.rotary is not None:  # expanded (shared) positions: one table broadcast over the batch
             rope = self.rotary(positions[:1] if positions.stride(0) == 0 else positions, x.dtype)
-        context_mask = None
-        cached_cross = cache is not None and cache.cross[0] is not None
-        if context is not None or cached_cross:
-            # with a cache, the encoder's keys/values were stored at the first step
-            S = context.shape[1] if context is not None else cache.cross[0][0].shape[2]
-            context_mask = build_mask("bidirectional", T, S, key_padding=context_padding, device=x.device)
-        for i, block in enumerate(self.blocks):
-            x = block(x, mask, rope=rope, context=context, context_mask=context_mask,
-                      cache=cache, layer=i)
-        if cache is not None:
-            cache.advance(T)
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-        return x
+        return mask, rope
 
 
 class InputEmbedding(nn.Module):
@@ -265,7 +366,8 @@ class Transformer(nn.Module):
         self.decoder_embed = self.decoder = None
         if cfg.arch in ("encoder", "encoder-decoder"):
             self.encoder_embed = InputEmbedding(cfg)
-            self.encoder = Stack(cfg, cfg.encoder_layers, bidirectional_positions=True)
+            self.encoder = Stack(cfg, cfg.encoder_layers, bidirectional_positions=True,
+                                 kinds=cfg.layer_kinds("encoder"), ssm_bidirectional=True)
         if cfg.arch in ("decoder", "prefix-lm", "encoder-decoder"):
             self.decoder_embed = InputEmbedding(cfg)
             self.decoder = Stack(
@@ -274,6 +376,9 @@ class Transformer(nn.Module):
                 cross=cfg.arch == "encoder-decoder",
                 bidirectional_positions=cfg.arch == "prefix-lm",
                 share=self.encoder if cfg.share_encoder_decoder else None,
+                kinds=cfg.layer_kinds("decoder"),
+                # prefix-LM: a backward scan over the prefix is added to the forward scan
+                ssm_bidirectional=cfg.arch == "prefix-lm",
             )
         self.mlm_transform = None
         if cfg.arch == "encoder" and cfg.mlm_transform:
@@ -298,7 +403,7 @@ class Transformer(nn.Module):
         depth = max(self.cfg.encoder_layers, self.cfg.decoder_layers)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
-                s = std / math.sqrt(2 * depth) if name.endswith((".o", ".w_out")) else std
+                s = std / math.sqrt(2 * depth) if name.endswith((".o", ".w_out", ".out_proj")) else std
                 nn.init.normal_(module.weight, 0.0, s)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
@@ -310,6 +415,9 @@ class Transformer(nn.Module):
                     nn.init.zeros_(module.bias)
         if self.lm_bias is not None:
             nn.init.zeros_(self.lm_bias)
+        for module in self.modules():  # A, D, dt and conv of Mamba layers (mamba_ssm's init)
+            if isinstance(module, (Mamba, Mamba2)):
+                module.reset_ssm_parameters()
 
     # ---- pieces -------------------------------------------------------------------------
     def _check_length(self, length: int, position_ids: torch.Tensor | None) -> None:
@@ -413,6 +521,9 @@ class Transformer(nn.Module):
         if self.decoder is None:
             raise ValueError(f"arch {self.cfg.arch} has no decoder to cache")
         p = self.embed_tokens.weight
+        if self.decoder.has_ssm:  # KV for attention layers, recurrent states for Mamba layers
+            return StackCache(self.decoder.mixers, batch, self.cfg.kv_heads, self.cfg.dim_head,
+                              max_len, dtype=dtype or p.dtype, device=device or p.device)
         return KVCache(self.cfg.decoder_layers, batch, self.cfg.kv_heads, self.cfg.dim_head,
                        max_len, dtype=dtype or p.dtype, device=device or p.device)
 
