@@ -8,6 +8,7 @@ from archlab.errors import ConfigError
 
 STRATEGIES = ("greedy", "sample", "beam")
 LAYOUTS = ("seq2seq", "lm", "raw")
+BACKENDS = ("auto", "eager", "cpu-blocked")  # see archlab.generate.backends
 
 
 @dataclass
@@ -45,6 +46,9 @@ class GenerationConfig:
     prompt_layout: str = "seq2seq"  # seq2seq | lm | raw
     use_cache: bool = True  # False: recompute the whole sequence each step (reference path)
     eos_token_id: int | None = None  # None: the tokenizer's (or model config's) EOS
+    # how the weight products run (archlab.generate.backends): auto = cpu-blocked for a float32
+    # model on CPU with more than one thread (measured faster there), else eager
+    backend: str = "auto"  # auto | eager | cpu-blocked
 
     def validate(self) -> GenerationConfig:
         def bad(key: str, msg: str) -> ConfigError:
@@ -54,6 +58,8 @@ class GenerationConfig:
             raise bad("strategy", f"{self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if self.prompt_layout not in LAYOUTS:
             raise bad("prompt_layout", f"{self.prompt_layout!r} is not one of {', '.join(LAYOUTS)}")
+        if self.backend not in BACKENDS:
+            raise bad("backend", f"{self.backend!r} is not one of {', '.join(BACKENDS)}")
         if self.max_new_tokens < 1:
             raise bad("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
