@@ -2,7 +2,8 @@
 
 1. The 25 weight matrices of the GPT-2-like bench model (6 layers, d=384, d_ff=1536, vocab
    8192; 55 MB fp32) multiplied by M rows: ``F.linear`` against archlab's row-blocked
-   ``linear`` (``archlab.model.layers.decode_blocks``), and a plain read (``sum``) of the same
+   product (``archlab.generate.backends.blocked_linear``, the ``cpu-blocked`` decoding
+   backend), and a plain read (``sum``) of the same
    bytes as the bandwidth reference.
 2. A bare-tensor decoding step of the same model (no modules, blocked products, static KV
    cache): what eager PyTorch costs per token with almost no framework code around the ops,
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from archlab.model.layers import linear  # noqa: E402
+from archlab.generate.backends import blocked_linear  # noqa: E402
 
 D, FF, V, L, H = 384, 1536, 8192, 6, 6
 
@@ -103,7 +104,7 @@ def main() -> int:
         for m in (1, 4, 8):
             xs = {n: torch.randn(m, n) for n in (D, FF)}
             ref = timed(lambda xs=xs: [F.linear(xs[w.shape[1]], w, b) for w, b in ws], 30)
-            ours = timed(lambda xs=xs: [linear(xs[w.shape[1]], w, b) for w, b in ws], 30)
+            ours = timed(lambda xs=xs: [blocked_linear(xs[w.shape[1]], w, b) for w, b in ws], 30)
             print(f"M={m}  F.linear {ref * 1e3:6.3f} ms ({nbytes / ref / 1e9:5.1f} GB/s)   "
                   f"blocked {ours * 1e3:6.3f} ms ({nbytes / ours / 1e9:5.1f} GB/s)")
             print(f"ratio blocked-vs-F.linear-M{m} = {ref / ours:.2f}")

@@ -14,7 +14,10 @@ After gpt2's batch-1 case it also prints the speed of a bare-tensor decoding ste
 model (no modules, no generation loop, no prompt; ``bench/gemv.py``): an upper bound on what
 any eager implementation reaches on this machine, and its ratio to HF in the same run.
 
-    python bench/generate.py [--rounds 3] [--threads 2] [--only gpt2,t5] [--new 128]
+``--backend`` picks archlab's decoding backend (``archlab.generate.backends``; default auto,
+which is cpu-blocked here).
+
+    python bench/generate.py [--rounds 3] [--threads 2] [--only gpt2,t5] [--new 128] [--backend auto]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from archlab.convert import hf_to_archlab  # noqa: E402
 from archlab.generate import GenerationConfig, generate  # noqa: E402
+from archlab.generate.config import BACKENDS  # noqa: E402
 from archlab.model import build_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -84,10 +88,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default="gpt2,t5")
     ap.add_argument("--new", type=int, default=128, help="new tokens per sequence")
+    ap.add_argument("--backend", default="auto", choices=BACKENDS, help="archlab decoding backend")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n_new = args.new
-    print(f"torch {torch.__version__}, {args.threads} threads, {n_new} new tokens, fp32")
+    print(f"torch {torch.__version__}, {args.threads} threads, {n_new} new tokens, fp32, "
+          f"archlab backend {args.backend}")
     cases = [("greedy-b1", 1, 1), ("greedy-b8", 8, 1), ("beam4-b1", 1, 4)]
     for name, hf, src_len in hf_models(args.only.split(",")):
         ours = to_archlab(hf)
@@ -98,7 +104,8 @@ def main() -> int:
             prompts = ids.tolist()
 
             gcfg = GenerationConfig(strategy="beam" if beams > 1 else "greedy", num_beams=beams,
-                                    max_new_tokens=n_new, min_new_tokens=n_new, prompt_layout="raw")
+                                    max_new_tokens=n_new, min_new_tokens=n_new, prompt_layout="raw",
+                                    backend=args.backend)
             run_hf = partial(hf_generate, hf, ids, mask, beams, n_new)
             run_ours = partial(generate, ours, prompts, gcfg)
             t_hf, ref = timed(run_hf, args.rounds)

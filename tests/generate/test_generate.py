@@ -59,24 +59,25 @@ def test_greedy_cache_equals_recompute(arch, position, dtype):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_batch_of_one_cache_equals_recompute_on_the_one_row_path(arch, monkeypatch):
-    """Batch 1 is where decoding takes the fastest path: one-row products through the kept
-    blocked views (model.layers.decode_views) and single-query head splits with grouped K/V
-    heads. Checked in float64 against full recomputation, after checking the path is taken."""
-    from archlab.model import layers
+    """Batch 1 is where decoding takes the fastest path: one-row products through the blocked
+    views the cpu-blocked backend keeps for the call (generate.backends) and single-query head
+    splits with grouped K/V heads. Checked in float64 against full recomputation, after
+    checking the path is taken."""
+    from archlab.generate import backends
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the blocked split, whatever CI has
-    planned = []
-    real_plan = layers._plan
-    monkeypatch.setattr(layers, "_plan", lambda w, b: planned.append(real_plan(w, b)) or planned[-1])
+    one_row = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda w, x: one_row.append(x.shape[-1] == 1) or real_bmm(w, x))
     model = peaky_model(arch, "rope", n_kv_heads=2).to(torch.float64)
-    cfg = GenerationConfig(max_new_tokens=10)
+    cfg = GenerationConfig(max_new_tokens=10, backend="cpu-blocked")
     cached = generate(model, INPUTS[:1], cfg, special=SP, output_logits=True)
-    assert any(p[3] > 0 for p in planned)  # some weights took the blocked one-row path
+    assert any(one_row)  # some weights took the blocked one-row path
     full = generate(model, INPUTS[:1], cfg, special=SP, output_logits=True, use_cache=False)
     assert cached.sequences == full.sequences
     for a, b in zip(cached.logits, full.logits, strict=True):
         torch.testing.assert_close(a, b, **LOGIT_TOL[torch.float64])
-    assert layers._STATE.views is None  # nothing kept after the call
+    assert backends._APPLIED == {} and "lm_logits" not in vars(model)  # nothing kept after the call
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from archlab.errors import ArchlabError
+from archlab.generate.backends import decoding_backend
 from archlab.generate.config import GenerationConfig
-from archlab.model.layers import decode_views
 from archlab.objectives.layout import lm_prompt, seq2seq_prompt
 
 NEG_INF = float("-inf")
@@ -251,7 +251,7 @@ def generate(model: Any, inputs: Sequence[Sequence[int]], config: GenerationConf
     was_training = model.training
     model.eval()
     try:
-        with decode_views():  # blocked weight views made once per call (see model.layers)
+        with decoding_backend(model, cfg.backend):  # the weight products (generate.backends)
             dec = _Decoding(model, prompts, pad, max_new, cfg.use_cache)
             if cfg.strategy == "beam":
                 out = _beam_search(dec, cfg, len(prompts), max_new, eos, pad)

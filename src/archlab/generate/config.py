@@ -8,6 +8,7 @@ from archlab.errors import ConfigError
 
 STRATEGIES = ("greedy", "sample", "beam")
 LAYOUTS = ("seq2seq", "lm", "raw")
+BACKENDS = ("auto", "eager", "cpu-blocked")  # see archlab.generate.backends
 
 
 @dataclass
@@ -46,6 +47,9 @@ class GenerationConfig:
     max_source_len: int | None = None  # seq2seq: cut sources to the run's train.max_source_len
     use_cache: bool = True  # False: recompute the whole sequence each step (reference path)
     eos_token_id: int | None = None  # None: the tokenizer's (or model config's) EOS
+    # how the weight products run (archlab.generate.backends): auto = cpu-blocked for a float32
+    # model on CPU with more than one thread (measured faster there), else eager
+    backend: str = "auto"  # auto | eager | cpu-blocked
 
     def validate(self) -> GenerationConfig:
         def bad(key: str, msg: str) -> ConfigError:
@@ -57,6 +61,8 @@ class GenerationConfig:
             raise bad("prompt_layout", f"{self.prompt_layout!r} is not one of {', '.join(LAYOUTS)}")
         if self.max_source_len is not None and self.max_source_len < 1:
             raise bad("max_source_len", f"must be >= 1 or null, got {self.max_source_len}")
+        if self.backend not in BACKENDS:
+            raise bad("backend", f"{self.backend!r} is not one of {', '.join(BACKENDS)}")
         if self.max_new_tokens < 1:
             raise bad("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archlab.config import ModelConfig
-from archlab.model.layers import Linear, apply_rotary
+from archlab.model.layers import apply_rotary
 from archlab.model.masks import AttnMask
 
 
@@ -141,11 +141,11 @@ class Attention(nn.Module):
         q_dim = self.n_heads * self.head_dim
         kv_dim = self.n_kv_heads * self.head_dim
         if cross:
-            self.q = Linear(cfg.d_model, q_dim, bias=cfg.bias)
-            self.kv = Linear(cfg.d_model, 2 * kv_dim, bias=cfg.bias)
+            self.q = nn.Linear(cfg.d_model, q_dim, bias=cfg.bias)
+            self.kv = nn.Linear(cfg.d_model, 2 * kv_dim, bias=cfg.bias)
         else:
-            self.qkv = Linear(cfg.d_model, q_dim + 2 * kv_dim, bias=cfg.bias)
-        self.o = Linear(q_dim, cfg.d_model, bias=cfg.bias)
+            self.qkv = nn.Linear(cfg.d_model, q_dim + 2 * kv_dim, bias=cfg.bias)
+        self.o = nn.Linear(q_dim, cfg.d_model, bias=cfg.bias)
         self.scale = cfg.attn_scale  # None: SDPA's default 1/sqrt(head_dim)
         p = cfg.attn_dropout if cfg.attn_dropout is not None else cfg.dropout
         self.dropout_p = p

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -31,142 +28,6 @@ class RMSNorm(nn.Module):
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(dtype)
-
-
-# Most rows a decoding step multiplies (batch x beams x 1 token) for which the split
-# matrix-vector path below is used; measured faster than F.linear up to 8 rows.
-FEW_ROWS = 8
-
-
-def decode_blocks(x: torch.Tensor, weight: torch.Tensor) -> int:
-    """How many row blocks :func:`linear` cuts ``weight`` into for ``x``; 0 means ``F.linear``.
-
-    A decoding step multiplies a few rows (one new token per sequence) by every weight matrix,
-    a matrix-vector product bound by memory bandwidth. On CPU, PyTorch's BLAS (MKL) runs such
-    products on one thread: measured on this project's 2-core machine, the 25 matrices of a
-    6-layer d=384 decoder took 3.6 ms per token with ``F.linear`` (15 GB/s) against 1.1 ms
-    (about 50 GB/s, the rate of a plain read of the same bytes) when the weight's rows are cut
-    into one block per thread and multiplied in one ``bmm``, which runs its blocks in
-    parallel. The split path is used only under ``torch.inference_mode`` (generation), on CPU,
-    without autocast, for at most ``FEW_ROWS`` rows; training and ordinary forwards keep
-    ``F.linear``. Its result equals ``F.linear``'s up to the order of floating-point sums.
-    """
-    if not (torch.is_inference_mode_enabled() and x.is_cpu and x.is_contiguous()
-            and x.dtype == weight.dtype) or torch.is_autocast_enabled("cpu"):
-        return 0
-    K = x.shape[-1]
-    if not 0 < x.numel() <= FEW_ROWS * K:
-        return 0
-    return _weight_blocks(weight)
-
-
-def _weight_blocks(weight: torch.Tensor) -> int:
-    """Row blocks (one per thread) a contiguous weight is cut into; 0 when fewer than two."""
-    blocks = min(torch.get_num_threads(), weight.shape[0])
-    return blocks if blocks > 1 and weight.is_contiguous() else 0
-
-
-def _blocked_views(weight: torch.Tensor, bias: torch.Tensor | None,
-                   blocks: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """(blocks, n, K) view of the first ``blocks * n`` weight rows, the matching (blocks, n, 1)
-    bias view, and ``n``."""
-    N, K = weight.shape
-    n = N // blocks
-    main = n * blocks
-    w3 = (weight if main == N else weight[:main]).view(blocks, n, K)
-    b3 = None if bias is None else (bias if main == N else bias[:main]).view(blocks, n, 1)
-    return w3, b3, n
-
-
-def _blocked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                    blocks: int) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` as one bmm over ``blocks`` row blocks of the weight (see
-    :func:`decode_blocks`); x must be contiguous."""
-    N, K = weight.shape
-    w3, b3, n = _blocked_views(weight, bias, blocks)
-    main = n * blocks
-    M = x.numel() // K
-    xb = x.as_strided((blocks, K, M), (0, 1, K))  # every block sees all M rows, no copy
-    # (blocks, n, K) @ (blocks, K, M) -> (blocks, n, M): one matrix-vector product per thread
-    out = torch.bmm(w3, xb) if b3 is None else torch.baddbmm(b3, w3, xb)
-    if M == 1 and main == N:
-        return out.view(*x.shape[:-1], N)
-    out = out.view(main, M).t()  # (M, main)
-    if main < N:  # the last N % blocks rows
-        rest = F.linear(x.view(M, K), weight[main:], None if bias is None else bias[main:])
-        out = torch.cat([out, rest], dim=1)
-    return out.reshape(*x.shape[:-1], N)
-
-
-# Blocked weight views kept for the length of one generation call (see decode_views). Making
-# them, and deciding per call whether the blocked path applies, costs a few microseconds per
-# matrix and token: about 0.1 ms of a 1.7 ms batch-1 step of the bench model. None outside
-# such a call, and per thread (two threads may generate at once). Keys are the ids of weight
-# and bias; a value is (w3, b3, N, K) for the one-row blocked path, or (weight, bias, N, -1)
-# where it never applies (K = -1 matches no input). Each value holds its tensors (or views of
-# them), which keeps them alive, so an id cannot be reused while its entry exists.
-_Plan = tuple[torch.Tensor, torch.Tensor | None, int, int]
-
-
-class _DecodeState(threading.local):
-    views: dict[tuple[int, int], _Plan] | None = None
-
-
-_STATE = _DecodeState()
-
-
-@contextmanager
-def decode_views() -> Iterator[None]:
-    """Within this context (``archlab.generate`` enters it, under ``torch.inference_mode``),
-    :func:`linear` decides once per weight whether the blocked path applies and keeps the
-    blocked views; they are dropped on exit, so no view outlives the call or pins a weight
-    that is later moved or replaced. Parameters must not be replaced or moved inside the
-    context (in-place changes are seen: the views share storage)."""
-    outer = _STATE.views
-    if outer is None:
-        _STATE.views = {}
-    try:
-        yield
-    finally:
-        _STATE.views = outer
-
-
-def _plan(weight: torch.Tensor, bias: torch.Tensor | None) -> _Plan:
-    blocks = _weight_blocks(weight) if weight.dim() == 2 and weight.is_cpu else 0
-    if blocks and weight.shape[0] % blocks == 0:  # with a remainder block: the general path
-        w3, b3, _ = _blocked_views(weight, bias, blocks)
-        return w3, b3, weight.shape[0], weight.shape[1]
-    return weight, bias, weight.shape[0], -1
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` (x: (..., K), weight: (N, K) -> (..., N)) with the decoding path of
-    :func:`decode_blocks`."""
-    views = _STATE.views
-    if views is not None and torch.is_inference_mode_enabled():
-        key = (id(weight), id(bias))
-        if key in views:
-            plan = views[key]
-        else:
-            plan = views[key] = _plan(weight, bias)
-        # the plan covers the weight; what is left to check is this call's input
-        if x.numel() == plan[3] and x.is_contiguous() and (
-                x.dtype == weight.dtype) and not torch.is_autocast_enabled("cpu"):
-            w3, b3, N, K = plan  # one row: (blocks, n, K) @ (blocks, K, 1) -> (blocks, n, 1)
-            xb = x.as_strided((w3.shape[0], K, 1), (0, 1, K))
-            out = torch.bmm(w3, xb) if b3 is None else torch.baddbmm(b3, w3, xb)
-            return out.view(*x.shape[:-1], N)  # (ints, not a torch.Size: a faster view call)
-    blocks = decode_blocks(x, weight)
-    if not blocks:
-        return F.linear(x, weight, bias)
-    return _blocked_linear(x, weight, bias, blocks)
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and state-dict keys) whose forward is :func:`linear`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        return linear(x, self.weight, self.bias)
 
 
 def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
@@ -203,8 +64,8 @@ class MLP(nn.Module):
         super().__init__()
         self.gated = cfg.gated
         self.act = activation_fn(cfg.activation)
-        self.w_in = Linear(cfg.d_model, cfg.d_ff * (2 if self.gated else 1), bias=cfg.bias)
-        self.w_out = Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.w_in = nn.Linear(cfg.d_model, cfg.d_ff * (2 if self.gated else 1), bias=cfg.bias)
+        self.w_out = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)

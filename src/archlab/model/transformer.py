@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from archlab.config import ModelConfig
@@ -23,14 +24,12 @@ from archlab.model.attention import Attention, KVCache
 from archlab.model.cache import StackCache
 from archlab.model.layers import (
     MLP,
-    Linear,
     RelativePositionBias,
     RMSNorm,
     Rotary,
     activation_fn,
     alibi_bias,
     alibi_slopes,
-    linear,
     make_norm,
     sinusoidal_table,
 )
@@ -389,7 +388,7 @@ class Transformer(nn.Module):
                 _Act(cfg.activation),
                 make_norm(cfg),
             )
-        self.lm_head = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.lm_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.lm_head_bias else None
         self.cls_head = ClassificationHead(cfg) if cfg.n_classes > 0 else None
         self.reset_parameters()
@@ -511,7 +510,7 @@ class Transformer(nn.Module):
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., C) -> (..., V) vocabulary logits."""
         weight, bias = self.lm_head_weight()
-        return linear(self.lm_head_input(hidden), weight, bias)
+        return F.linear(self.lm_head_input(hidden), weight, bias)
 
     def new_cache(
         self, batch: int, max_len: int, *, dtype: torch.dtype | None = None,
