@@ -291,6 +291,9 @@ class ModelConfig:
     share_encoder_decoder: bool = False  # T5 paper Sec. 3.2.2 "shared" variant
     type_vocab_size: int = 0  # BERT segment embeddings; 0 = none
     attn_scale: float | None = None  # None: 1/sqrt(head_dim); T5 uses 1.0
+    # sliding-window self-attention: a query sees keys fewer than attn_window slots away
+    # (causal: itself and the attn_window - 1 before it, Mistral's sliding_window); None: all
+    attn_window: int | None = None
     embed_scale: float = 1.0  # multiply token embeddings (BART scale_embedding: sqrt(d_model))
     lm_head_scale: float = 1.0  # multiply hidden states before the LM head (tied T5: d^-0.5)
     lm_head_bias: bool = False  # output bias (BERT MLM decoder bias, BART final_logits_bias)
@@ -382,6 +385,8 @@ class ModelConfig:
                                     f"{self.kv_heads}")
         if self.position == "rope" and self.dim_head % 2:
             raise bad("position", f"rope needs an even head dimension, got {self.dim_head}")
+        if self.attn_window is not None and self.attn_window < 1:
+            raise bad("attn_window", f"must be >= 1 or null (no window), got {self.attn_window}")
         for key in ("dropout", "attn_dropout"):
             v = getattr(self, key)
             if v is not None and not 0.0 <= v < 1.0:

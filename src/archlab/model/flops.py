@@ -7,7 +7,8 @@ FLOPs count a multiply-add as 2. Forward FLOPs of a token are 2 x (matrix parame
 passes through) plus attention's two batched products (QK^T and AV: 2 x 2 x H x hd per
 attended key), in the accounting of Kaplan et al. 2020 (Sec. 2.1) and Hoffmann et al. 2022
 (App. F). Causal attention is counted over the keys a token actually attends (on average
-(T+1)/2), which is what fused causal kernels compute. Training is 3x forward (the backward
+(T+1)/2), which is what fused causal kernels compute; under a sliding window
+(``attn_window``) only the keys inside the window count. Training is 3x forward (the backward
 pass costs two forward passes). Norms, activations, softmax and embedding lookups are left
 out, as usual.
 """
@@ -114,14 +115,34 @@ def _layer_matmul_flops(cfg: ModelConfig) -> int:
     return 2 * (cfg.d_model * (q + 2 * kv) + q * cfg.d_model + cfg.d_model * g * cfg.d_ff + cfg.d_ff * cfg.d_model)
 
 
-def _attended_keys(n_queries: int, kind: str, prefix: int = 0) -> int:
-    """Sum over queries of the number of keys each attends (self-attention of n tokens)."""
+def _attended_keys(n_queries: int, kind: str, prefix: int = 0, window: int | None = None) -> int:
+    """Sum over queries of the number of keys each attends (self-attention of n tokens);
+    with a sliding ``window``, only keys fewer than ``window`` slots away count."""
     n = n_queries
+    if window is not None and window < n:
+        return _windowed_keys(n, kind, prefix, window)
     if kind == "bidirectional":
         return n * n
     p = min(prefix, n) if kind == "prefix" else 0
     # queries inside the prefix see the whole prefix; later query i sees keys 0..i
     return p * p + (n * (n + 1) - p * (p + 1)) // 2
+
+
+def _windowed_keys(n: int, kind: str, prefix: int, w: int) -> int:
+    """_attended_keys under a window w < n: per query, the keys of its band [i-w+1, i+w-1]
+    that its mask allows (one interval for causal / bidirectional; for prefix, the union of
+    the causal part and the prefix part of the band)."""
+    p = min(prefix, n) if kind == "prefix" else 0
+    total = 0
+    for i in range(n):
+        lo, hi = max(0, i - w + 1), min(n - 1, i + w - 1)
+        if kind == "bidirectional":
+            total += hi - lo + 1
+            continue
+        total += i - lo + 1  # causal part: lo..i
+        if p:  # prefix keys after the query, inside the band: i+1 .. min(hi, p-1)
+            total += max(0, min(hi, p - 1) - i)
+    return total
 
 
 @dataclass
@@ -151,11 +172,13 @@ def flops_per_example(
     attn_unit = 4 * cfg.n_heads * cfg.dim_head  # QK^T + AV per (query, key) pair
     enc = dec = 0
     if cfg.arch in ("encoder", "encoder-decoder"):
-        per_layer = src_len * _layer_matmul_flops(cfg) + attn_unit * _attended_keys(src_len, "bidirectional")
+        per_layer = src_len * _layer_matmul_flops(cfg) + attn_unit * _attended_keys(
+            src_len, "bidirectional", window=cfg.attn_window)
         enc = cfg.encoder_layers * per_layer
     if cfg.arch != "encoder":
         kind = "prefix" if cfg.arch == "prefix-lm" and prefix_len else "causal"
-        per_layer = tgt_len * _layer_matmul_flops(cfg) + attn_unit * _attended_keys(tgt_len, kind, prefix_len)
+        per_layer = tgt_len * _layer_matmul_flops(cfg) + attn_unit * _attended_keys(
+            tgt_len, kind, prefix_len, cfg.attn_window)
         if cfg.arch == "encoder-decoder":
             q = cfg.n_heads * cfg.dim_head
             kv = cfg.kv_heads * cfg.dim_head

@@ -151,7 +151,8 @@ class Stack(nn.Module):
             key_padding = cache.key_valid.narrow(1, 0, q_offset + T) if cache.has_padding else None
         k_len = q_offset + T
         mask = build_mask(mask_kind, T, k_len, key_padding=key_padding,
-                          prefix_lengths=prefix_lengths, q_offset=q_offset, device=x.device)
+                          prefix_lengths=prefix_lengths, q_offset=q_offset,
+                          window=self.cfg.attn_window, device=x.device)
         bias = None
         if self.rel_bias is not None or self.alibi is not None:
             q_pos = positions
