@@ -9,9 +9,12 @@ Each family knows, in both directions,
   ``cross_attn.kv``, keeps a gated MLP's gate and up projections in one ``mlp.w_in`` as
   [gate; up], and stores GPT-2's ``Conv1D`` weights transposed (as ``nn.Linear`` does).
 
-The definitions follow the HF modeling code (transformers ``models/{bert,gpt2,llama,t5,bart}``)
+The definitions follow the HF modeling code (transformers ``models/{bert,gpt2,llama,t5,bart,
+mistral,roberta,distilbert,marian}``)
 and the original papers: BERT (Devlin et al. 2019), GPT-2 (Radford et al. 2019), Llama
-(Touvron et al. 2023), T5 (Raffel et al. 2020; v1.1 gated-GELU), BART (Lewis et al. 2020).
+(Touvron et al. 2023), T5 (Raffel et al. 2020; v1.1 gated-GELU), BART (Lewis et al. 2020), Mistral
+(Jiang et al. 2023), RoBERTa (Liu et al. 2019), DistilBERT (Sanh et al. 2019), Marian
+(Junczys-Dowmunt et al. 2018).
 HF key names live here and only here.
 """
 
