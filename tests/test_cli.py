@@ -33,6 +33,8 @@ def test_info_json_matches_count(capsys):
     (["info", "decoder-tiny", "d_modl=3"], "unknown key model.d_modl"),
     (["info", "missing.yaml"], "missing.yaml: config file not found"),
     (["info"], "give at least one preset"),
+    (["info", "decoder-tiny", "attn_window=0"], "model.attn_window: must be >= 1"),
+    (["info", "encoder-tiny", "attn_window=-3"], "model.attn_window: must be >= 1"),
 ])
 def test_bad_input_one_line_exit_2(argv, msg, capsys):
     assert main(argv) == 2

@@ -248,6 +248,8 @@ Activation = Literal[
 ]
 Position = Literal["learned", "sinusoidal", "rope", "alibi", "t5-relative", "none"]
 Pooling = Literal["auto", "first", "last", "mean", "decoder"]
+SinusoidalLayout = Literal["interleaved", "halves"]
+ClsActivation = Literal["tanh", "relu"]
 
 ARCHS: tuple[str, ...] = get_args(Arch)
 GATED_ACTIVATIONS = ("swiglu", "geglu", "geglu_tanh", "reglu")
@@ -367,17 +369,27 @@ class ModelConfig:
     rel_buckets: int = 32  # T5 relative position buckets
     rel_max_distance: int = 128
     position_offset: int = 0  # learned positions start at this row (BART: 2)
+    # positions count the non-pad tokens so far (RoBERTa / fairseq make_positions: real token k
+    # gets row position_offset + k, a pad token row position_offset - 1 = padding_idx); encoders
+    pad_aware_positions: bool = False
+    # sinusoidal table: sin/cos interleaved (Vaswani et al. 2017, tensor2tensor's even/odd) or
+    # all sines then all cosines (Marian / fairseq's layout)
+    sinusoidal_layout: SinusoidalLayout = "interleaved"
     bias: bool = False
     tie_embeddings: bool = True
     share_encoder_decoder: bool = False  # T5 paper Sec. 3.2.2 "shared" variant
     type_vocab_size: int = 0  # BERT segment embeddings; 0 = none
     attn_scale: float | None = None  # None: 1/sqrt(head_dim); T5 uses 1.0
+    # sliding-window self-attention: a query sees keys fewer than attn_window slots away
+    # (causal: itself and the attn_window - 1 before it, Mistral's sliding_window); None: all
+    attn_window: int | None = None
     embed_scale: float = 1.0  # multiply token embeddings (BART scale_embedding: sqrt(d_model))
     lm_head_scale: float = 1.0  # multiply hidden states before the LM head (tied T5: d^-0.5)
     lm_head_bias: bool = False  # output bias (BERT MLM decoder bias, BART final_logits_bias)
     mlm_transform: bool = True  # encoder MLM head: dense + activation + norm before output
     n_classes: int = 0  # > 0 adds a sequence-classification head
     pooling: Pooling = "auto"  # classification pooling; auto picks per family
+    cls_activation: ClsActivation = "tanh"  # classifier's hidden activation (DistilBERT: relu)
     init_std: float = 0.02
     pad_token_id: int = 0
     bos_token_id: int = 1
@@ -513,6 +525,12 @@ class ModelConfig:
                                     f"{self.kv_heads}")
         if self.position == "rope" and self.dim_head % 2:
             raise bad("position", f"rope needs an even head dimension, got {self.dim_head}")
+        if self.pad_aware_positions and (self.position != "learned" or self.arch != "encoder"
+                                         or self.position_offset < 1):
+            raise bad("pad_aware_positions", "needs arch encoder, position learned and "
+                      f"position_offset >= 1 (got {self.arch}, {self.position}, {self.position_offset})")
+        if self.attn_window is not None and self.attn_window < 1:
+            raise bad("attn_window", f"must be >= 1 or null (no window), got {self.attn_window}")
         for key in ("dropout", "attn_dropout"):
             v = getattr(self, key)
             if v is not None and not 0.0 <= v < 1.0:

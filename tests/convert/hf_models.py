@@ -53,13 +53,46 @@ SPECS: dict[str, tuple[str, str, dict[str, Any]]] = {
         vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
         decoder_attention_heads=2, encoder_ffn_dim=40, decoder_ffn_dim=40, max_position_embeddings=40,
         activation_function="relu", forced_eos_token_id=None)),
+    # sliding window 4 < the test sequences: the window shapes every output
+    "mistral": ("MistralForCausalLM", "MistralConfig", dict(
+        vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=37, max_position_embeddings=64, rms_norm_eps=1e-5, sliding_window=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+        bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    # padding_idx 1 (RoBERTa's): positions start at row 2 and count non-pad ids
+    "roberta-mlm": ("RobertaForMaskedLM", "RobertaConfig", dict(
+        vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=42, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2)),
+    "roberta-model": ("RobertaModel", "RobertaConfig", dict(
+        vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=40,
+        max_position_embeddings=42, type_vocab_size=2, hidden_act="gelu_new", layer_norm_eps=1e-7,
+        pad_token_id=1)),
+    "roberta-cls": ("RobertaForSequenceClassification", "RobertaConfig", dict(
+        vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=42, type_vocab_size=1, num_labels=3, pad_token_id=1)),
+    "distilbert-mlm": ("DistilBertForMaskedLM", "DistilBertConfig", dict(
+        vocab_size=V, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=40)),
+    "distilbert-model": ("DistilBertModel", "DistilBertConfig", dict(
+        vocab_size=V, dim=32, n_layers=2, n_heads=2, hidden_dim=40, max_position_embeddings=40,
+        sinusoidal_pos_embds=True, activation="relu")),
+    "distilbert-cls": ("DistilBertForSequenceClassification", "DistilBertConfig", dict(
+        vocab_size=V, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=40,
+        num_labels=3)),
+    "marian": ("MarianMTModel", "MarianConfig", dict(
+        vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=40,
+        scale_embedding=True, pad_token_id=0, eos_token_id=2, bos_token_id=None,
+        decoder_start_token_id=0, forced_eos_token_id=None, activation_function="swish")),
 }
 
 FAMILY = {"bert-mlm": "bert", "bert-model": "bert", "bert-cls": "bert", "gpt2": "gpt2", "llama": "llama",
           "llama-tied": "llama", "t5": "t5", "t5-v1.1": "t5", "bart": "bart",
-          "bart-plain": "bart"}
-SEQ2SEQ = ("t5", "t5-v1.1", "bart", "bart-plain")
-DECODERS = ("gpt2", "llama", "llama-tied")
+          "bart-plain": "bart", "mistral": "mistral", "roberta-mlm": "roberta", "roberta-model": "roberta",
+          "roberta-cls": "roberta", "distilbert-mlm": "distilbert", "distilbert-model": "distilbert",
+          "distilbert-cls": "distilbert", "marian": "marian"}
+SEQ2SEQ = ("t5", "t5-v1.1", "bart", "bart-plain", "marian")
+DECODERS = ("gpt2", "llama", "llama-tied", "mistral")
+PAD = {"roberta-mlm": 1, "roberta-model": 1, "roberta-cls": 1}  # the pad id of the test batches
 
 
 def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.15, *, buffers: bool = True) -> None:
@@ -88,6 +121,8 @@ def make(name: str, path: Path, **overrides: Any) -> Any:
     randomize(model, buffers=name != "bart-plain")
     model.eval()
     model.save_pretrained(path)
+    if name == "marian":  # its static sinusoid tables are not saved: compare with what HF loads
+        return load_hf(path, name)
     return model
 
 
@@ -98,7 +133,8 @@ def load_hf(path: Path, name: str) -> Any:
     return getattr(transformers, cls_name).from_pretrained(path).eval()
 
 
-def batch(seed: int = 1, B: int = 3, T: int = 9, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(seed: int = 1, B: int = 3, T: int = 9, *, left: bool = False,
+          pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Random ids (avoiding ids 0-2) with padding of different lengths in the batch."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, V, (B, T), generator=g)
@@ -109,7 +145,7 @@ def batch(seed: int = 1, B: int = 3, T: int = 9, *, left: bool = False) -> tuple
                 mask[b, :n_pad] = 0
             else:
                 mask[b, T - n_pad:] = 0
-    ids = ids.masked_fill(mask == 0, 0)
+    ids = ids.masked_fill(mask == 0, pad)
     return ids, mask
 
 

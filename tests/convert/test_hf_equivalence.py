@@ -9,7 +9,7 @@ import torch
 
 from archlab.convert import from_hf, hf_to_archlab, to_hf
 
-from .hf_models import DECODERS, FAMILY, SEQ2SEQ, SPECS, batch, greedy, left_positions, load_hf, make
+from .hf_models import DECODERS, FAMILY, PAD, SEQ2SEQ, SPECS, batch, greedy, left_positions, load_hf, make
 
 pytest.importorskip("transformers")
 
@@ -27,17 +27,19 @@ def _hf_out(hf, name, ids, mask, dec=None, position_ids=None):
     with torch.no_grad():
         if name in SEQ2SEQ:
             return hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
-        if name == "bert-model":
+        if name.endswith("-model"):
             return hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        if SPECS[name][0].startswith(("Roberta", "DistilBert")):  # no position_ids argument needed
+            return hf(input_ids=ids, attention_mask=mask).logits
         return hf(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
 
 
 def _ours(model, name, ids, mask, dec=None, position_ids=None):
     with torch.no_grad():
-        if name == "bert-cls":
+        if name.endswith("-cls"):
             return model.classify(ids, mask)
         out = model(ids, mask, decoder_input_ids=dec, position_ids=position_ids)
-        return out.hidden if name == "bert-model" else out.logits
+        return out.hidden if name.endswith("-model") else out.logits
 
 
 def _compare(a, b, name, mask):
@@ -52,7 +54,7 @@ def test_import_right_padding_matches_hf(ckpts, name):
     path, hf = ckpts[name]
     imp = from_hf(path)
     assert imp.family == FAMILY[name] and imp.architecture == SPECS[name][0]
-    ids, mask = batch()
+    ids, mask = batch(pad=PAD.get(name, 0))
     dec = batch(seed=2, T=6)[0] if name in SEQ2SEQ else None
     ref = _hf_out(hf, name, ids, mask, dec)
     ours = _ours(imp.model, name, ids, mask, dec)
@@ -79,7 +81,7 @@ def test_decoder_left_padding_with_position_ids(ckpts, name):
              name, mask)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "t5", "t5-v1.1", "bart"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "t5", "t5-v1.1", "bart", "mistral", "marian"])
 def test_greedy_generation_matches_hf_generate(ckpts, name):
     path, hf = ckpts[name]
     model = from_hf(path).model
@@ -114,7 +116,7 @@ def _until_eos(rows: torch.Tensor, start: int, eos: int) -> list[list[int]]:
     return out
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "t5-v1.1", "bart"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "t5-v1.1", "bart", "mistral", "marian"])
 @pytest.mark.parametrize(("length_penalty", "early_stopping"), [(1.0, False), (0.6, True), (2.0, False)])
 def test_beam_search_matches_hf_generate(ckpts, name, length_penalty, early_stopping):
     """n-best beam search (3 beams, 3 returned, left-padded prompts, an EOS that some beams
@@ -139,10 +141,10 @@ def test_export_loads_in_hf_with_same_logits(ckpts, tmp_path, name):
     imp = from_hf(path)
     out = to_hf(imp, tmp_path / "export")
     hf2 = load_hf(out, name)
-    ids, mask = batch(seed=5)
+    ids, mask = batch(seed=5, pad=PAD.get(name, 0))
     dec = batch(seed=6, T=5)[0] if name in SEQ2SEQ else None
     _compare(_hf_out(hf2, name, ids, mask, dec), _ours(imp.model, name, ids, mask, dec), name, mask)
-    if name == "bert-cls":
+    if name.endswith("-cls"):
         with torch.no_grad():
             torch.testing.assert_close(hf2(input_ids=ids, attention_mask=mask).logits,
                                        hf(input_ids=ids, attention_mask=mask).logits)
@@ -153,7 +155,9 @@ def test_export_loads_in_hf_with_same_logits(ckpts, tmp_path, name):
 def test_import_export_import_is_identity(ckpts, tmp_path, name):
     path, _ = ckpts[name]
     first = from_hf(path)
-    to_hf(first.model, tmp_path / "a")  # a bare model: the family is chosen from its config
+    # a bare model: the family is chosen from its config; a DistilBERT encoder without a
+    # classifier is also exactly a BERT (one all-zero token type), which that choice prefers
+    to_hf(first.model, tmp_path / "a", family="distilbert" if name.startswith("distilbert") else None)
     second = from_hf(tmp_path / "a")
     assert second.cfg == first.cfg
     sd1, sd2 = first.model.state_dict(), second.model.state_dict()
@@ -165,7 +169,8 @@ def test_import_export_import_is_identity(ckpts, tmp_path, name):
 def test_exported_families_follow_the_import(ckpts, tmp_path):
     import json
 
-    for name in ("bert-mlm", "bert-model", "t5-v1.1", "bart"):
+    for name in ("bert-mlm", "bert-model", "t5-v1.1", "bart", "mistral", "roberta-mlm", "roberta-model",
+                 "roberta-cls", "distilbert-mlm", "distilbert-model", "distilbert-cls", "marian"):
         out = to_hf(from_hf(ckpts[name][0]), tmp_path / name)
         cfg = json.loads((out / "config.json").read_text())
         assert cfg["architectures"] == [SPECS[name][0]]

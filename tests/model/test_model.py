@@ -236,3 +236,49 @@ def test_post_norm_variants_train(arch):
                bias=True, vocab_size=256)
     losses = sanity_losses(cfg, steps=15, batch=4, seq_len=16)
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+# ---------------------------------------------------------------------------------------------
+# sliding-window attention
+# ---------------------------------------------------------------------------------------------
+def _window_inputs(arch, T=10):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, V, (3, T), generator=g)
+    mask = torch.ones(3, T, dtype=torch.bool)
+    mask[1, -3:] = False  # right padding
+    src = torch.randint(3, V, (3, 7), generator=g)
+    prefix = torch.tensor([4, 2, T]) if arch == "prefix-lm" else None
+    return ids, mask, src, prefix
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("position", ["rope", "learned", "alibi", "t5-relative"])
+def test_window_as_long_as_the_sequence_is_full_attention(arch, position):
+    torch.manual_seed(0)
+    cfg = tiny(arch, position=position)
+    full = build_model(cfg).eval()
+    ids, mask, src, prefix = _window_inputs(arch)
+    ref = run(full, ids, mask, src=src, prefix=prefix)
+    for w in (10, 64):  # T = 10 and S = 7: nothing is ever out of the window
+        win = build_model(cfg.replace(attn_window=w)).eval()
+        win.load_state_dict(full.state_dict())
+        assert_close(run(win, ids, mask, src=src, prefix=prefix), ref, rtol=0, atol=0)
+    short = build_model(cfg.replace(attn_window=3)).eval()
+    short.load_state_dict(full.state_dict())
+    out = run(short, ids, mask, src=src, prefix=prefix)
+    assert (out - ref).abs().max() > 1e-3  # a short window does change the outputs
+
+
+@pytest.mark.parametrize("arch", ["encoder", "decoder", "prefix-lm"])
+def test_window_limits_what_a_token_influences(arch):
+    """One layer, window 3: perturbing token 5 changes exactly the outputs the band allows
+    (causal: positions 5..7; bidirectional: 3..7), never those further away."""
+    torch.manual_seed(0)
+    model = build_model(tiny(arch, n_layers=1, attn_window=3)).eval()
+    ids = torch.randint(3, V, (1, 12))
+    other = ids.clone()
+    other[0, 5] = (ids[0, 5] + 1) % V
+    prefix = torch.tensor([12]) if arch == "prefix-lm" else None  # all bidirectional
+    changed = (run(model, ids, prefix=prefix) - run(model, other, prefix=prefix)).abs().amax(-1)[0] > 1e-6
+    lo = 5 if arch == "decoder" else 3
+    assert changed.nonzero().flatten().tolist() == list(range(lo, 8))

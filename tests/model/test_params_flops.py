@@ -97,3 +97,36 @@ def test_encoder_decoder_flops_close_to_decoder_of_half_depth_per_token():
     f_dec = flops_per_example(dec, tgt_len=128).forward
     assert 0.8 < f_ed / f_dec < 1.3
     assert count_params(ed).non_embedding > 1.8 * count_params(dec).non_embedding
+
+
+@pytest.mark.parametrize("kind,prefix", [("causal", 0), ("bidirectional", 0), ("prefix", 5)])
+@pytest.mark.parametrize("window", [None, 1, 3, 7, 12, 40])
+def test_attended_keys_under_a_window_count_the_mask(kind, prefix, window):
+    """FLOPs count exactly the (query, key) pairs the mask builder allows."""
+    import torch
+
+    from archlab.model.flops import _attended_keys
+    from archlab.model.masks import build_mask
+
+    n = 12
+    m = build_mask(kind, n, n, prefix_lengths=torch.tensor([prefix]) if prefix else None,
+                   window=window)
+    if m.is_causal:
+        allowed = n * (n + 1) // 2
+    elif m.mask is None:
+        allowed = n * n
+    else:
+        allowed = int(m.mask.expand(1, 1, n, n).sum())
+    assert _attended_keys(n, kind, prefix, window) == allowed
+
+
+def test_window_flops_in_flops_per_example():
+    cfg = tiny("decoder", attn_window=4)
+    full, win = flops_per_example(cfg.replace(attn_window=None), tgt_len=32), flops_per_example(cfg, tgt_len=32)
+    attn_unit = 4 * cfg.n_heads * cfg.dim_head
+    keys_full, keys_win = 32 * 33 // 2, 4 * 32 - 6  # query i sees min(i + 1, 4) keys
+    assert full.forward - win.forward == cfg.n_layers * attn_unit * (keys_full - keys_win)
+    enc = tiny("encoder-decoder", attn_window=4)
+    f = flops_per_example(enc, src_len=32, tgt_len=8)
+    g = flops_per_example(enc.replace(attn_window=None), src_len=32, tgt_len=8)
+    assert f.encoder < g.encoder and f.decoder < g.decoder  # both self-attentions are windowed

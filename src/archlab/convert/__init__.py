@@ -1,4 +1,4 @@
-"""Hugging Face interoperability: import and export BERT, GPT-2, Llama, T5 and BART.
+"""Hugging Face interoperability: import and export BERT, RoBERTa, DistilBERT, GPT-2, Llama, Mistral, T5, BART and Marian.
 
 ``from_hf(dir)`` reads a local HF checkpoint directory into an archlab model (and tokenizer);
 ``to_hf(model_or_dir, out)`` writes one that ``transformers`` loads with the same logits. The

@@ -9,9 +9,12 @@ Each family knows, in both directions,
   ``cross_attn.kv``, keeps a gated MLP's gate and up projections in one ``mlp.w_in`` as
   [gate; up], and stores GPT-2's ``Conv1D`` weights transposed (as ``nn.Linear`` does).
 
-The definitions follow the HF modeling code (transformers ``models/{bert,gpt2,llama,t5,bart}``)
+The definitions follow the HF modeling code (transformers ``models/{bert,gpt2,llama,t5,bart,
+mistral,roberta,distilbert,marian}``)
 and the original papers: BERT (Devlin et al. 2019), GPT-2 (Radford et al. 2019), Llama
-(Touvron et al. 2023), T5 (Raffel et al. 2020; v1.1 gated-GELU), BART (Lewis et al. 2020).
+(Touvron et al. 2023), T5 (Raffel et al. 2020; v1.1 gated-GELU), BART (Lewis et al. 2020), Mistral
+(Jiang et al. 2023), RoBERTa (Liu et al. 2019), DistilBERT (Sanh et al. 2019), Marian
+(Junczys-Dowmunt et al. 2018).
 HF key names live here and only here.
 """
 
@@ -120,6 +123,12 @@ class Family:
     architectures: tuple[str, ...] = ()  # importable HF classes
     head_key_prefixes: tuple[str, ...] = ()  # HF tensors of optional task heads
     restorable: tuple[str, ...] = ()  # HF tensors archlab does not model, restored on export
+    # what the shared export checks allow (see _common_problems)
+    token_types = False  # segment embeddings (type_vocab_size)
+    classifies = False  # a sequence-classification head (n_classes)
+    sliding_window = False  # attn_window
+    pad_aware = False  # pad_aware_positions (RoBERTa)
+    cls_act = "tanh"  # cls_activation
 
     # ---- HF -> archlab ----------------------------------------------------------------------
     def model_config(self, hf: dict[str, Any], arch: str, ck: Any) -> dict[str, Any]:
@@ -186,13 +195,24 @@ class Family:
             p.append(f"n_kv_heads is {cfg.kv_heads} ({n} has no grouped-query attention)")
         if default_head_dim and cfg.head_dim is not None and cfg.head_dim * cfg.n_heads != cfg.d_model:
             p.append(f"head_dim is {cfg.head_dim} ({n} needs d_model / n_heads)")
-        if cfg.type_vocab_size and n != "bert":
+        if cfg.type_vocab_size and not self.token_types:
             p.append(f"type_vocab_size is {cfg.type_vocab_size} ({n} has no token types)")
-        if cfg.position == "learned" and cfg.position_offset != (2 if n == "bart" else 0):
-            p.append(f"position_offset is {cfg.position_offset} ({n} uses {2 if n == 'bart' else 0})")
-        if cfg.n_classes and n != "bert":
+        offset = self.position_offset(cfg)
+        if cfg.position == "learned" and cfg.position_offset != offset:
+            p.append(f"position_offset is {cfg.position_offset} ({n} uses {offset})")
+        if cfg.n_classes and not self.classifies:
             p.append(f"n_classes is {cfg.n_classes} (no {n} classification head is supported)")
+        if cfg.attn_window is not None and not self.sliding_window:
+            p.append(f"attn_window is {cfg.attn_window} ({n} has no sliding-window attention)")
+        if cfg.pad_aware_positions != self.pad_aware:
+            p.append(f"pad_aware_positions is {cfg.pad_aware_positions} ({n} needs {self.pad_aware})")
+        if cfg.n_classes and cfg.cls_activation != self.cls_act:
+            p.append(f"cls_activation is {cfg.cls_activation} ({n}'s classifier uses {self.cls_act})")
         return p
+
+    def position_offset(self, cfg: ModelConfig) -> int:
+        """The first row of the learned position table this family uses."""
+        return 2 if self.name == "bart" else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +223,8 @@ class Family:
 class Bert(Family):
     name = "bert"
     model_type = "bert"
+    token_types = True
+    classifies = True
     prefix = "bert."
     architectures = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification")
     head_key_prefixes = ("bert.pooler.", "pooler.", "classifier.", "cls.predictions.")
@@ -919,11 +941,403 @@ class Bart(Family):
         return {}
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (Bert(), GPT2(), Llama(), T5(), Bart())}
+
+
+# ---------------------------------------------------------------------------------------------
+# Mistral (Jiang et al. 2023): Llama's block without biases, plus sliding-window attention
+# ---------------------------------------------------------------------------------------------
+
+
+class Mistral(Llama):
+    name = "mistral"
+    model_type = "mistral"
+    architectures = ("MistralForCausalLM",)
+    sliding_window = True
+
+    def model_config(self, hf, arch, ck):
+        types = hf.get("layer_types")
+        if types and len(set(types)) > 1:
+            raise ArchlabError(f"mistral: layer_types={sorted(set(types))} is not supported "
+                               "(archlab applies one attn_window to every layer)")
+        for key in ("attention_bias", "mlp_bias"):
+            if hf.get(key):
+                raise ArchlabError(f"mistral: {key}=true is not supported (Mistral has no biases)")
+        kw = super().model_config(hf, arch, ck)
+        w = hf.get("sliding_window")
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+            raise ArchlabError(f"mistral: sliding_window={w!r} is not valid (a positive integer or null)")
+        kw["attn_window"] = w  # HF: key j visible from query i when i - sliding_window < j <= i
+        return kw
+
+    def problems(self, cfg):
+        p = super().problems(cfg)
+        if cfg.bias:
+            p.append("bias is True (mistral has no biases)")
+        return p
+
+    def hf_config(self, cfg, arch):
+        d = super().hf_config(cfg, arch)
+        for key in ("attention_bias", "mlp_bias"):
+            d.pop(key)
+        d["sliding_window"] = cfg.attn_window
+        return d
+
+
+# ---------------------------------------------------------------------------------------------
+# RoBERTa (Liu et al. 2019): BERT's encoder, fairseq positions, its own LM and classifier heads
+# ---------------------------------------------------------------------------------------------
+
+# BERT tensor name (as Bert.rules spells it) -> RoBERTa's; the backbone names are the same
+_ROBERTA_HEADS = {
+    "cls.predictions.transform.dense.": "lm_head.dense.",
+    "cls.predictions.transform.LayerNorm.": "lm_head.layer_norm.",
+    "cls.predictions.decoder.": "lm_head.decoder.",
+    "cls.predictions.bias": "lm_head.bias",
+    "classifier.": "classifier.out_proj.",
+}
+
+
+class Roberta(Bert):
+    name = "roberta"
+    model_type = "roberta"
+    prefix = "roberta."
+    architectures = ("RobertaModel", "RobertaForMaskedLM", "RobertaForSequenceClassification")
+    head_key_prefixes = ("roberta.pooler.", "pooler.", "classifier.", "lm_head.")
+    restorable = ("pooler.dense.weight", "pooler.dense.bias")  # a RobertaModel's pooler
+    pad_aware = True
+
+    def position_offset(self, cfg):
+        return cfg.pad_token_id + 1  # create_position_ids_from_input_ids: padding_idx + 1
+
+    def model_config(self, hf, arch, ck):
+        mlm = arch == "RobertaForMaskedLM"
+        # BERT's reading of the shared keys; the head's tying is checked below with RoBERTa's names
+        kw = super().model_config({**hf, "tie_word_embeddings": True}, arch.replace("Roberta", "Bert"), ck)
+        kw["tie_embeddings"] = True
+        p = ck.prefix
+        emb = f"{p}embeddings.word_embeddings.weight"
+        if mlm and (ck.differs("lm_head.decoder.weight", emb) or (
+                hf.get("tie_word_embeddings", True) is False and ck.has("lm_head.decoder.weight"))):
+            kw["tie_embeddings"] = False
+        if mlm and kw["activation"] != "gelu":
+            raise ArchlabError(f"roberta: hidden_act={hf.get('hidden_act')!r} with the MLM head is not "
+                               "supported (RobertaLMHead applies the erf gelu whatever hidden_act is)")
+        pad = _first_id(hf.get("pad_token_id", 1))
+        pad = 1 if pad is None else pad
+        mpe = hf.get("max_position_embeddings", 514)
+        if mpe <= pad + 1:
+            raise ArchlabError(f"roberta: max_position_embeddings={mpe} leaves no position after "
+                               f"padding_idx={pad}")
+        bos, eos = _first_id(hf.get("bos_token_id", 0)), _first_id(hf.get("eos_token_id", 2))
+        kw.update(max_seq_len=mpe - pad - 1, position_offset=pad + 1, pad_aware_positions=True,
+                  pad_token_id=pad, type_vocab_size=hf.get("type_vocab_size", 1),
+                  bos_token_id=bos if bos is not None else 0, eos_token_id=eos if eos is not None else 0)
+        return kw
+
+    def rules(self, cfg, prefix):
+        out = []
+        for r in super().rules(cfg, prefix):
+            theirs = tuple(self._rename(t, prefix) for t in r.theirs)
+            alt = tuple(self._rename(t, prefix) for t in r.alt)
+            head = "classifier" if r.head == "pooler" else r.head  # RoBERTa's classifier has no pooler
+            out.append(Rule(r.ours, theirs, r.op, r.sizes, alt, head))
+        return out
+
+    @staticmethod
+    def _rename(name: str, prefix: str) -> str:
+        if name.startswith(f"{prefix}pooler.dense."):  # BERT's pooler = RoBERTa's classifier.dense
+            return "classifier.dense." + name.rsplit(".", 1)[1]
+        for a, b in _ROBERTA_HEADS.items():
+            if name.startswith(a):
+                return b + name[len(a):]
+        return name
+
+    def aliases(self, cfg, prefix):
+        a = {"lm_head.decoder.bias": "lm_head.bias"}
+        if cfg.tie_embeddings:
+            a["lm_head.decoder.weight"] = f"{prefix}embeddings.word_embeddings.weight"
+        return a
+
+    def problems(self, cfg):
+        p = super().problems(cfg)
+        if cfg.mlm_transform and cfg.activation != "gelu":
+            p.append(f"activation is {cfg.activation} with an MLM head (RobertaLMHead uses gelu)")
+        return p
+
+    def export_architecture(self, cfg):
+        if cfg.n_classes:
+            return "RobertaForSequenceClassification"
+        return "RobertaForMaskedLM" if cfg.mlm_transform else "RobertaModel"
+
+    def prefix_for(self, arch):
+        return "" if arch == "RobertaModel" else self.prefix
+
+    def export_heads(self, arch):
+        return {"RobertaModel": set(), "RobertaForMaskedLM": {"mlm"},
+                "RobertaForSequenceClassification": {"classifier"}}[arch]
+
+    def hf_config(self, cfg, arch):
+        d = super().hf_config(cfg, arch)
+        bert_only = ("position_embedding_type",)
+        for key in bert_only:
+            d.pop(key, None)
+        d.update(max_position_embeddings=cfg.max_seq_len + cfg.position_offset,
+                 bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id)
+        if arch == "RobertaForSequenceClassification":
+            d["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.n_classes)}
+            d["label2id"] = {f"LABEL_{i}": i for i in range(cfg.n_classes)}
+        return d
+
+    def extra_tensors(self, cfg, arch, state):
+        out = {}
+        p = self.prefix_for(arch)
+        if not cfg.type_vocab_size:
+            out[f"{p}embeddings.token_type_embeddings.weight"] = torch.zeros(1, cfg.d_model)
+        if arch == "RobertaForMaskedLM" and not cfg.lm_head_bias:
+            out["lm_head.bias"] = torch.zeros(cfg.vocab_size)
+        if arch == "RobertaModel":  # always has a pooler (see Bert.extra_tensors)
+            out["pooler.dense.weight"] = torch.zeros(cfg.d_model, cfg.d_model)
+            out["pooler.dense.bias"] = torch.zeros(cfg.d_model)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# DistilBERT (Sanh et al. 2019): BERT's post-norm block, no token types, ReLU classifier
+# ---------------------------------------------------------------------------------------------
+
+
+class DistilBert(Family):
+    """A ``sinusoidal_pos_embds`` checkpoint stores its (frozen) sinusoid table as
+    ``position_embeddings.weight``; archlab imports it as a learned table holding exactly those
+    values. An archlab model with interleaved sinusoidal positions exports with
+    ``sinusoidal_pos_embds: true`` and the table written out."""
+
+    name = "distilbert"
+    model_type = "distilbert"
+    prefix = "distilbert."
+    architectures = ("DistilBertModel", "DistilBertForMaskedLM", "DistilBertForSequenceClassification")
+    head_key_prefixes = ("vocab_transform.", "vocab_layer_norm.", "vocab_projector.", "pre_classifier.",
+                         "classifier.")
+    classifies = True
+    cls_act = "relu"  # pre_classifier -> ReLU -> dropout -> classifier
+
+    def model_config(self, hf, arch, ck):
+        mlm = arch == "DistilBertForMaskedLM"
+        n_classes = 0
+        if arch == "DistilBertForSequenceClassification":
+            labels = hf.get("id2label")
+            n_classes = len(labels) if isinstance(labels, dict) and labels else int(hf.get("num_labels", 2))
+        p = ck.prefix
+        tied = hf.get("tie_word_embeddings", True) is not False and not ck.differs(
+            "vocab_projector.weight", f"{p}embeddings.word_embeddings.weight")
+        if mlm and not tied and not ck.has("vocab_projector.weight"):
+            raise ArchlabError("distilbert: tie_word_embeddings=false but vocab_projector.weight is missing")
+        return dict(
+            arch="encoder",
+            vocab_size=hf.get("vocab_size", 30522),
+            d_model=hf.get("dim", 768),
+            n_heads=hf.get("n_heads", 12),
+            n_layers=hf.get("n_layers", 6),
+            d_ff=hf.get("hidden_dim", 3072),
+            max_seq_len=hf.get("max_position_embeddings", 512),
+            dropout=hf.get("dropout", 0.1),
+            attn_dropout=hf.get("attention_dropout", 0.1),
+            norm="layernorm",
+            norm_eps=1e-12,  # hard-coded in DistilBERT's LayerNorms
+            norm_position="post",
+            final_norm=False,
+            embedding_norm=True,
+            activation=_hf_act(hf.get("activation", "gelu"), "activation", "distilbert"),
+            position="learned",
+            bias=True,
+            tie_embeddings=tied or not mlm,
+            type_vocab_size=0,
+            mlm_transform=mlm,
+            lm_head_bias=mlm,
+            n_classes=n_classes,
+            pooling="first",
+            cls_activation="relu",
+            init_std=hf.get("initializer_range", 0.02),
+            pad_token_id=hf.get("pad_token_id") or 0,
+        )
+
+    def rules(self, cfg, prefix):
+        p = prefix
+        C = cfg.d_model
+        r = [Rule("embed_tokens.weight", (f"{p}embeddings.word_embeddings.weight",))]
+        if cfg.position == "learned":
+            r.append(Rule("encoder_embed.pos.weight", (f"{p}embeddings.position_embeddings.weight",)))
+        r += _lin("encoder_embed.norm", f"{p}embeddings.LayerNorm", True)
+        for i in range(cfg.n_layers):
+            L, A = f"{p}transformer.layer.{i}.", f"encoder.blocks.{i}."
+            r += _cat(A + "attn.qkv", [L + "attention.q_lin", L + "attention.k_lin", L + "attention.v_lin"],
+                      [C, C, C], True)
+            r += _lin(A + "attn.o", L + "attention.out_lin", True)
+            r += _lin(A + "attn_norm", L + "sa_layer_norm", True)
+            r += _lin(A + "mlp.w_in", L + "ffn.lin1", True)
+            r += _lin(A + "mlp.w_out", L + "ffn.lin2", True)
+            r += _lin(A + "mlp_norm", L + "output_layer_norm", True)
+        if cfg.mlm_transform:
+            r += _lin("mlm_transform.0", "vocab_transform", True, head="mlm")
+            r += _lin("mlm_transform.2", "vocab_layer_norm", True, head="mlm")
+        if cfg.lm_head_bias:
+            r.append(Rule("lm_bias", ("vocab_projector.bias",), head="mlm"))
+        if not cfg.tie_embeddings:
+            r.append(Rule("lm_head.weight", ("vocab_projector.weight",), head="mlm"))
+        if cfg.n_classes:
+            r += _lin("cls_head.dense", "pre_classifier", True, head="classifier")
+            r += _lin("cls_head.out", "classifier", True, head="classifier")
+        return r
+
+    def aliases(self, cfg, prefix):
+        if cfg.tie_embeddings:
+            return {"vocab_projector.weight": f"{prefix}embeddings.word_embeddings.weight"}
+        return {}
+
+    def ignored(self, key):
+        return key.endswith("embeddings.position_ids")
+
+    def problems(self, cfg):
+        pos = cfg.position if cfg.position in ("learned", "sinusoidal") else "learned"
+        p = self._common_problems(cfg, arch="encoder", norm="layernorm", pre=False, final=False,
+                                  embedding_norm=True, position=pos, bias=True, gated=False)
+        if pos == "sinusoidal" and cfg.sinusoidal_layout != "interleaved":
+            p.append("sinusoidal_layout is halves (distilbert interleaves sin and cos)")
+        if not _close(cfg.norm_eps, 1e-12):
+            p.append(f"norm_eps is {cfg.norm_eps} (distilbert's LayerNorm eps is fixed at 1e-12)")
+        if cfg.attn_scale is not None and not _close(cfg.attn_scale, cfg.dim_head ** -0.5):
+            p.append(f"attn_scale is {cfg.attn_scale} (distilbert scales by head_dim^-0.5)")
+        if cfg.embed_scale != 1.0 or cfg.lm_head_scale != 1.0:
+            p.append("embed_scale / lm_head_scale are set (distilbert has none)")
+        if cfg.n_classes and cfg.pooling_mode != "first":
+            p.append(f"pooling is {cfg.pooling} (distilbert classifies the first token)")
+        if not cfg.tie_embeddings and not cfg.mlm_transform:
+            p.append("tie_embeddings is false without an MLM head (distilbert has no bare output matrix)")
+        return p
+
+    def export_architecture(self, cfg):
+        if cfg.n_classes:
+            return "DistilBertForSequenceClassification"
+        return "DistilBertForMaskedLM" if cfg.mlm_transform else "DistilBertModel"
+
+    def prefix_for(self, arch):
+        return "" if arch == "DistilBertModel" else self.prefix
+
+    def export_heads(self, arch):
+        return {"DistilBertModel": set(), "DistilBertForMaskedLM": {"mlm"},
+                "DistilBertForSequenceClassification": {"classifier"}}[arch]
+
+    def hf_config(self, cfg, arch):
+        d = {
+            "vocab_size": cfg.vocab_size,
+            "dim": cfg.d_model,
+            "n_layers": cfg.n_layers,
+            "n_heads": cfg.n_heads,
+            "hidden_dim": cfg.d_ff,
+            "activation": {"gelu_tanh": "gelu_new"}.get(cfg.activation, cfg.activation),
+            "dropout": cfg.dropout,
+            "attention_dropout": _attn_dropout(cfg),
+            "seq_classif_dropout": cfg.dropout,
+            "max_position_embeddings": cfg.max_seq_len,
+            "sinusoidal_pos_embds": cfg.position == "sinusoidal",
+            "initializer_range": cfg.init_std,
+            "pad_token_id": cfg.pad_token_id,
+            "tie_word_embeddings": cfg.tie_embeddings,
+        }
+        if arch == "DistilBertForSequenceClassification":
+            d["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.n_classes)}
+            d["label2id"] = {f"LABEL_{i}": i for i in range(cfg.n_classes)}
+        return d
+
+    def extra_tensors(self, cfg, arch, state):
+        out = {}
+        if arch == "DistilBertForMaskedLM" and not cfg.lm_head_bias:
+            out["vocab_projector.bias"] = torch.zeros(cfg.vocab_size)
+        if cfg.position == "sinusoidal":
+            from archlab.model.layers import sinusoidal_table
+
+            out[f"{self.prefix_for(arch)}embeddings.position_embeddings.weight"] = sinusoidal_table(
+                cfg.max_seq_len, cfg.d_model)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Marian (Junczys-Dowmunt et al. 2018; HF MarianMTModel): the original Transformer's layout
+# ---------------------------------------------------------------------------------------------
+
+
+class Marian(Bart):
+    """Post-norm encoder-decoder (Vaswani et al. 2017) as Marian ships it: BART's layer names
+    without the embedding LayerNorm, static sinusoidal positions (sines then cosines, from
+    position 0; not stored in checkpoints), embeddings scaled by sqrt(d_model) when
+    ``scale_embedding``."""
+
+    name = "marian"
+    model_type = "marian"
+    prefix = "model."
+    architectures = ("MarianMTModel",)
+
+    def model_config(self, hf, arch, ck):
+        if hf.get("share_encoder_decoder_embeddings", True) is False:
+            raise ArchlabError("marian: share_encoder_decoder_embeddings=false is not supported "
+                               "(archlab shares one token embedding)")
+        dv = hf.get("decoder_vocab_size")
+        if dv is not None and dv != hf.get("vocab_size", 58101):
+            raise ArchlabError(f"marian: decoder_vocab_size={dv} differs from vocab_size "
+                               f"{hf.get('vocab_size')} (archlab has one vocabulary)")
+        hf = {"vocab_size": 58101, "pad_token_id": 58100, "eos_token_id": 0,
+              "decoder_start_token_id": 58100, "scale_embedding": False, "activation_function": "gelu",
+              **hf}
+        kw = super().model_config(hf, arch, ck)
+        if kw["d_model"] % 2:
+            raise ArchlabError(f"marian: d_model={kw['d_model']} is odd (archlab's sinusoid tables "
+                               "need an even width)")
+        kw.update(position="sinusoidal", sinusoidal_layout="halves", position_offset=0,
+                  embedding_norm=False)
+        return kw
+
+    def rules(self, cfg, prefix):
+        return [r for r in super().rules(cfg, prefix) if not r.ours.startswith(("encoder_embed.", "decoder_embed."))]
+
+    def ignored(self, key):
+        # the static tables (HF neither saves nor loads them) and an all-zero final_logits_bias
+        return key == "final_logits_bias" or key.endswith(("encoder.embed_positions.weight",
+                                                           "decoder.embed_positions.weight"))
+
+    def problems(self, cfg):
+        p = self._common_problems(cfg, arch="encoder-decoder", norm="layernorm", pre=False, final=False,
+                                  embedding_norm=False, position="sinusoidal", bias=True, gated=False)
+        if cfg.position == "sinusoidal" and cfg.sinusoidal_layout != "halves":
+            p.append("sinusoidal_layout is interleaved (marian puts the sines first, then the cosines)")
+        if cfg.d_model % 2:
+            p.append(f"d_model is {cfg.d_model} (marian's table here needs an even width)")
+        if not _close(cfg.norm_eps, 1e-5):
+            p.append(f"norm_eps is {cfg.norm_eps} (marian's LayerNorm eps is fixed at 1e-5)")
+        if cfg.attn_scale is not None and not _close(cfg.attn_scale, cfg.dim_head ** -0.5):
+            p.append(f"attn_scale is {cfg.attn_scale} (marian scales by head_dim^-0.5)")
+        if cfg.embed_scale != 1.0 and not _close(cfg.embed_scale, math.sqrt(cfg.d_model)):
+            p.append(f"embed_scale is {cfg.embed_scale} (marian uses 1 or sqrt(d_model))")
+        if cfg.lm_head_scale != 1.0:
+            p.append(f"lm_head_scale is {cfg.lm_head_scale} (marian has none)")
+        return p
+
+    def prefix_for(self, arch):
+        return self.prefix
+
+    def hf_config(self, cfg, arch):
+        d = super().hf_config(cfg, arch)
+        d.update(decoder_vocab_size=cfg.vocab_size, share_encoder_decoder_embeddings=True)
+        return d
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (Bert(), GPT2(), Llama(), T5(), Bart(), Mistral(),
+                                                   Roberta(), DistilBert(), Marian())}
 MODEL_TYPES = {f.model_type: f for f in FAMILIES.values()}
 ARCHITECTURES = {a: f for f in FAMILIES.values() for a in f.architectures}
 # what a model_type without "architectures" is read as
 DEFAULT_ARCHITECTURE = {"bert": "BertModel", "gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
-                        "t5": "T5ForConditionalGeneration", "bart": "BartForConditionalGeneration"}
+                        "t5": "T5ForConditionalGeneration", "bart": "BartForConditionalGeneration",
+                        "mistral": "MistralForCausalLM", "roberta": "RobertaModel",
+                        "distilbert": "DistilBertModel", "marian": "MarianMTModel"}
 
 __all__ = ["ARCHITECTURES", "DEFAULT_ARCHITECTURE", "FAMILIES", "Family", "GATED_ACTIVATIONS", "Rule"]

@@ -7,7 +7,8 @@ FLOPs count a multiply-add as 2. Forward FLOPs of a token are 2 x (matrix parame
 passes through) plus attention's two batched products (QK^T and AV: 2 x 2 x H x hd per
 attended key), in the accounting of Kaplan et al. 2020 (Sec. 2.1) and Hoffmann et al. 2022
 (App. F). Causal attention is counted over the keys a token actually attends (on average
-(T+1)/2), which is what fused causal kernels compute. Training is 3x forward (the backward
+(T+1)/2), which is what fused causal kernels compute; under a sliding window
+(``attn_window``) only the keys inside the window count. Training is 3x forward (the backward
 pass costs two forward passes). Norms, activations, softmax and embedding lookups are left
 out, as usual.
 
@@ -214,7 +215,8 @@ def _stack_flops(cfg: ModelConfig, side: str, n_tok: int, kind: str, prefix: int
 
     for m, f in cfg.layer_kinds(side):
         if m == "attention":
-            add("attention", n_tok * _attn_matmul_flops(cfg) + attn_unit * _attended_keys(n_tok, kind, prefix))
+            add("attention", n_tok * _attn_matmul_flops(cfg)
+                + attn_unit * _attended_keys(n_tok, kind, prefix, cfg.attn_window))
         else:
             per = _ssm_flops(cfg, m)
             # bidirectional: a backward mixer over the whole input (encoder) or the prefix
@@ -230,14 +232,34 @@ def _stack_flops(cfg: ModelConfig, side: str, n_tok: int, kind: str, prefix: int
     return out
 
 
-def _attended_keys(n_queries: int, kind: str, prefix: int = 0) -> int:
-    """Sum over queries of the number of keys each attends (self-attention of n tokens)."""
+def _attended_keys(n_queries: int, kind: str, prefix: int = 0, window: int | None = None) -> int:
+    """Sum over queries of the number of keys each attends (self-attention of n tokens);
+    with a sliding ``window``, only keys fewer than ``window`` slots away count."""
     n = n_queries
+    if window is not None and window < n:
+        return _windowed_keys(n, kind, prefix, window)
     if kind == "bidirectional":
         return n * n
     p = min(prefix, n) if kind == "prefix" else 0
     # queries inside the prefix see the whole prefix; later query i sees keys 0..i
     return p * p + (n * (n + 1) - p * (p + 1)) // 2
+
+
+def _windowed_keys(n: int, kind: str, prefix: int, w: int) -> int:
+    """_attended_keys under a window w < n: per query, the keys of its band [i-w+1, i+w-1]
+    that its mask allows (one interval for causal / bidirectional; for prefix, the union of
+    the causal part and the prefix part of the band)."""
+    p = min(prefix, n) if kind == "prefix" else 0
+    total = 0
+    for i in range(n):
+        lo, hi = max(0, i - w + 1), min(n - 1, i + w - 1)
+        if kind == "bidirectional":
+            total += hi - lo + 1
+            continue
+        total += i - lo + 1  # causal part: lo..i
+        if p:  # prefix keys after the query, inside the band: i+1 .. min(hi, p-1)
+            total += max(0, min(hi, p - 1) - i)
+    return total
 
 
 @dataclass

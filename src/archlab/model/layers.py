@@ -83,8 +83,16 @@ class MLP(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def sinusoidal_table(n_pos: int, dim: int) -> torch.Tensor:
-    """Fixed sin/cos table of Vaswani et al. 2017, Sec. 3.5: (n_pos, dim)."""
+def sinusoidal_table(n_pos: int, dim: int, layout: str = "interleaved") -> torch.Tensor:
+    """Fixed sin/cos table of Vaswani et al. 2017, Sec. 3.5: (n_pos, dim).
+
+    ``halves``: the sines of all frequencies, then the cosines (Marian, fairseq), computed in
+    float64 and rounded once, as HF's MarianSinusoidalPositionalEmbedding does."""
+    if layout == "halves":
+        p64 = torch.arange(n_pos, dtype=torch.float64)[:, None]
+        freq = torch.tensor([10000.0 ** (2 * i / dim) for i in range(dim // 2)], dtype=torch.float64)
+        angle = p64 / freq  # (n_pos, dim // 2)
+        return torch.cat([torch.sin(angle), torch.cos(angle)], 1).float()
     pos = torch.arange(n_pos, dtype=torch.float32)[:, None]
     inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
     table = torch.zeros(n_pos, dim)

@@ -6,6 +6,12 @@ Every family is a mask pattern over the same stack (Raffel et al. 2020, Fig. 3):
 - prefix: query i sees keys j <= i and every key inside its example's prefix (prefix-LM, the
   "non-causal decoder" of the T5 paper; Liu et al. 2018, Dong et al. 2019).
 
+Sliding-window attention (``window``; Child et al. 2019, Beltagy et al. 2020, Mistral: Jiang et
+al. 2023) intersects any of the three with a band: query slot i sees key slot j only when
+``|i - j| < window``, so a causal query sees itself and the ``window - 1`` slots before it (HF
+Mistral's ``sliding_window``) and a bidirectional one ``window - 1`` slots on each side. Slots,
+not positions, are compared, as HF does; for contiguous (left or right) padding the two agree.
+
 Queries may start at an offset into the keys (a KV cache holds earlier keys), so key slot j is
 compared with absolute query slot ``q_offset + i``.
 
@@ -57,6 +63,7 @@ def build_mask(
     key_padding: torch.Tensor | None = None,
     prefix_lengths: torch.Tensor | None = None,
     q_offset: int = 0,
+    window: int | None = None,
     device: torch.device | None = None,
 ) -> AttnMask:
     """Build the attention mask.
@@ -69,6 +76,7 @@ def build_mask(
             only. With left padding, count the pad slots too (the prefix ends where the prompt
             ends).
         q_offset: absolute slot of the first query (cached keys come before it).
+        window: sliding window (``|query slot - key slot| < window``); None = no window.
     """
     if kind not in ("causal", "bidirectional", "prefix"):
         raise ValueError(f"mask kind {kind!r}: choose causal, bidirectional or prefix")
@@ -81,12 +89,20 @@ def build_mask(
     elif prefix_lengths is not None:
         device = prefix_lengths.device
     device = device or torch.device("cpu")
+    if window is not None and window < 1:
+        raise ValueError(f"attention window must be >= 1, got {window}")
+    # every distance between a query slot and a key slot is below max(k_len, q_offset + q_len)
+    if window is not None and window >= max(k_len, q_offset + q_len):
+        window = None
 
     if kind == "prefix" and prefix_lengths is None:
         kind = "causal"
     # A single query at the end of the keys sees everything under causal masking: no mask.
     if kind == "causal" and q_len == 1 and q_offset == k_len - 1:
         kind = "bidirectional"
+
+    if window is not None:
+        return _windowed(kind, q_len, k_len, key_padding, prefix_lengths, q_offset, window, device)
 
     if kind == "bidirectional":
         if key_padding is None:
@@ -96,11 +112,38 @@ def build_mask(
     if kind == "causal" and key_padding is None and q_offset == 0 and q_len == k_len:
         return AttnMask(None, True)
 
-    mask = _causal(q_len, k_len, q_offset, device)[None, None]  # (1, 1, Tq, Tk)
+    return AttnMask(_combine(kind, _causal(q_len, k_len, q_offset, device)[None, None],
+                             q_len, k_len, key_padding, prefix_lengths, q_offset, device), False)
+
+
+def _windowed(kind: MaskKind, q_len: int, k_len: int, key_padding: torch.Tensor | None,
+              prefix_lengths: torch.Tensor | None, q_offset: int, window: int,
+              device: torch.device) -> AttnMask:
+    q = torch.arange(q_len, device=device)[:, None] + q_offset
+    k = torch.arange(k_len, device=device)[None, :]
+    band = (q - k).abs() < window  # (Tq, Tk)
+    if kind == "bidirectional":
+        mask = band[None, None]
+        if key_padding is not None:
+            # a pad query whose whole band is padding would get an empty row (NaN from SDPA,
+            # which then poisons later layers through 0 * NaN); it sees itself instead
+            mask = (mask & key_padding[:, None, None, :]) | (k == q)[None, None]
+        return AttnMask(mask, False)
+    return AttnMask(_combine(kind, (band & (k <= q))[None, None], q_len, k_len, key_padding,
+                             prefix_lengths, q_offset, device, band), False)
+
+
+def _combine(kind: MaskKind, mask: torch.Tensor, q_len: int, k_len: int,
+             key_padding: torch.Tensor | None, prefix_lengths: torch.Tensor | None, q_offset: int,
+             device: torch.device, band: torch.Tensor | None = None) -> torch.Tensor:
+    """Add the prefix and the padding to a causal (possibly windowed) (1, 1, Tq, Tk) mask."""
     if kind == "prefix":
         k = torch.arange(k_len, device=device)
         in_prefix = k[None, :] < prefix_lengths.to(device)[:, None]  # (B, Tk)
-        mask = mask | in_prefix[:, None, None, :]  # (B, 1, Tq, Tk)
+        seen = in_prefix[:, None, None, :]
+        if band is not None:
+            seen = seen & band[None, None]
+        mask = mask | seen  # (B, 1, Tq, Tk)
     if key_padding is not None:
         mask = mask & key_padding[:, None, None, :]
         # A left-padding query slot sees no real key under causal masking; SDPA would return
@@ -109,4 +152,4 @@ def build_mask(
         # changes nothing for real queries (they always see themselves).
         q = torch.arange(q_len, device=device)[:, None] + q_offset
         mask = mask | (torch.arange(k_len, device=device)[None, :] == q)[None, None]
-    return AttnMask(mask, False)
+    return mask

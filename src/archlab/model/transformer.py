@@ -264,7 +264,8 @@ class Stack(nn.Module):
     ) -> tuple[AttnMask, tuple[torch.Tensor, torch.Tensor] | None]:
         """Self-attention mask (with position biases folded in) and rotary tables."""
         mask = build_mask(mask_kind, T, k_len, key_padding=key_padding,
-                          prefix_lengths=prefix_lengths, q_offset=q_offset, device=x.device)
+                          prefix_lengths=prefix_lengths, q_offset=q_offset,
+                          window=self.cfg.attn_window, device=x.device)
         bias = None
         if self.rel_bias is not None or self.alibi is not None:
             q_pos = positions
@@ -297,7 +298,8 @@ class InputEmbedding(nn.Module):
             else None
         )
         if cfg.position == "sinusoidal":
-            self.register_buffer("sin", sinusoidal_table(cfg.max_seq_len, cfg.d_model),
+            self.register_buffer("sin", sinusoidal_table(cfg.max_seq_len, cfg.d_model,
+                                                             cfg.sinusoidal_layout),
                                  persistent=False)
         else:
             self.sin = None
@@ -331,9 +333,10 @@ class ClassificationHead(nn.Module):
         self.dense = nn.Linear(cfg.d_model, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.d_model, cfg.n_classes)
+        self.act = torch.tanh if cfg.cls_activation == "tanh" else torch.relu
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, n_classes)
-        return self.out(self.drop(torch.tanh(self.dense(pooled))))
+        return self.out(self.drop(self.act(self.dense(pooled))))
 
 
 @dataclass
@@ -454,6 +457,10 @@ class Transformer(nn.Module):
             raise ValueError(f"arch {self.cfg.arch} has no encoder")
         B, S = input_ids.shape
         self._check_length(S, position_ids)
+        if position_ids is None and self.cfg.pad_aware_positions:
+            # RoBERTa (fairseq make_positions): count real tokens, from the ids as HF does
+            real = input_ids.ne(self.cfg.pad_token_id).long()
+            position_ids = real.cumsum(1) * real - 1  # pads: -1 -> row position_offset - 1
         pos = position_ids if position_ids is not None else default_positions(B, S, 0, input_ids.device)
         x = self._embed(self.encoder_embed, input_ids, pos, token_type_ids)
         pad = attention_mask.bool() if attention_mask is not None else None
