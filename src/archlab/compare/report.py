@@ -331,7 +331,8 @@ def spikes(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 # verdict
 # ---------------------------------------------------------------------------------------------
-def _quality_line(w: S.Winner, by: dict[str, dict[str, Any]], key: str, label: str, prefix: str) -> str:
+def _quality_line(w: S.Winner, by: dict[str, dict[str, Any]], key: str, label: str, prefix: str,
+                  short: bool = False) -> str:
     lead = by[w.leader]
     if w.runner_up is None:
         return f"{prefix}**{w.leader}** is the only entry with a {label} ({_pm(lead, key)})."
@@ -343,9 +344,10 @@ def _quality_line(w: S.Winner, by: dict[str, dict[str, Any]], key: str, label: s
                 f"{w.runner_up} ({_pm(second, key)})")
         if w.p_value is not None:
             line += f": significant, paired bootstrap {_p_is(w.p_value)}"
-            line += (" (the largest over the seed pairings; ahead in every seed, by more than the "
-                     "seed-to-seed spread)" if n_seeds > 1 else
-                     " over test examples; with one seed the seed-to-seed spread is unknown")
+            if not short:
+                line += (" (the largest over the seed pairings; ahead in every seed, by more than the "
+                         "seed-to-seed spread)" if n_seeds > 1 else
+                         " over test examples; with one seed the seed-to-seed spread is unknown")
         else:
             line += f": {w.reason} (no per-example outputs for a paired test)"
         return line + "."
@@ -373,11 +375,11 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
             by = {a["entry"]: a for a in agg}
             lines.append(_quality_line(w, by, key, label, "Quality: "))
         else:
-            for w in ws:
+            for i, w in enumerate(ws):
                 by = {a["entry"]: a for a in agg if a["scale"] == w.budget}
                 fl = [a.get("train_flops") for a in by.values() if _num(a.get("train_flops"))]
                 at = f"Budget {_scale(w.budget)}" + (f" ({_human(statistics.fmean(fl))} training FLOPs)" if fl else "")
-                lines.append(_quality_line(w, by, key, label, at + ": "))
+                lines.append(_quality_line(w, by, key, label, at + ": ", short=i > 0))
             lines.append(_crossing_line(ws))
     lines += _ablation_lines(agg, task_kind, key, label)
     lines += _tuning_lines(agg, tuning)
@@ -541,7 +543,10 @@ def make_plots(results: list[dict[str, Any]], agg: list[dict[str, Any]], task_ki
         pts = [(c["tokens"], c["loss"]) for c in r.get("curve") or [] if c.get("tokens") and c.get("loss") is not None]
         if not pts:
             continue
-        fpt = r["train_flops_per_example"] / max(tokens_per_example, 1e-9)
+        # FLOPs per training token: the run's own total when recorded, else the sizing estimate
+        fpt = (r["train_flops"] / r["train_tokens"] if not r.get("train_flops_estimated")
+               and _num(r.get("train_flops")) and r.get("train_tokens") else
+               r["train_flops_per_example"] / max(tokens_per_example, 1e-9))
         xs = [t * fpt for t, _ in pts]
         first = r["seed"] == min(x["seed"] for x in rows if x["entry"] == r["entry"]) and r["scale"] == top
         ax.plot(xs, [v for _, v in pts], marker="o", ms=3, color=color[r["entry"]],
@@ -690,6 +695,7 @@ def _main_table(agg: list[dict[str, Any]], task_kind: str,
     has = {k: any(a.get(k) is not None for a in agg) for k in ("train_flops", "tune_flops", "tuned", "p_value",
                                                                 "ci", f"ablation_{key}", "truncated_fraction")}
     has["tune_flops"] = any(_num(a.get("tune_flops")) and a["tune_flops"] > 0 for a in agg)
+    has["truncated_fraction"] = any(_num(a.get("truncated_fraction")) and a["truncated_fraction"] > 0 for a in agg)
     head = ["Architecture", "Objective", *(["Scale"] if multi else []), "Layers", "Params", "FLOPs/ex",
             *(["train FLOPs"] if has["train_flops"] else []), *(["tune FLOPs"] if has["tune_flops"] else []),
             *(["tuned"] if has["tuned"] else [])]
@@ -919,17 +925,21 @@ def _html(cfg: Any, md: list[str], head: list[str], rows: list[list[str]], plots
         for n, b in plots.items())
     sample_html = ""
     for entry, ss in samples:
-        sample_html += f"<h3>{e(entry)}</h3><table><tr><th>source</th><th>reference</th><th>output</th></tr>"
+        sample_html += (f'<h3>{e(entry)}</h3><table class="samples"><tr><th>source</th><th>reference</th>'
+                        '<th>output</th></tr>')
         sample_html += "".join(f"<tr><td>{e(s['source'])}</td><td>{e(s['reference'])}</td>"
                                f"<td>{e(s['output'])}</td></tr>" for s in ss) + "</table>"
-    extra = "".join(f"<h2>{e(title)}</h2>{table(*t)}" for title, t in sections)
+    extra = "".join(f'<h2>{e(title)}</h2><div class="wide">{table(*t)}</div>' for title, t in sections)
     intro = md[2]
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>archlab compare: {e(cfg.name)}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; color: #222; }}
+body {{ font-family: system-ui, sans-serif; max-width: 1400px; margin: 2em auto; padding: 0 1em; color: #222; }}
+.wide {{ overflow-x: auto; }}
 table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }}
+td {{ white-space: nowrap; }}
+.samples td {{ white-space: normal; }}
 th {{ background: #f3f3f3; }}
 figure {{ display: inline-block; margin: 0.5em; }}
 img {{ max-width: 100%; }}
@@ -939,7 +949,7 @@ img {{ max-width: 100%; }}
 <h1>archlab compare: {e(cfg.name)}</h1>
 <p>{bold(intro)}</p>
 <h2>Verdict</h2><ul class="verdict">{''.join(f'<li>{bold(v)}</li>' for v in verdict_lines)}</ul>
-<h2>Results (mean ± sd over seeds)</h2>{table(head, rows)}
+<h2>Results (mean ± sd over seeds)</h2><div class="wide">{table(head, rows)}</div>
 <p class="note">Params: all parameters. FLOPs/ex: forward FLOPs of a typical example (training is 3x).
 train FLOPs: total FLOPs of the training run; tune FLOPs: spent on the entry's tuning runs. KV/ex: K/V
 cache bytes per example while decoding, cross-attention included. len ratio: output/reference
