@@ -162,7 +162,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "entries": _THREE,
         "seeds": [0, 1],
         "train": {"steps": 30, "lr": 3e-3, "warmup_steps": 5, "tokens_per_batch": 1024, "max_len": 96,
-                  "save_every": 10, "log_every": 5},
+                  "save_every": 10, "log_every": 5, "threads": 1},  # tiny models: one thread is enough
         "eval": {"every": 15, "max_examples": 40, "decode_examples": 0},
         "decode": {"num_beams": 2, "max_new_tokens": 24, "test_examples": 24, "latency_examples": 4},
     },
