@@ -114,6 +114,9 @@ def test_main_jobs_use_tuned_values_scales_and_seeds(tmp_path):
     jobs = _jobs(cfg, "main", tuned)
     plan = sorted({(j.scale, j.seed, j.run.train.steps) for j in jobs})
     assert plan == [(0.5, 0, 15), (1.0, 0, 30), (2.0, 0, 60), (2.0, 1, 60), (2.0, 2, 60)]
+    # budget by budget: an interrupted sweep holds whole comparisons at the budgets it finished
+    assert [(j.scale, j.seed) for j in jobs] == sorted((j.scale, j.seed) for j in jobs)
+    assert [j.entry for j in jobs[:3]] == ["encoder-decoder", "decoder", "prefix-lm"]
     ed = [j for j in jobs if j.entry == "encoder-decoder"]
     assert {j.run.train.lr for j in ed} == {0.01} and {j.run.train.warmup_steps for j in ed} == {3}
     assert {j.run.train.lr for j in jobs if j.entry == "prefix-lm"} == {cfg.train.lr}
@@ -188,7 +191,7 @@ def test_label_table_leaves_out_decoding_columns_and_shows_truncation():
     head, body = _main_table(aggregate(rows), "label", rows)
     for col in ("KV/ex", "len ratio", "repeat", "dec tok/s"):
         assert col not in head
-    assert "truncated" in head and body[1][head.index("truncated")] == "25.0 %"
+    assert "trunc" in head and body[1][head.index("trunc")] == "0.250"
 
 
 def test_aggregate_keeps_scales_apart():

@@ -1,5 +1,23 @@
-"""The compare report: results.json / results.csv (one row per entry and seed), report.md and a
-self-contained report.html (tables, plots as inline PNG, sample outputs, verdict)."""
+"""The compare report: results.json / results.csv (one row per entry, seed and budget scale),
+report.md and a self-contained report.html (tables, plots as inline PNG, sample outputs,
+verdict).
+
+Every run row may carry (older results lack them; the report then leaves those parts out):
+``scale`` (budget multiplier, 1.0), ``train_flops`` / ``tune_flops`` (total FLOPs of the run
+and of the entry's tuning), ``tuned`` (chosen hyper-parameters), ``curve`` (validation rows
+``{step, tokens, loss, ...}``), ``train_curve`` (``{step, tokens, loss}``), ``outputs_path``
+(JSONL of the scored test examples, relative to the compare directory: pair tasks
+``{source, reference, hypothesis}``, label tasks ``{label, prediction}``), ``ablation``
+(source-ablation scores, :func:`archlab.evaluate.ablation.source_ablation`),
+``examples_truncated`` and ``truncated_fraction``.
+
+Significance: at each budget scale, every entry is compared with the best entry (best mean
+of the primary metric) by a paired bootstrap over the test examples, seed paired with seed
+(sacrebleu's own test for BLEU / chrF; per-example scores for accuracy and ROUGE-L,
+:mod:`archlab.compare.stats`); the largest p-value over the seed pairings is reported, and a
+winner is called only when it is below 0.05 and, with several seeds, the gap also exceeds
+the seed-to-seed spread and holds in every seed (:func:`archlab.compare.stats.pick_winner`).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +28,11 @@ import io
 import json
 import math
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from archlab.compare import stats as S
 from archlab.config import to_dict
 
 # primary quality metric per task kind: (key, label, higher is better)
@@ -27,15 +47,22 @@ PRIMARY = {
 # and the encoder-decoder/decoder ratio between 1.035 and 1.094: about 10 points of spread.
 LATENCY_TIE = 0.10
 SUMMARY_PRIMARY = ("rougeL", "ROUGE-L", True)
+# A model that keeps more than this share of its score when every source is replaced by another
+# test example's source writes much the same output whatever it reads: it ignores its input.
+# Models that read their input fall to the score of unrelated text (BLEU of about 1-2).
+ABLATION_KEEP = 0.5
+ABLATION_MIN_SCORE = 1.0  # below this the normal score is itself noise; no ratio is judged
+N_BOOTSTRAP = 1000  # sacrebleu's default number of paired-bootstrap resamples
 
 CSV_FIELDS = [
     "entry", "arch", "objective", "pretrain_objective", "seed", "scale", "layers", "d_model", "d_ff", "params",
-    "flops_per_example", "train_flops_per_example", "train_flops", "tune_flops", "lr", "warmup_steps",
-    "budget_deviation", "examples_truncated", "truncated_fraction", "train_steps", "train_tokens",
-    "train_time_s", "peak_memory_bytes", "val_loss", "bleu", "chrf", "rouge1", "rouge2", "rougeL",
-    "accuracy", "macro_f1", "ppl", "bpb", "len_ratio", "repetition_rate", "decode_tokens_per_s",
-    "latency_ms_per_example", "kv_cache_bytes_per_example", "num_beams",
+    "flops_per_example", "train_flops_per_example", "budget_deviation", "train_steps", "train_tokens",
+    "train_flops", "tune_flops", "tuned", "train_time_s", "peak_memory_bytes", "val_loss", "bleu", "chrf",
+    "rouge1", "rouge2", "rougeL", "accuracy", "macro_f1", "ppl", "bpb", "ablation_bleu", "ablation_chrf",
+    "ablation_rougeL", "len_ratio", "repetition_rate", "decode_tokens_per_s", "latency_ms_per_example",
+    "kv_cache_bytes_per_example", "num_beams", "examples_truncated", "truncated_fraction", "outputs_path",
 ]
+_GROUP_KEYS = ("entry", "arch", "objective", "pretrain_objective", "layers", "d_model", "d_ff", "num_beams")
 
 
 def primary_metric(results: list[dict[str, Any]], task_kind: str) -> tuple[str, str, bool]:
@@ -44,8 +71,12 @@ def primary_metric(results: list[dict[str, Any]], task_kind: str) -> tuple[str, 
     return PRIMARY[task_kind]
 
 
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    vals = [v for v in values if _num(v)]
     if not vals:
         return float("nan"), float("nan")
     if len(vals) == 1:
@@ -53,35 +84,51 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(vals), statistics.stdev(vals)
 
 
+def normalize(r: dict[str, Any], tokens_per_example: float | None = None) -> dict[str, Any]:
+    """A run row with the optional fields filled in: ``scale`` 1.0, the ablation scores as
+    ``ablation_<metric>`` columns, and ``train_flops`` estimated from the tokens trained when
+    the row predates it (tokens x training FLOPs per example / typical example tokens)."""
+    out = dict(r)
+    out["scale"] = float(r.get("scale") or 1.0)
+    for k, v in (r.get("ablation") or {}).items():
+        out[f"ablation_{k}"] = v
+    if out.get("train_flops") is None and tokens_per_example and _num(r.get("train_tokens")) \
+            and _num(r.get("train_flops_per_example")):
+        out["train_flops"] = r["train_tokens"] * r["train_flops_per_example"] / max(tokens_per_example, 1e-9)
+        out["train_flops_estimated"] = True
+    if isinstance(out.get("tuned"), dict):
+        out["tuned"] = out["tuned"] or None
+    return out
+
+
 def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per entry and budget scale: mean and standard deviation over seeds of every
-    numeric field."""
-    order: list[tuple[str, float]] = []
+    numeric field (``<key>`` and ``<key>_std``), entries in first-seen order, scales ascending."""
+    order: list[str] = []
     by: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in results:
-        key = (r["entry"], float(r.get("scale", 1.0)))
-        if key not in by:
-            order.append(key)
-        by.setdefault(key, []).append(r)
+        r = normalize(r)
+        if r["entry"] not in order:
+            order.append(r["entry"])
+        by.setdefault((r["entry"], float(r.get("scale") or 1.0)), []).append(r)
     out = []
     for name in order:
-        rows = by[name]
-        agg: dict[str, Any] = {k: rows[0].get(k) for k in ("entry", "arch", "objective", "pretrain_objective",
-                                                           "layers", "d_model", "d_ff", "num_beams")}
-        agg["scale"] = name[1]
-        agg["tuned"] = rows[0].get("tuned") or {}
-        agg["seeds"] = [r["seed"] for r in rows]
-        for k in CSV_FIELDS:
-            if k in agg or k == "seed":
-                continue
-            vals = [r.get(k) for r in rows]
-            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals if v is not None) and any(
-                v is not None for v in vals
-            ):
-                m, s = _mean_std(vals)
-                agg[k] = m
-                agg[k + "_std"] = s
-        out.append(agg)
+        for scale in sorted(s for e, s in by if e == name):
+            rows = sorted(by[(name, scale)], key=lambda r: r["seed"])
+            agg: dict[str, Any] = {k: rows[0].get(k) for k in _GROUP_KEYS}
+            agg["scale"] = scale
+            agg["seeds"] = [r["seed"] for r in rows]
+            tuned = [r.get("tuned") for r in rows if r.get("tuned")]
+            agg["tuned"] = tuned[0] if tuned and all(t == tuned[0] for t in tuned) else (tuned or None)
+            for k in CSV_FIELDS:
+                if k in agg or k == "seed":
+                    continue
+                vals = [r.get(k) for r in rows]
+                if all(_num(v) for v in vals if v is not None) and any(_num(v) for v in vals):
+                    m, s = _mean_std(vals)
+                    agg[k] = m
+                    agg[k + "_std"] = s
+            out.append(agg)
     return out
 
 
@@ -96,7 +143,7 @@ def _fmt(v: Any, digits: int = 2) -> str:
 def _human(n: float | None, unit: str = "") -> str:
     if n is None or (isinstance(n, float) and math.isnan(n)):
         return "-"
-    for suffix, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    for suffix, div in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= div:
             return f"{n / div:.2f}{suffix}{unit}"
     return f"{n:.0f}{unit}"
@@ -111,6 +158,20 @@ def _pm(row: dict[str, Any], key: str, digits: int = 2) -> str:
     return f"{row[key]:.{digits}f}"
 
 
+def _p(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _p_is(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def _scale(s: float) -> str:
+    return f"×{s:g}"
+
+
 def quality_columns(task_kind: str, results: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
     if task_kind == "pair":
         if results and results[0].get("bleu") is not None:
@@ -121,34 +182,221 @@ def quality_columns(task_kind: str, results: list[dict[str, Any]]) -> list[tuple
     return [("ppl", "ppl", 2), ("bpb", "bits/byte", 3)]
 
 
-def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, Any]]) -> list[str]:
+# ---------------------------------------------------------------------------------------------
+# significance: paired bootstrap of every entry against the best, per scale, seed with seed
+# ---------------------------------------------------------------------------------------------
+def load_outputs(out_dir: Path | None, row: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The scored test examples of one run (``outputs_path``), or None when absent."""
+    rel = row.get("outputs_path")
+    if not rel or out_dir is None:
+        return None
+    path = Path(out_dir) / rel
+    if not path.exists():
+        return None
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _rouge_l(outputs: list[dict[str, Any]]) -> list[float]:
+    from rouge_score import rouge_scorer
+
+    sc = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [100.0 * sc.score(o["reference"], o["hypothesis"])["rougeL"].fmeasure for o in outputs]
+
+
+def _pair_test(key: str, task_kind: str, mine: list[dict[str, Any]], best: list[dict[str, Any]],
+               n_samples: int) -> S.PairedResult | None:
+    """One seed pairing: ``mine`` against ``best`` on the same test examples (None when the
+    two runs did not score the same examples, or the metric has no per-example form)."""
+    if len(mine) != len(best) or len(mine) < 2:
+        return None
+    if task_kind == "pair":
+        refs = [o.get("reference") for o in best]
+        if refs != [o.get("reference") for o in mine]:
+            return None
+        if key in ("bleu", "chrf"):
+            res = S.paired_bootstrap_mt({"sys": [o["hypothesis"] for o in mine],
+                                         "base": [o["hypothesis"] for o in best]}, refs, "base",
+                                        metrics=(key,), n_samples=n_samples)
+            return res["sys"][key]
+        if key == "rougeL":
+            return S.paired_bootstrap_mean(_rouge_l(mine), _rouge_l(best), n_samples=n_samples)
+        return None
+    if task_kind == "label" and key == "accuracy":
+        labels = [o.get("label") for o in best]
+        if labels != [o.get("label") for o in mine]:
+            return None
+        return S.paired_bootstrap_mean([float(o["prediction"] == o["label"]) for o in mine],
+                                       [float(o["prediction"] == o["label"]) for o in best],
+                                       n_samples=n_samples)
+    return None
+
+
+def significance(results: list[dict[str, Any]], agg: list[dict[str, Any]], task_kind: str,
+                 out_dir: Path | None, *, n_samples: int = N_BOOTSTRAP) -> None:
+    """Add to each aggregated row (in place) its comparison with the best entry of its scale:
+    ``best`` (that entry), ``delta`` (mean difference of the primary metric), ``p_value``
+    (largest over seed pairings; None without per-example outputs), ``p_values`` (per
+    paired seed), ``ci`` (bootstrap 95 % half-width of the entry's own score, mean over
+    seeds) and ``test`` (what was tested)."""
+    key, _, higher = primary_metric(results, task_kind)
+    rows = [normalize(r) for r in results]
+    cache: dict[int, list[dict[str, Any]] | None] = {}
+
+    def outputs(r: dict[str, Any]) -> list[dict[str, Any]] | None:
+        if id(r) not in cache:
+            cache[id(r)] = load_outputs(out_dir, r)
+        return cache[id(r)]
+
+    for scale in sorted({a["scale"] for a in agg}):
+        group = [a for a in agg if a["scale"] == scale and _num(a.get(key))]
+        if not group:
+            continue
+        best = max(group, key=lambda a: a[key] if higher else -a[key])
+        by_seed = {(r["entry"], r["seed"]): r for r in rows if r["scale"] == scale}
+        for a in group:
+            a["best"] = best["entry"]
+            a["delta"] = a[key] - best[key]
+            a["p_value"], a["p_values"], a["ci"], a["test"] = None, {}, None, None
+            pairs: list[S.PairedResult | None] = []
+            cis = []
+            for seed in a["seeds"]:
+                mine, theirs = by_seed.get((a["entry"], seed)), by_seed.get((best["entry"], seed))
+                if mine is None or theirs is None:
+                    continue
+                om, ob = outputs(mine), outputs(theirs)
+                if om is None or ob is None:
+                    continue
+                res = _pair_test(key, task_kind, om, ob, n_samples)
+                if res is None:
+                    continue
+                cis.append(res.ci)
+                if a is not best:
+                    pairs.append(res)
+                    a["p_values"][str(seed)] = res.p_value
+            if cis and all(c is not None for c in cis):
+                a["ci"] = statistics.fmean(cis)
+            if pairs:
+                a["p_value"] = S.combine_seed_pairings(pairs)
+                a["test"] = ("paired bootstrap (sacrebleu)" if key in ("bleu", "chrf") else
+                             "paired bootstrap (per example)") + f", {len(pairs)} seed pairing(s)"
+
+
+def winners(agg: list[dict[str, Any]], results: list[dict[str, Any]], task_kind: str) -> list[S.Winner]:
+    """The significance-aware winner at each scale (see :func:`archlab.compare.stats.pick_winner`)."""
+    key, _, higher = primary_metric(results, task_kind)
+    rows = [normalize(r) for r in results]
+    out = []
+    for scale in sorted({a["scale"] for a in agg}):
+        group = [a for a in agg if a["scale"] == scale and _num(a.get(key))]
+        if not group:
+            continue
+        scores = {a["entry"]: [r[key] for r in sorted(rows, key=lambda r: r["seed"])
+                               if r["entry"] == a["entry"] and r["scale"] == scale and _num(r.get(key))]
+                  for a in group}
+        pv = {a["entry"]: a.get("p_value") for a in group}
+        out.append(S.pick_winner(scale, scores, higher_is_better=higher, p_values=pv))
+    return out
+
+
+def power_law_fits(agg: list[dict[str, Any]], results: list[dict[str, Any]],
+                   task_kind: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per entry, the saturating power law of the primary metric and of the validation loss
+    against training FLOPs, over every seed and scale (entries with at least 4 budgets whose
+    points a power law fits with alpha inside its search range)."""
+    key, _, higher = primary_metric(results, task_kind)
+    rows = [normalize(r) for r in results]
+    fits: dict[str, dict[str, dict[str, Any]]] = {}
+    for entry in dict.fromkeys(a["entry"] for a in agg):
+        mine = [r for r in rows if r["entry"] == entry and _num(r.get("train_flops"))]
+        for metric, hib in ((key, higher), ("val_loss", False)):
+            pts = [(r["train_flops"], r[metric]) for r in mine if _num(r.get(metric))]
+            f = S.fit_power_law([p[0] for p in pts], [p[1] for p in pts], higher_is_better=hib)
+            # alpha at its search bound: the points do not follow a saturating power law
+            # (e.g. quality jumps between two budgets); no curve is drawn or tabled
+            if f is not None and not f.at_bound:
+                fits.setdefault(entry, {})[metric] = f.as_dict()
+    return fits
+
+
+def spikes(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Loss spikes of every run's training curve: ``{entry, seed, scale, step, loss, median, ratio}``."""
+    out = []
+    for r in results:
+        curve = [c for c in r.get("train_curve") or [] if c.get("loss") is not None]
+        for sp in S.loss_spikes([c["step"] for c in curve], [c["loss"] for c in curve]):
+            out.append({"entry": r["entry"], "seed": r["seed"], "scale": float(r.get("scale") or 1.0), **sp})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# verdict
+# ---------------------------------------------------------------------------------------------
+def _quality_line(w: S.Winner, by: dict[str, dict[str, Any]], key: str, label: str, prefix: str,
+                  short: bool = False) -> str:
+    lead = by[w.leader]
+    if w.runner_up is None:
+        return f"{prefix}**{w.leader}** is the only entry with a {label} ({_pm(lead, key)})."
+    second = by[w.runner_up]
+    n_seeds = len(lead["seeds"])
+    test = lead.get("test") or second.get("test")
+    if w.entry is not None:
+        line = (f"{prefix}**{w.entry}** wins on {label} ({_pm(lead, key)}), {w.gap:.2f} ahead of "
+                f"{w.runner_up} ({_pm(second, key)})")
+        if w.p_value is not None:
+            line += f": significant, paired bootstrap {_p_is(w.p_value)}"
+            if not short:
+                line += (" (the largest over the seed pairings; ahead in every seed, by more than the "
+                         "seed-to-seed spread)" if n_seeds > 1 else
+                         " over test examples; with one seed the seed-to-seed spread is unknown")
+        else:
+            line += f": {w.reason} (no per-example outputs for a paired test)"
+        return line + "."
+    line = (f"{prefix}no clear winner on {label}: **{w.leader}** leads ({_pm(lead, key)}) "
+            f"{w.runner_up} ({_pm(second, key)}) by only {w.gap:.2f}, {w.reason}")
+    if w.p_value is None and test is None:
+        line += "; no per-example outputs for a paired test"
+        if n_seeds < 2:
+            line += " and one seed (run more seeds)"
+    return line + "."
+
+
+def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, Any]], *,
+            spike_list: list[dict[str, Any]] | None = None,
+            tuning: list[dict[str, Any]] | None = None) -> list[str]:
     key, label, higher = primary_metric(results, task_kind)
-    rated = [a for a in agg if a.get(key) is not None and not math.isnan(a[key])]
+    for a in agg:
+        a.setdefault("scale", 1.0)
     lines = []
-    if rated:
-        ranked = sorted(rated, key=lambda a: a[key], reverse=higher)
-        best = ranked[0]
-        line = f"Quality: **{best['entry']}** wins on {label} ({_pm(best, key)})"
-        if len(ranked) > 1:
-            second = ranked[1]
-            gap = abs(best[key] - second[key])
-            spread = max(best.get(key + "_std", 0.0), second.get(key + "_std", 0.0))
-            if len(best["seeds"]) < 2:
-                line += (f", {gap:.2f} ahead of {second['entry']}; with one seed the seed-to-seed spread "
-                         "is unknown, so this difference is not established (run more seeds)")
-            elif gap > 2 * spread:
-                line += (f", {gap:.2f} ahead of {second['entry']}: larger than twice the seed-to-seed "
-                         f"standard deviation ({spread:.2f})")
-            else:
-                line += (f", but only {gap:.2f} ahead of {second['entry']}: within twice the seed-to-seed "
-                         f"standard deviation ({spread:.2f}), so not a clear difference")
-        lines.append(line + ".")
-    cheap_train = min(agg, key=lambda a: a.get("train_flops_per_example") or float("inf"))
-    fastest = min(agg, key=lambda a: a.get("train_time_s") or float("inf"))
+    ws = winners(agg, results, task_kind) if results else []
+    scales = sorted({a["scale"] for a in agg})
+    if ws:
+        if len(scales) == 1:
+            w = ws[0]
+            by = {a["entry"]: a for a in agg}
+            lines.append(_quality_line(w, by, key, label, "Quality: "))
+        else:
+            for i, w in enumerate(ws):
+                by = {a["entry"]: a for a in agg if a["scale"] == w.budget}
+                fl = [a.get("train_flops") for a in by.values() if _num(a.get("train_flops"))]
+                at = f"Budget {_scale(w.budget)}" + (f" ({_human(statistics.fmean(fl))} training FLOPs)" if fl else "")
+                lines.append(_quality_line(w, by, key, label, at + ": ", short=i > 0))
+            lines.append(_crossing_line(ws))
+    lines += _ablation_lines(agg, task_kind, key, label)
+    lines += _tuning_lines(agg, tuning)
+    if spike_list is not None:
+        lines.append(_spike_line(spike_list, results))
+    trunc = [a for a in agg if _num(a.get("truncated_fraction")) and a["truncated_fraction"] > 0]
+    if trunc:
+        lines.append("Truncation: " + "; ".join(
+            f"{a['entry']}{'' if len(scales) == 1 else ' ' + _scale(a['scale'])} cut "
+            f"{a['truncated_fraction']:.1%} of its training examples" for a in trunc) + ".")
+    top = [a for a in agg if a["scale"] == scales[-1]] if scales else agg
+    cheap_train = min(top, key=lambda a: a.get("train_flops_per_example") or float("inf"))
+    fastest = min(top, key=lambda a: a.get("train_time_s") or float("inf"))
     lines.append(f"Training cost: **{cheap_train['entry']}** needs the fewest training FLOPs per example "
                  f"({_human(cheap_train.get('train_flops_per_example'))}); the shortest wall time was "
                  f"{fastest['entry']} ({_fmt(fastest.get('train_time_s'), 1)} s).")
-    lat = [a for a in agg if a.get("latency_ms_per_example") is not None and not math.isnan(a["latency_ms_per_example"])]
+    lat = [a for a in top if _num(a.get("latency_ms_per_example"))]
     if lat:
         ranked = sorted(lat, key=lambda a: a["latency_ms_per_example"])
         f = ranked[0]
@@ -174,6 +422,96 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
     return lines
 
 
+def _crossing_line(ws: list[S.Winner]) -> str:
+    called = [w for w in ws if w.entry is not None]
+    cs = S.crossings(ws)
+    if cs:
+        return "Ordering: the winner changes with the budget: " + "; ".join(
+            f"**{c.before}** at {_scale(c.lo)}, **{c.after}** at {_scale(c.hi)}" for c in cs) + "."
+    lead = S.crossings(ws, significant_only=False)
+    if not called:
+        line = "Ordering: no budget has a significant winner"
+    elif len({w.entry for w in called}) == 1:
+        ties = len(ws) - len(called)
+        line = (f"Ordering: **{called[0].entry}** wins at every budget with a winner "
+                f"({len(called)} of {len(ws)}{'; the others are ties' if ties else ''}); the ordering does not cross")
+    else:  # unreachable: differing winners always make a crossing
+        line = "Ordering: winners differ"
+    if lead:
+        line += "; the best mean changes (not significantly) " + "; ".join(
+            f"from {c.before} at {_scale(c.lo)} to {c.after} at {_scale(c.hi)}" for c in lead)
+    return line + "."
+
+
+def _ablation_lines(agg: list[dict[str, Any]], task_kind: str, key: str, label: str) -> list[str]:
+    if task_kind != "pair":
+        return []
+    top = max((a["scale"] for a in agg), default=1.0)
+    rated = [a for a in agg if a["scale"] == top and _num(a.get(f"ablation_{key}")) and _num(a.get(key))]
+    if not rated:
+        return []
+    ignore, read = [], []
+    for a in rated:
+        if a[key] < ABLATION_MIN_SCORE:
+            continue
+        kept = a[f"ablation_{key}"] / a[key]
+        (ignore if kept > ABLATION_KEEP else read).append((a, kept))
+    parts = []
+    for a, kept in ignore:
+        parts.append(f"**{a['entry']}** keeps {kept:.0%} of its {label} ({a[key]:.2f} → "
+                     f"{a[f'ablation_{key}']:.2f}) when every test source is replaced by another's: "
+                     "it largely ignores its input, and its score measures a target-side prior")
+    if read:
+        parts.append(", ".join(f"{a['entry']} {a[key]:.2f} → {a[f'ablation_{key}']:.2f}" for a, _ in read)
+                     + f" with swapped sources: {'these read' if len(read) > 1 else 'it reads'} the input")
+    return ["Source ablation: " + "; ".join(parts) + "."] if parts else []
+
+
+def _tuning_lines(agg: list[dict[str, Any]], tuning: list[dict[str, Any]] | None) -> list[str]:
+    if not tuning:
+        tuned = [a for a in agg if a.get("tuned")]
+        return [] if not tuned else ["Tuning: " + "; ".join(
+            f"{a['entry']} {_tuned(a['tuned'])}" for a in tuned) + "."]
+    entries = list(dict.fromkeys(t["entry"] for t in tuning))
+    parts = []
+    for e in entries:
+        mine = [t for t in tuning if t["entry"] == e]
+        chosen = [t for t in mine if t.get("chosen")]
+        flops = sum(t.get("flops") or 0 for t in mine)
+        # name the knobs that were tuned (those that vary among the candidates)
+        knobs = [k for k in ("lr", "warmup_steps", "dropout") if len({t.get(k) for t in mine}) > 1] or ["lr"]
+        desc = " / ".join(sorted({_tuned({k: t[k] for k in knobs if t.get(k) is not None}) for t in chosen})) or "-"
+        parts.append(f"{e} chose {desc} of {len({_cand(t) for t in mine})} candidate(s) "
+                     f"({_human(flops)} FLOPs of tuning)")
+    return ["Tuning (per entry, on validation loss): " + "; ".join(parts) + "."]
+
+
+def _cand(t: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(t.get(k) for k in ("lr", "warmup_steps", "dropout", "steps"))
+
+
+def _tuned(d: Any) -> str:
+    if isinstance(d, list):
+        return " / ".join(_tuned(x) for x in d) + " (differs by seed)"
+    if not isinstance(d, dict) or not d:
+        return "-"
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items())
+
+
+def _spike_line(spike_list: list[dict[str, Any]], results: list[dict[str, Any]]) -> str:
+    n_curves = sum(1 for r in results if r.get("train_curve"))
+    if not n_curves:
+        return "Training stability: no training-loss curves recorded."
+    if not spike_list:
+        return (f"Training stability: no loss spikes in {n_curves} training curve(s) "
+                "(none above 1.5x the median of the previous 20 logged losses).")
+    shown = spike_list[:6]
+    more = f" and {len(spike_list) - len(shown)} more" if len(spike_list) > len(shown) else ""
+    return ("Training stability: loss spikes (above 1.5x the running median) in " + "; ".join(
+        f"**{s['entry']}** seed {s['seed']}{'' if s['scale'] == 1.0 else ' ' + _scale(s['scale'])} at step "
+        f"{s['step']:.0f} ({s['loss']:.2f}, {s['ratio']:.1f}x)" for s in shown) + more + ".")
+
+
 # ---------------------------------------------------------------------------------------------
 # plots
 # ---------------------------------------------------------------------------------------------
@@ -184,38 +522,127 @@ def _png(fig: Any) -> bytes:
 
 
 def make_plots(results: list[dict[str, Any]], agg: list[dict[str, Any]], task_kind: str,
-               tokens_per_example: float) -> dict[str, bytes]:
+               tokens_per_example: float, *, fits: dict[str, dict[str, dict[str, Any]]] | None = None,
+               tuning: list[dict[str, Any]] | None = None,
+               spike_list: list[dict[str, Any]] | None = None) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     plots: dict[str, bytes] = {}
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    entries = [a["entry"] for a in agg]
+    entries = list(dict.fromkeys(a["entry"] for a in agg))
     color = {e: colors[i % len(colors)] for i, e in enumerate(entries)}
+    rows = [normalize(r, tokens_per_example) for r in results]
+    top = max((r["scale"] for r in rows), default=1.0)
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for r in results:
-        pts = [(c["tokens"], c["loss"]) for c in r.get("curve", []) if c.get("tokens") and c.get("loss") is not None]
+    for r in rows:
+        pts = [(c["tokens"], c["loss"]) for c in r.get("curve") or [] if c.get("tokens") and c.get("loss") is not None]
         if not pts:
             continue
-        fpt = r["train_flops_per_example"] / max(tokens_per_example, 1e-9)
+        # FLOPs per training token: the run's own total when recorded, else the sizing estimate
+        fpt = (r["train_flops"] / r["train_tokens"] if not r.get("train_flops_estimated")
+               and _num(r.get("train_flops")) and r.get("train_tokens") else
+               r["train_flops_per_example"] / max(tokens_per_example, 1e-9))
         xs = [t * fpt for t, _ in pts]
+        first = r["seed"] == min(x["seed"] for x in rows if x["entry"] == r["entry"]) and r["scale"] == top
         ax.plot(xs, [v for _, v in pts], marker="o", ms=3, color=color[r["entry"]],
-                label=r["entry"] if r["seed"] == min(x["seed"] for x in results if x["entry"] == r["entry"]) else None)
+                alpha=1.0 if r["scale"] == top else 0.45, label=r["entry"] if first else None)
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("validation loss")
     ax.set_title("Validation loss vs training compute")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     plots["loss_vs_flops"] = _png(fig)
     plt.close(fig)
 
     key, label, _ = primary_metric(results, task_kind)
+    # quality and final validation loss vs training FLOPs: mean ± sd over seeds per scale, the
+    # fitted power law where there are enough budgets
+    with_flops = [a for a in agg if _num(a.get("train_flops"))]
+    if with_flops and len({a["scale"] for a in agg}) > 1:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, metric, ylab in ((axes[0], key, label), (axes[1], "val_loss", "validation loss")):
+            for e in entries:
+                mine = sorted((a for a in with_flops if a["entry"] == e and _num(a.get(metric))),
+                              key=lambda a: a["train_flops"])
+                if not mine:
+                    continue
+                x = [a["train_flops"] for a in mine]
+                ax.errorbar(x, [a[metric] for a in mine], yerr=[a.get(metric + "_std", 0.0) for a in mine],
+                            fmt="o-", capsize=3, color=color[e], label=e)
+                f = (fits or {}).get(e, {}).get(metric)
+                if f is not None:
+                    fit = S.PowerLawFit(**{k: f[k] for k in ("E", "A", "alpha", "sign", "r2", "n_points",
+                                                             "n_budgets", "at_bound")})
+                    xx = np.geomspace(min(x), max(x) * 2, 60)
+                    ax.plot(xx, fit(xx), "--", color=color[e], alpha=0.8, lw=1,
+                            label=f"{e} fit: α={fit.alpha:.2f}, R²={fit.r2:.2f}")
+            ax.set_xscale("log")
+            ax.set_xlabel("training FLOPs")
+            ax.set_ylabel(ylab)
+            ax.set_title(f"{ylab} vs training FLOPs (mean ± sd over seeds)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        plots["quality_vs_flops"] = _png(fig)
+        plt.close(fig)
+
+    # training (lines) and validation (markers) loss per entry on one plot, spikes flagged
+    curves = [r for r in rows if r["scale"] == top and (r.get("train_curve") or r.get("curve"))]
+    if any(r.get("train_curve") for r in curves):
+        fig, ax = plt.subplots(figsize=(7.5, 4.2))
+        for r in curves:
+            first = r["seed"] == min(x["seed"] for x in curves if x["entry"] == r["entry"])
+            tc = [c for c in r.get("train_curve") or [] if c.get("loss") is not None]
+            vc = [c for c in r.get("curve") or [] if c.get("loss") is not None]
+            ax.plot([c["step"] for c in tc], [c["loss"] for c in tc], lw=1, color=color[r["entry"]],
+                    alpha=0.8 if first else 0.4, label=f"{r['entry']} train" if first else None)
+            ax.plot([c["step"] for c in vc], [c["loss"] for c in vc], "o--", ms=4, lw=1, color=color[r["entry"]],
+                    alpha=1.0 if first else 0.5, label=f"{r['entry']} validation" if first else None)
+        sp = [s for s in spike_list or [] if s["scale"] == top and math.isfinite(s["loss"])]
+        if sp:
+            ax.scatter([s["step"] for s in sp], [s["loss"] for s in sp], marker="x", s=70, color="red", zorder=5,
+                       label="loss spike")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title("Training and validation loss" + ("" if top == 1.0 else f" (budget {_scale(top)})"))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        plots["loss_curves"] = _png(fig)
+        plt.close(fig)
+
+    # validation loss vs learning rate per entry, from the tuning table
+    tl = [t for t in tuning or [] if _num(t.get("lr")) and _num(t.get("val_loss"))]
+    if tl:
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        for e in dict.fromkeys(t["entry"] for t in tl):
+            mine = [t for t in tl if t["entry"] == e]
+            lrs = sorted({t["lr"] for t in mine})
+            # the best over the other tuned knobs (and the mean over seeds) at each rate
+            best = [statistics.fmean(min(t["val_loss"] for t in mine if t["lr"] == lr and t.get("seed") == s)
+                                     for s in {t.get("seed") for t in mine if t["lr"] == lr}) for lr in lrs]
+            c = color.get(e, colors[len(color) % len(colors)])
+            ax.plot(lrs, best, "o-", color=c, label=e)
+            ch = [t for t in mine if t.get("chosen")]
+            if ch:
+                ax.scatter([t["lr"] for t in ch], [t["val_loss"] for t in ch], marker="*", s=160, color=c,
+                           edgecolor="black", zorder=5)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("validation loss (tuning run)")
+        ax.set_title("Learning-rate sensitivity (★ chosen)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        plots["lr_sensitivity"] = _png(fig)
+        plt.close(fig)
+
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for a in agg:
-        if a.get(key) is None or math.isnan(a[key]):
+        if not _num(a.get(key)) or a["scale"] != top:
             continue
         ax.errorbar(a["params"], a[key], yerr=a.get(key + "_std", 0.0), fmt="o", capsize=4,
                     color=color[a["entry"]], label=a["entry"])
@@ -223,12 +650,13 @@ def make_plots(results: list[dict[str, Any]], agg: list[dict[str, Any]], task_ki
     ax.set_xlabel("parameters")
     ax.set_ylabel(label)
     ax.set_title(f"{label} vs parameters (mean ± sd over seeds)")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     plots["quality_vs_params"] = _png(fig)
     plt.close(fig)
 
-    lat = [a for a in agg if a.get("latency_ms_per_example") is not None and not math.isnan(a["latency_ms_per_example"])]
+    lat = [a for a in agg if _num(a.get("latency_ms_per_example")) and a["scale"] == top]
     if lat:
         label = task_kind == "label"  # classification: batched time, no decoding and no cache
         fig, axes = plt.subplots(1, 1 if label else 2, figsize=(4.5 if label else 9, 3.6), squeeze=False)
@@ -243,7 +671,7 @@ def make_plots(results: list[dict[str, Any]], agg: list[dict[str, Any]], task_ki
         else:
             axes[0].set_ylabel("ms per example (batch 1)")
             axes[0].set_title(f"Decoding latency, beam {lat[0]['num_beams']}")
-            axes[1].bar(names, [a.get("kv_cache_bytes_per_example", 0) / 1024 for a in lat],
+            axes[1].bar(names, [(a.get("kv_cache_bytes_per_example") or 0) / 1024 for a in lat],
                         color=[color[n] for n in names])
             axes[1].set_ylabel("KiB per example")
             axes[1].set_title("KV cache incl. cross-attention")
@@ -258,30 +686,73 @@ def make_plots(results: list[dict[str, Any]], agg: list[dict[str, Any]], task_ki
 # ---------------------------------------------------------------------------------------------
 # writing
 # ---------------------------------------------------------------------------------------------
-def _main_table(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def _main_table(agg: list[dict[str, Any]], task_kind: str,
+                results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     q = quality_columns(task_kind, results)
-    decoding = task_kind == "pair"  # KV cache, length ratio and repetition only apply to decoding
-    scales = len({a.get("scale", 1.0) for a in agg}) > 1
-    tuned = any(a.get("tuned") for a in agg)
-    truncated = any(a.get("examples_truncated") for a in agg)
-    head = ["Architecture", *(["Scale", "train FLOPs"] if scales else []), "Objective", "Layers", "Params",
-            "FLOPs/ex", *(["lr"] if tuned else []), *[c[1] for c in q], "val loss", "train s",
-            *(["truncated"] if truncated else []),
-            *(["dec tok/s", "ms/ex", "KV/ex", "len ratio", "repeat"] if decoding else ["ms/ex"])]
+    key, label, _ = primary_metric(results, task_kind)
+    decoding = task_kind == "pair"  # label / text tasks decode nothing: no cache, length or loops
+    multi = len({a["scale"] for a in agg}) > 1
+    has = {k: any(a.get(k) is not None for a in agg) for k in ("train_flops", "tune_flops", "tuned", "p_value",
+                                                                "ci", f"ablation_{key}", "truncated_fraction")}
+    has["tune_flops"] = any(_num(a.get("tune_flops")) and a["tune_flops"] > 0 for a in agg)
+    has["truncated_fraction"] = any(_num(a.get("truncated_fraction")) and a["truncated_fraction"] > 0 for a in agg)
+    head = ["Architecture", "Objective", *(["Scale"] if multi else []), "Layers", "Params", "FLOPs/ex",
+            *(["train FLOPs"] if has["train_flops"] else []), *(["tune FLOPs"] if has["tune_flops"] else []),
+            *(["tuned"] if has["tuned"] else [])]
+    for k, name, _ in q:
+        head.append(name)
+        if k == key and has["ci"]:
+            head.append(f"{name} 95% CI")
+        if k == key and has[f"ablation_{key}"]:
+            head.append(f"{name} src swapped")
+    if any(a.get("test") for a in agg):  # a paired test ran
+        head += [f"Δ{label} vs best", "p vs best"]
+    head += ["val loss", *(["trunc"] if has["truncated_fraction"] else []), "train s",
+             *(["dec tok/s"] if decoding else []), "ms/ex", *(["KV/ex", "len ratio", "repeat"] if decoding else [])]
     rows = []
     for a in agg:
         obj = a["objective"] if not a.get("pretrain_objective") else f"{a['pretrain_objective']} → {a['objective']}"
-        rows.append([
-            a["entry"], *([f"{a.get('scale', 1.0):g}", _human(a.get("train_flops"))] if scales else []),
-            obj, a["layers"], _human(a.get("params")), _human(a.get("flops_per_example")),
-            *([f"{a['tuned'].get('lr', a.get('lr', float('nan'))):.2g}"] if tuned else []),
-            *[_pm(a, k, d) for k, _, d in q],
-            _pm(a, "val_loss", 3), _fmt(a.get("train_time_s"), 1),
-            *([f"{_fmt(a.get('truncated_fraction', 0.0) * 100, 1)} %"] if truncated else []),
-            *([_fmt(a.get("decode_tokens_per_s"), 0), _fmt(a.get("latency_ms_per_example"), 1),
-               _human(a.get("kv_cache_bytes_per_example"), "B"), _fmt(a.get("len_ratio"), 2),
-               _fmt(a.get("repetition_rate"), 3)] if decoding else [_fmt(a.get("latency_ms_per_example"), 2)]),
-        ])
+        row = [a["entry"], obj, *([_scale(a["scale"])] if multi else []), a["layers"], _human(a.get("params")),
+               _human(a.get("flops_per_example")),
+               *([_human(a.get("train_flops"))] if has["train_flops"] else []),
+               *([_human(a.get("tune_flops"))] if has["tune_flops"] else []),
+               *([_tuned(a.get("tuned"))] if has["tuned"] else [])]
+        for k, _, d in q:
+            row.append(_pm(a, k, d))
+            if k == key and has["ci"]:
+                row.append("-" if a.get("ci") is None else f"± {a['ci']:.{d}f}")
+            if k == key and has[f"ablation_{key}"]:
+                row.append(_pm(a, f"ablation_{key}", d))
+        if "p vs best" in head:
+            is_best = a.get("best") == a["entry"]
+            row += ["best" if is_best else _fmt(a.get("delta"), 2), "-" if is_best else _p(a.get("p_value"))]
+        row += [_pm(a, "val_loss", 3), *([_fmt(a.get("truncated_fraction"), 3)] if has["truncated_fraction"] else []),
+                _fmt(a.get("train_time_s"), 1), *([_fmt(a.get("decode_tokens_per_s"), 0)] if decoding else []),
+                _fmt(a.get("latency_ms_per_example"), 1),
+                *([_human(a.get("kv_cache_bytes_per_example"), "B"), _fmt(a.get("len_ratio"), 2),
+                   _fmt(a.get("repetition_rate"), 3)] if decoding else [])]
+        rows.append(row)
+    return head, rows
+
+
+def _tuning_table(tuning: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    head = ["Entry", "seed", "lr", "warm-up", "dropout", "steps", "val loss", "metric", "FLOPs", "chosen"]
+    rows = [[t["entry"], _fmt(t.get("seed")), _fmt(t.get("lr")) if not _num(t.get("lr")) else f"{t['lr']:g}",
+             _fmt(t.get("warmup_steps")), _fmt(t.get("dropout")), _fmt(t.get("steps")), _fmt(t.get("val_loss"), 3),
+             _fmt(t.get("metric"), 2), _human(t.get("flops")), "✓" if t.get("chosen") else ""] for t in tuning]
+    return head, rows
+
+
+def _fit_table(fits: dict[str, dict[str, dict[str, Any]]], label: str, key: str) -> tuple[list[str], list[list[str]]]:
+    head = ["Entry", "metric", "fit", "E", "A", "α", "R²", "budgets"]
+    rows = []
+    for e, by in fits.items():
+        for metric, f in by.items():
+            name = label if metric == key else "val loss"
+            form = f"E {'+' if f['sign'] > 0 else '−'} A·FLOPs^−α"
+            rows.append([e, name, form, f"{f['E']:.3f}", f"{f['A']:.3g}",
+                         f"{f['alpha']:.3f}" + (" (at search bound)" if f.get("at_bound") else ""),
+                         f"{f['r2']:.3f}", str(f["n_budgets"])])
     return head, rows
 
 
@@ -293,12 +764,22 @@ def _md_table(head: list[str], rows: list[list[str]]) -> str:
 
 def _samples(results: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, str]]]]:
     seen, out = set(), []
-    for r in sorted(results, key=lambda r: r["seed"]):
+    top = max((float(r.get("scale") or 1.0) for r in results), default=1.0)
+    for r in sorted(results, key=lambda r: (float(r.get("scale") or 1.0) != top, r["seed"])):
         if r["entry"] in seen or not r.get("samples"):
             continue
         seen.add(r["entry"])
         out.append((r["entry"], r["samples"][:3]))
     return out
+
+
+SIGNIFICANCE_NOTE = (
+    "Significance: at each budget every entry is compared with the best one on the same test "
+    "examples by paired bootstrap resampling (Koehn 2004; {n} resamples; BLEU/chrF with sacrebleu's "
+    "own test, accuracy and ROUGE-L per example), seed paired with seed; `p vs best` is the largest "
+    "p-value over the seed pairings, `95% CI` the bootstrap half-width of the entry's own score. "
+    "A winner is called only at p < 0.05 and, with several seeds, a gap larger than the seed-to-seed "
+    "standard deviation in the same direction in every seed.")
 
 
 def write_report(
@@ -311,20 +792,26 @@ def write_report(
     task_kind: str,
     wall_time_s: float,
     tuning: list[dict[str, Any]] | None = None,
-    scales: list[float] | None = None,
+    scales: Sequence[float] | None = None,
+    n_bootstrap: int = N_BOOTSTRAP,
 ) -> None:
-    agg = aggregate(results)
-    tokens_per_example = shape.src_len + shape.tgt_len + 2
-    scales = scales or sorted({float(r.get("scale", 1.0)) for r in results})
-    top = max(scales)
-    top_results = [r for r in results if float(r.get("scale", 1.0)) == top]
-    top_agg = [a for a in agg if a.get("scale", 1.0) == top]
-    plots = make_plots(top_results, top_agg, task_kind, tokens_per_example)
+    """Write results.json, results.csv, report.md, report.html and the plots (PNG) into ``out``.
+    ``tuning``: the per-entry tuning table (rows ``{entry, seed, lr, warmup_steps, dropout,
+    steps, val_loss, metric, flops, chosen}``); ``scales``: the budget scales run."""
+    out = Path(out)
+    tokens_per_example = shape.src_len + shape.tgt_len + 3
+    rows = [normalize(r, tokens_per_example) for r in results]
+    agg = aggregate(rows)
+    significance(rows, agg, task_kind, out, n_samples=n_bootstrap)
+    fits = power_law_fits(agg, rows, task_kind)
+    spike_list = spikes(rows)
+    ws = winners(agg, rows, task_kind)
+    plots = make_plots(rows, agg, task_kind, tokens_per_example, fits=fits, tuning=tuning, spike_list=spike_list)
     for name, data in plots.items():
         (out / f"{name}.png").write_bytes(data)
-    verdict_lines = verdict(top_agg, task_kind, top_results)
-    if len(scales) > 1:
-        verdict_lines = [f"At the largest budget (scale {top:g}): {verdict_lines[0]}", *verdict_lines[1:]]
+    verdict_lines = verdict(agg, task_kind, rows, spike_list=spike_list, tuning=tuning)
+    key, label, _ = primary_metric(rows, task_kind)
+    scale_list = sorted({float(s) for s in scales} if scales else {a["scale"] for a in agg})
     doc = {
         "name": cfg.name,
         "task": cfg.data,
@@ -333,44 +820,71 @@ def write_report(
         "typical_example_tokens": {"src": shape.src_len, "tgt": shape.tgt_len},
         "sizing": [{k: (to_dict(v) if k == "model" else v) for k, v in s.items()} for s in sizing],
         "seeds": cfg.seeds,
-        "scales": scales,
-        "tuning": tuning or [],
+        "scales": scale_list,
         "wall_time_s": wall_time_s,
         "verdict": verdict_lines,
+        "primary_metric": key,
+        "winners": [{"scale": w.budget, "winner": w.entry, "leader": w.leader, "runner_up": w.runner_up,
+                     "gap": w.gap, "p_value": w.p_value, "reason": w.reason} for w in ws],
+        "crossings": [c.__dict__ for c in S.crossings(ws)],
+        "fits": fits,
+        "spikes": spike_list,
+        "tuning": list(tuning or []),
         "entries": agg,
         "results": results,
     }
-    (out / "results.json").write_text(json.dumps(doc, indent=1))
+    (out / "results.json").write_text(json.dumps(doc, indent=1, default=_json_default))
     with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
-        for r in results:
-            w.writerow({k: r.get(k) for k in CSV_FIELDS})
+        for r in rows:
+            w.writerow({k: (json.dumps(r[k]) if isinstance(r.get(k), (dict, list)) else r.get(k)) for k in CSV_FIELDS})
 
-    head, rows = _main_table(agg, task_kind, results)
+    head, table = _main_table(agg, task_kind, rows)
     task = cfg.data.get("task", "?")
+    steps = sorted({r.get("train_steps") for r in rows if r.get("train_steps") is not None})
+    steps_txt = (f"{cfg.train.steps} training steps" if len(scale_list) == 1 else
+                 f"budget scales {', '.join(_scale(s) for s in scale_list)} "
+                 f"({', '.join(str(s) for s in steps)} training steps)")
+    sections: list[tuple[str, Any]] = []
     md = [f"# archlab compare: {cfg.name}", "",
           f"Task **{task}** ({task_kind}); budget matched on **{cfg.budget.match}** "
           f"(typical example {shape.src_len:.1f} + {shape.tgt_len:.1f} tokens); "
-          f"{_seeds_text(cfg)}; {cfg.train.steps} training steps of "
-          f"{cfg.train.tokens_per_batch} padded tokens{_scales_text(cfg, scales)}; "
-          f"{_lr_text(cfg, tuning)}; decoding with beam {cfg.decode.num_beams}; "
+          f"{len(cfg.seeds)} seed(s) per entry; {steps_txt} of "
+          f"{cfg.train.tokens_per_batch} padded tokens; decoding with beam {cfg.decode.num_beams}; "
           f"total wall time {wall_time_s / 60:.1f} min.", "",
           "## Verdict", "", *[f"- {v}" for v in verdict_lines], "",
-          "## Results (mean ± sd over seeds)", "", _md_table(head, rows), "",
+          "## Results (mean ± sd over seeds)", "", _md_table(head, table), "",
           "Params: all parameters (embeddings included). FLOPs/ex: forward FLOPs of a typical example "
-          "(training is 3x). KV/ex: K/V cache bytes per example while decoding (fp32, at the beam "
+          "(training is 3x). train FLOPs: total FLOPs of the training run; tune FLOPs: spent on "
+          "the entry's tuning runs. KV/ex: K/V cache bytes per example while decoding (fp32, at the beam "
           "size), cross-attention included. len ratio: output words / reference words; "
-          "repeat: share of word 3-grams that repeat an earlier one in the same output (looping).", "",
-          "## Sizing rule", "",
-          f"All entries share d_model and the block; depth is chosen per architecture to match "
-          f"the {cfg.budget.match} target, then d_ff adjusted. ", "",
-          _md_table(["Entry", "Rule", "Params", "FLOPs/ex", "vs target"],
-                    [[s["entry"], s["rule"], _human(s["params"]), _human(s["flops_per_example"]),
-                      f"{s['deviation']:+.1%}"] for s in sizing]), "",
-          *_tuning_md(tuning or []),
-          "## Plots", "", *[f"![{n}]({n}.png)" for n in plots], ""]
-    samples = _samples(results)
+          "repeat: share of word 3-grams that repeat an earlier one in the same output (looping). "
+          "src swapped: the score when every test source is replaced by another test example's "
+          "(source ablation).", "",
+          SIGNIFICANCE_NOTE.format(n=n_bootstrap), ""]
+    if fits:
+        fh, fr = _fit_table(fits, label, key)
+        sections.append(("Scaling fits (quality and validation loss vs training FLOPs)", (fh, fr)))
+        md += ["## Scaling fits (quality and validation loss vs training FLOPs)", "", _md_table(fh, fr), ""]
+    if tuning:
+        th, tr = _tuning_table(tuning)
+        sections.append(("Tuning runs", (th, tr)))
+        md += ["## Tuning runs", "", _md_table(th, tr), ""]
+    if spike_list:
+        sh = ["Entry", "seed", "scale", "step", "loss", "running median", "ratio"]
+        sr = [[s["entry"], str(s["seed"]), _scale(s["scale"]), f"{s['step']:.0f}", _fmt(s["loss"], 3),
+               _fmt(s["median"], 3), _fmt(s["ratio"], 2)] for s in spike_list]
+        sections.append(("Loss spikes", (sh, sr)))
+        md += ["## Loss spikes", "", _md_table(sh, sr), ""]
+    md += ["## Sizing rule", "",
+           f"All entries share d_model and the block; depth is chosen per architecture to match "
+           f"the {cfg.budget.match} target, then d_ff adjusted. ", "",
+           _md_table(["Entry", "Rule", "Params", "FLOPs/ex", "vs target"],
+                     [[s["entry"], s["rule"], _human(s["params"]), _human(s["flops_per_example"]),
+                       f"{s['deviation']:+.1%}"] for s in sizing]), "",
+           "## Plots", "", *[f"![{n}]({n}.png)" for n in plots], ""]
+    samples = _samples(rows)
     if samples:
         md += ["## Sample outputs (seed with the lowest number)", ""]
         for entry, ss in samples:
@@ -379,47 +893,22 @@ def write_report(
                 md.append(f"- source: {s['source']}\n  - reference: {s['reference']}\n  - output: {s['output']}")
             md.append("")
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
-    (out / "report.html").write_text(_html(cfg, md, head, rows, plots, verdict_lines, samples, sizing),
+    (out / "report.html").write_text(_html(cfg, md, head, table, plots, verdict_lines, samples, sizing,
+                                           sections, SIGNIFICANCE_NOTE.format(n=n_bootstrap)),
                                      encoding="utf-8")
 
 
-def _seeds_text(cfg: Any) -> str:
-    b = cfg.budget
-    if b.seeds_at_largest and len(b.scales) > 1:
-        return f"{len(cfg.seeds)} seed(s) per entry, {len(b.seeds_at_largest)} at the largest budget"
-    return f"{len(cfg.seeds)} seed(s) per entry"
+def _json_default(o: Any) -> Any:
+    import numpy as np
 
-
-def _scales_text(cfg: Any, scales: list[float]) -> str:
-    if len(scales) < 2:
-        return ""
-    what = "model size (sizing target)" if cfg.budget.scale_model else "training steps"
-    return f", at budget scales {', '.join(f'{x:g}' for x in scales)} (multiplying {what})"
-
-
-def _lr_text(cfg: Any, tuning: list[dict[str, Any]] | None) -> str:
-    if tuning:
-        t = cfg.tune
-        return (f"learning rate tuned per entry ({len(tuning)} runs of {t.steps} steps, best "
-                f"{'validation loss' if t.metric == 'val_loss' else 'validation task metric'}; their "
-                "FLOPs are in tune_flops)")
-    return f"one learning rate for all entries ({cfg.train.lr:g}, not tuned)"
-
-
-def _tuning_md(tuning: list[dict[str, Any]]) -> list[str]:
-    if not tuning:
-        return []
-    rows = [[t["entry"], f"{t['lr']:g}", _fmt(t.get("warmup_steps")), _fmt(t.get("dropout")), str(t["steps"]),
-             _fmt(t.get("val_loss"), 3), _fmt(t.get("metric"), 2), _human(t.get("flops")),
-             "yes" if t.get("chosen") else ""] for t in tuning]
-    return ["## Tuning (short runs per entry and candidate)", "",
-            _md_table(["Entry", "lr", "warm-up", "dropout", "steps", "val loss", "metric", "FLOPs", "chosen"], rows),
-            ""]
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
 
 
 def _html(cfg: Any, md: list[str], head: list[str], rows: list[list[str]], plots: dict[str, bytes],
           verdict_lines: list[str], samples: list[tuple[str, list[dict[str, str]]]],
-          sizing: list[dict[str, Any]]) -> str:
+          sizing: list[dict[str, Any]], sections: list[tuple[str, Any]] = (), note: str = "") -> str:
     e = html.escape
 
     def table(h: list[str], rs: list[list[str]]) -> str:
@@ -436,28 +925,38 @@ def _html(cfg: Any, md: list[str], head: list[str], rows: list[list[str]], plots
         for n, b in plots.items())
     sample_html = ""
     for entry, ss in samples:
-        sample_html += f"<h3>{e(entry)}</h3><table><tr><th>source</th><th>reference</th><th>output</th></tr>"
+        sample_html += (f'<h3>{e(entry)}</h3><table class="samples"><tr><th>source</th><th>reference</th>'
+                        '<th>output</th></tr>')
         sample_html += "".join(f"<tr><td>{e(s['source'])}</td><td>{e(s['reference'])}</td>"
                                f"<td>{e(s['output'])}</td></tr>" for s in ss) + "</table>"
+    extra = "".join(f'<h2>{e(title)}</h2><div class="wide">{table(*t)}</div>' for title, t in sections)
     intro = md[2]
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>archlab compare: {e(cfg.name)}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
+body {{ font-family: system-ui, sans-serif; max-width: 1400px; margin: 2em auto; padding: 0 1em; color: #222; }}
+.wide {{ overflow-x: auto; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }}
+td {{ white-space: nowrap; }}
+.samples td {{ white-space: normal; }}
 th {{ background: #f3f3f3; }}
 figure {{ display: inline-block; margin: 0.5em; }}
 img {{ max-width: 100%; }}
 .verdict li {{ margin: 0.3em 0; }}
+.note {{ font-size: 0.9em; color: #444; }}
 </style></head><body>
 <h1>archlab compare: {e(cfg.name)}</h1>
 <p>{bold(intro)}</p>
 <h2>Verdict</h2><ul class="verdict">{''.join(f'<li>{bold(v)}</li>' for v in verdict_lines)}</ul>
-<h2>Results (mean ± sd over seeds)</h2>{table(head, rows)}
-<p>Params: all parameters. FLOPs/ex: forward FLOPs of a typical example (training is 3x). KV/ex: K/V
+<h2>Results (mean ± sd over seeds)</h2><div class="wide">{table(head, rows)}</div>
+<p class="note">Params: all parameters. FLOPs/ex: forward FLOPs of a typical example (training is 3x).
+train FLOPs: total FLOPs of the training run; tune FLOPs: spent on the entry's tuning runs. KV/ex: K/V
 cache bytes per example while decoding, cross-attention included. len ratio: output/reference
-length; repeat: share of word 3-grams that repeat an earlier one in the same output (looping).</p>
+length; repeat: share of word 3-grams that repeat an earlier one in the same output (looping).
+src swapped: the score when every test source is replaced by another test example's (source ablation).</p>
+<p class="note">{e(note).replace('`', '')}</p>
+{extra}
 <h2>Sizing rule</h2>{table(["Entry", "Rule", "Params", "FLOPs/ex", "vs target"],
     [[s["entry"], s["rule"], _human(s["params"]), _human(s["flops_per_example"]), f"{s['deviation']:+.1%}"] for s in sizing])}
 <h2>Plots</h2>{imgs}

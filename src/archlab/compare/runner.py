@@ -226,6 +226,10 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
                 tokens_per_example=tokens_per_example, tuned=chosen if cand is None else {},
                 candidate=cand or {}, tune_metric=cfg.tune.metric if cfg.tune else "val_loss",
                 count_pretrain=cand is None or (scale, seed, cand) == plan[0]))
+    if phase == "main":
+        # budget by budget, seed by seed, every entry in turn: an interrupted sweep has whole
+        # comparisons at the budgets it finished (sort is stable: entry order kept)
+        jobs.sort(key=lambda j: (j.scale, j.seed))
     return jobs
 
 
