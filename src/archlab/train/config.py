@@ -41,7 +41,7 @@ class TrainConfig:
     warmup_steps: int = 100
     schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
     decay_fraction: float = 0.2  # wsd: share of the steps spent decaying at the end
-    weight_decay: float = 0.1  # not applied to biases, norms and embeddings
+    weight_decay: float = 0.1  # on matrices (ndim >= 2); not on biases, norms and embeddings
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-8
