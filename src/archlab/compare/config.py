@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from archlab.config import apply_overrides, from_dict, load_yaml, merge
 from archlab.errors import ConfigError
+from archlab.generate.config import default_from_generation
 from archlab.train.config import EvalConfig, TokenizerConfig, TrainConfig
 
 
@@ -70,12 +71,19 @@ class TuneConfig:
 
 @dataclass
 class DecodeConfig:
-    num_beams: int = 4
-    max_new_tokens: int = 96
-    length_penalty: float = 1.0
+    # defaults: GenerationConfig's (archlab.generate.config, the one place they are set)
+    num_beams: int = field(default_factory=default_from_generation("num_beams"))
+    max_new_tokens: int = field(default_factory=default_from_generation("max_new_tokens"))
+    length_penalty: float = field(default_factory=default_from_generation("length_penalty"))
     test_examples: int | None = 500  # held-out examples scored (None: whole test split)
     latency_examples: int = 32  # examples timed one at a time for latency per example
-    batch_size: int = 32
+    batch_size: int = field(default_factory=lambda: _decode_options().batch_size)
+
+
+def _decode_options() -> Any:
+    from archlab.evaluate.runner import DecodeOptions  # (torch and numpy: imported when needed)
+
+    return DecodeOptions()
 
 
 @dataclass

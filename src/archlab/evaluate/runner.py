@@ -10,7 +10,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 
 from archlab.errors import ArchlabError
 from archlab.evaluate import metrics as M
+from archlab.generate.config import default_from_generation
 
 # objectives whose models read a source and write a target (decoded with the seq2seq layout)
 SEQ2SEQ_OBJECTIVES = ("seq2seq", "prefix-lm", "span-corruption", "denoising")
@@ -26,9 +27,10 @@ SEQ2SEQ_OBJECTIVES = ("seq2seq", "prefix-lm", "span-corruption", "denoising")
 
 @dataclass
 class DecodeOptions:
-    num_beams: int = 4  # 1: greedy
-    max_new_tokens: int = 96
-    length_penalty: float = 1.0
+    # defaults: GenerationConfig's (archlab.generate.config, the one place they are set)
+    num_beams: int = field(default_factory=default_from_generation("num_beams"))  # 1: greedy
+    max_new_tokens: int = field(default_factory=default_from_generation("max_new_tokens"))
+    length_penalty: float = field(default_factory=default_from_generation("length_penalty"))
     batch_size: int = 32
     latency_examples: int = 0  # examples timed one at a time (batch 1) for latency
     test_examples: int | None = None  # score only the first N examples (None: all)
@@ -217,8 +219,7 @@ def decode_metric_fn(tok: Any, examples: list[Any], kind: str, objective: str, *
     subset = examples[:n]
     if n <= 0 or not subset or kind != "pair":  # label tasks: the loss pass already counts accuracy
         return None
-    opts = DecodeOptions(num_beams=num_beams, max_new_tokens=max_new_tokens, batch_size=32,
-                         max_source_len=max_source_len)
+    opts = DecodeOptions(num_beams=num_beams, max_new_tokens=max_new_tokens, max_source_len=max_source_len)
 
     def fn(model: Any, step: int) -> dict[str, float]:
         was = model.training

@@ -8,33 +8,44 @@ import sys
 from pathlib import Path
 
 from archlab.errors import ArchlabError
-from archlab.generate.config import LAYOUTS, STRATEGIES, GenerationConfig
+from archlab.generate.config import BACKENDS, LAYOUTS, STRATEGIES, GenerationConfig, decoding_default
 
 
 def add_decoding_args(p: argparse.ArgumentParser) -> None:
-    d = GenerationConfig()
+    """The decoding flags; their defaults are GenerationConfig's (read when the parser is made)."""
+    d = decoding_default
     g = p.add_argument_group("decoding")
-    g.add_argument("--strategy", choices=STRATEGIES, help="default: beam if --num-beams > 1, else greedy")
-    g.add_argument("--num-beams", type=int, default=1, help="beam size (default 1)")
-    g.add_argument("--num-return-sequences", type=int, default=1, help="n-best / samples per input")
-    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    g.add_argument("--min-new-tokens", type=int, default=0)
-    g.add_argument("--length-penalty", type=float, default=d.length_penalty)
-    g.add_argument("--early-stopping", action="store_true", help="beam: stop at num_beams finished hypotheses")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--seed", type=int, help="seed for sampling (reproducible outputs)")
+    g.add_argument("--strategy", choices=STRATEGIES,
+                   help=f"default: beam if --num-beams > 1, else {d('strategy')}")
+    g.add_argument("--num-beams", type=int,
+                   help=f"beam size (default: 1 = greedy; {d('num_beams')} with --strategy beam)")
+    g.add_argument("--num-return-sequences", type=int, default=d("num_return_sequences"),
+                   help="n-best / samples per input")
+    g.add_argument("--max-new-tokens", type=int, default=d("max_new_tokens"), help="default %(default)s")
+    g.add_argument("--min-new-tokens", type=int, default=d("min_new_tokens"))
+    g.add_argument("--length-penalty", type=float, default=d("length_penalty"))
+    g.add_argument("--early-stopping", action="store_true", default=d("early_stopping"),
+                   help="beam: stop at num_beams finished hypotheses")
+    g.add_argument("--temperature", type=float, default=d("temperature"))
+    g.add_argument("--top-k", type=int, default=d("top_k"))
+    g.add_argument("--top-p", type=float, default=d("top_p"))
+    g.add_argument("--seed", type=int, default=d("seed"), help="seed for sampling (reproducible outputs)")
+    g.add_argument("--backend", choices=BACKENDS, default=d("backend"),
+                   help="how the weight products run (default %(default)s: cpu-blocked for a float32 "
+                        "model on CPU with several threads, else eager)")
 
 
 def generation_config(args: argparse.Namespace, layout: str) -> GenerationConfig:
-    strategy = args.strategy or ("beam" if args.num_beams > 1 else "greedy")
+    beams = args.num_beams
+    strategy = args.strategy or ("beam" if beams is not None and beams > 1 else decoding_default("strategy"))
+    if beams is None:
+        beams = decoding_default("num_beams") if strategy == "beam" else 1
     return GenerationConfig(
-        strategy=strategy, num_beams=args.num_beams, num_return_sequences=args.num_return_sequences,
+        strategy=strategy, num_beams=beams, num_return_sequences=args.num_return_sequences,
         max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
         length_penalty=args.length_penalty, early_stopping=args.early_stopping,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        prompt_layout=layout).validate()
+        prompt_layout=layout, backend=args.backend).validate()
 
 
 def _add(p: argparse.ArgumentParser) -> None:
@@ -50,7 +61,9 @@ def _add(p: argparse.ArgumentParser) -> None:
                         "raw for a bare model directory)")
     p.add_argument("--which", default="auto", choices=("auto", "best", "final", "latest"),
                    help="which weights of a run directory (default: best, else final)")
-    p.add_argument("--batch-size", type=int, default=16)
+    from archlab.evaluate.runner import DecodeOptions
+
+    p.add_argument("--batch-size", type=int, default=DecodeOptions().batch_size, help="default %(default)s")
     add_decoding_args(p)
 
 

@@ -1,8 +1,16 @@
-"""Decoding options (one dataclass, the ``generate`` section of YAML and the CLI flags)."""
+"""Decoding options (one dataclass, the ``generate`` section of YAML and the CLI flags).
+
+:class:`GenerationConfig`'s field defaults are the one place decoding defaults are set:
+evaluate's ``DecodeOptions``, compare's ``DecodeConfig``, the trainer's ``EvalConfig`` and the
+``archlab generate`` / ``archlab evaluate`` flags read theirs through :func:`decoding_default`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from archlab.errors import ConfigError
 
@@ -30,11 +38,11 @@ class GenerationConfig:
     """
 
     strategy: str = "greedy"  # greedy | sample | beam
-    max_new_tokens: int = 64
+    max_new_tokens: int = 128
     min_new_tokens: int = 0  # EOS is forbidden before this many new tokens
     # beam search (Sutskever et al. 2014; length penalty of Wu et al. 2016, as in fairseq/HF:
     # score = sum log p / length ** length_penalty, length counting the EOS)
-    num_beams: int = 4
+    num_beams: int = 4  # the beam size when strategy is beam (and evaluate's / compare's default)
     num_return_sequences: int = 1  # n-best (beam) or independent samples
     length_penalty: float = 1.0
     early_stopping: bool = False  # True: stop a source once num_beams hypotheses ended
@@ -82,3 +90,17 @@ class GenerationConfig:
         if not 0.0 < self.top_p <= 1.0:
             raise bad("top_p", f"must be in (0, 1], got {self.top_p}")
         return self
+
+
+def decoding_default(name: str) -> Any:
+    """The default of ``GenerationConfig.<name>``, read when called (so every place that takes
+    its default from here follows a change of GenerationConfig)."""
+    for f in dataclasses.fields(GenerationConfig):
+        if f.name == name:
+            return f.default
+    raise KeyError(f"GenerationConfig has no field {name!r}")
+
+
+def default_from_generation(name: str) -> Callable[[], Any]:
+    """A dataclass ``default_factory`` giving ``GenerationConfig.<name>``'s default."""
+    return lambda: decoding_default(name)

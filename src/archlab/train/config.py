@@ -14,6 +14,7 @@ from archlab.config import (
     load_yaml,
 )
 from archlab.errors import ConfigError
+from archlab.generate.config import default_from_generation
 
 
 @dataclass
@@ -40,7 +41,7 @@ class TrainConfig:
     warmup_steps: int = 100
     schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
     decay_fraction: float = 0.2  # wsd: share of the steps spent decaying at the end
-    weight_decay: float = 0.1  # not applied to biases, norms and embeddings
+    weight_decay: float = 0.1  # on matrices (ndim >= 2); not on biases, norms and embeddings
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-8
@@ -70,7 +71,9 @@ class EvalConfig:
     every: int = 200  # evaluate every N optimizer steps (and at the end); 0 = only at the end
     max_examples: int | None = 500  # validation examples for the loss (None: all)
     decode_examples: int = 64  # validation examples decoded for task metrics (0 = none)
-    max_new_tokens: int = 128
+    max_new_tokens: int = field(default_factory=default_from_generation("max_new_tokens"))
+    # greedy by default, unlike evaluate's beam search: periodic decoding is paid for every
+    # `every` steps, so it tracks progress at the cheapest setting
     num_beams: int = 1
     early_stopping_patience: int = 0  # stop after N evaluations without improvement (0 = off)
     metric: str = "loss"  # what early stopping / best/ track: loss, or a task metric such as bleu

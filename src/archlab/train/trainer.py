@@ -74,19 +74,48 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW (Loshchilov & Hutter 2019). Weight decay on matrices of linear layers only: not on
-    biases, norm gains or embeddings (as in BERT, GPT-2 and most LLM recipes). Uses the fused
-    kernel where PyTorch has one (CPU and CUDA; HF Trainer's default with torch >= 2.8)."""
+def decays(name: str, param: torch.nn.Parameter, tables: set[str]) -> bool:
+    """Whether AdamW's weight decay applies to a parameter, by its role: matrices and stacked
+    matrices (ndim >= 2: linear weights whatever module holds them, e.g. (experts, out, in)
+    expert weights) decay; biases and norm gains (ndim 1) and lookup tables (token, position,
+    token-type and relative-position embeddings, named in ``tables``) do not, as in BERT,
+    GPT-2 and most LLM recipes. A tied LM head is the token embedding: not decayed."""
+    return param.ndim >= 2 and name not in tables
+
+
+def lookup_tables(model: torch.nn.Module) -> set[str]:
+    """Names of the parameters read as lookup tables: the weights of ``nn.Embedding`` modules,
+    and the names any module lists in its ``no_weight_decay()`` (timm's convention, here per
+    module, for tables kept as bare parameters)."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        own = {"weight"} if isinstance(module, torch.nn.Embedding) else set()
+        listed = getattr(module, "no_weight_decay", None)
+        if callable(listed):
+            own |= set(listed())
+        names |= {f"{prefix}.{n}" if prefix else n for n in own}
+    return names
+
+
+def weight_decay_split(model: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """(names of the trainable parameters that decay, names of those that do not); a parameter
+    shared by several modules is listed once, under its first name."""
+    tables = lookup_tables(model)
     decay, no_decay = [], []
-    seen: set[int] = set()
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if id(p) in seen or not p.requires_grad:
-                continue
-            seen.add(id(p))
-            is_matrix = isinstance(module, torch.nn.Linear) and name == "weight"
-            (decay if is_matrix else no_decay).append(p)
+    for name, p in model.named_parameters():  # shared parameters once
+        if p.requires_grad:
+            (decay if decays(name, p, tables) else no_decay).append(name)
+    return decay, no_decay
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW (Loshchilov & Hutter 2019), weight decay by parameter role (:func:`decays`).
+    Uses the fused kernel where PyTorch has one (CPU and CUDA; HF Trainer's default with
+    torch >= 2.8)."""
+    params = dict(model.named_parameters())
+    decay_names, no_decay_names = weight_decay_split(model)
+    decay = [params[n] for n in decay_names]
+    no_decay = [params[n] for n in no_decay_names]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     kw: dict[str, Any] = {}
