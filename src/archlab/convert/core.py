@@ -321,7 +321,8 @@ def from_hf(path: str | Path, *, progress: bool | None = None, **overrides: Any)
     """Import a local Hugging Face checkpoint directory.
 
     Reads ``config.json`` and ``model.safetensors`` (or sharded safetensors, or
-    ``pytorch_model.bin`` with ``weights_only=True``) of a BERT, GPT-2, Llama, T5 or BART model,
+    ``pytorch_model.bin`` with ``weights_only=True``) of a BERT, GPT-2, Llama, T5, BART, Mamba,
+    Mamba-2 or Jamba (num_experts=1) model,
     builds the matching :class:`ModelConfig` and copies every weight by an explicit key map.
     ``overrides`` change ModelConfig fields (``n_classes=2`` adds a fresh classifier on top of
     a BertModel's pooler; ``dropout=0.0``). Anything archlab cannot reproduce exactly raises
