@@ -208,6 +208,10 @@ class Family:
             p.append(f"pad_aware_positions is {cfg.pad_aware_positions} ({n} needs {self.pad_aware})")
         if cfg.n_classes and cfg.cls_activation != self.cls_act:
             p.append(f"cls_activation is {cfg.cls_activation} ({n}'s classifier uses {self.cls_act})")
+        if (cfg.layers is not None or cfg.ffn is not None) and any(
+                k != ("attention", "dense") for k in cfg.all_layer_kinds()):
+            p.append(f"layers/ffn pattern is {cfg.layers!r}/{cfg.ffn!r} ({n} layers are attention "
+                     "+ dense feed-forward)")
         return p
 
     def position_offset(self, cfg: ModelConfig) -> int:
@@ -1332,12 +1336,18 @@ class Marian(Bart):
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (Bert(), GPT2(), Llama(), T5(), Bart(), Mistral(),
                                                    Roberta(), DistilBert(), Marian())}
-MODEL_TYPES = {f.model_type: f for f in FAMILIES.values()}
-ARCHITECTURES = {a: f for f in FAMILIES.values() for a in f.architectures}
 # what a model_type without "architectures" is read as
 DEFAULT_ARCHITECTURE = {"bert": "BertModel", "gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
                         "t5": "T5ForConditionalGeneration", "bart": "BartForConditionalGeneration",
                         "mistral": "MistralForCausalLM", "roberta": "RobertaModel",
                         "distilbert": "DistilBertModel", "marian": "MarianMTModel"}
+
+# state-space and hybrid families (Mamba, Mamba-2, Jamba) live in their own module
+from archlab.convert.ssm_families import SSM_DEFAULT_ARCHITECTURE, SSM_FAMILIES  # noqa: E402
+
+FAMILIES.update({f.name: f for f in SSM_FAMILIES})
+DEFAULT_ARCHITECTURE.update(SSM_DEFAULT_ARCHITECTURE)
+MODEL_TYPES = {f.model_type: f for f in FAMILIES.values()}
+ARCHITECTURES = {a: f for f in FAMILIES.values() for a in f.architectures}
 
 __all__ = ["ARCHITECTURES", "DEFAULT_ARCHITECTURE", "FAMILIES", "Family", "GATED_ACTIVATIONS", "Rule"]

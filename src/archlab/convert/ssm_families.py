@@ -1,0 +1,358 @@
+"""Hugging Face state-space and hybrid families: Mamba (``MambaForCausalLM``), Mamba-2
+(``Mamba2ForCausalLM``) and Jamba (``JambaForCausalLM`` with dense feed-forwards,
+``num_experts=1``): config translation and explicit key maps, as in ``families.py``.
+
+Definitions follow transformers ``models/{mamba,mamba2,jamba}`` (``MambaMixer``,
+``Mamba2Mixer`` with its gated RMSNorm, ``JambaMambaMixer`` with RMSNorms on dt, B and C;
+Jamba's attention has no position encoding). HF key names live here and only here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from archlab.config import ModelConfig
+from archlab.convert.families import _GATED, _UNGATED, Family, Rule, _cat, _first_id, _hf_act, _lin
+from archlab.errors import ArchlabError
+
+_MAMBA1 = ("A_log", "D", "conv1d.weight", "in_proj.weight", "x_proj.weight", "dt_proj.weight",
+           "dt_proj.bias", "out_proj.weight")
+_MAMBA2 = ("dt_bias", "A_log", "D", "conv1d.weight", "in_proj.weight", "norm.weight", "out_proj.weight")
+
+
+def _mixer_rules(ours: str, theirs: str, kind: str, cfg: ModelConfig) -> list[Rule]:
+    s = cfg.ssm_cfg
+    names = list(_MAMBA1 if kind == "mamba" else _MAMBA2)
+    if s.conv_bias:
+        names.append("conv1d.bias")
+    if s.proj_bias:
+        names += ["in_proj.bias", "out_proj.bias"]
+    if s.dtbc_norm:
+        names += ["dt_layernorm.weight", "b_layernorm.weight", "c_layernorm.weight"]
+    return [Rule(f"{ours}.{n}", (f"{theirs}.{n}",)) for n in names]
+
+
+def _expand(cfg: ModelConfig) -> float | int:
+    di = cfg.ssm_cfg.inner(cfg.d_model)
+    return di // cfg.d_model if di % cfg.d_model == 0 else di / cfg.d_model
+
+
+def _inner(hf: dict[str, Any], d: int, key: str = "expand") -> int:
+    return int(hf.get("intermediate_size") or int(hf.get(key, 2) * d))
+
+
+def _rank(v: Any, d: int) -> int | None:
+    r = math.ceil(d / 16) if v in (None, "auto") else int(v)
+    return None if r == math.ceil(d / 16) else r
+
+
+def _ssm_problems(cfg: ModelConfig, n: str, mixers: set[str], ffn: str) -> list[str]:
+    """What an exported SSM family cannot hold (besides the layer pattern)."""
+    p: list[str] = []
+    s = cfg.ssm_cfg
+    if cfg.arch != "decoder":
+        p.append(f"arch is {cfg.arch} ({n} is a decoder)")
+    if cfg.norm != "rmsnorm" or cfg.norm_position != "pre" or not cfg.use_final_norm:
+        p.append(f"norm is {cfg.norm_position}-{cfg.norm} ({n} is pre-RMSNorm with a final norm)")
+    if cfg.embedding_norm or cfg.type_vocab_size or cfg.embed_scale != 1.0 or cfg.lm_head_scale != 1.0 \
+            or cfg.lm_head_bias or cfg.n_classes:
+        p.append(f"embedding norm / token types / scales / output bias / classifier are set ({n} has none)")
+    if cfg.position in ("learned", "sinusoidal"):
+        p.append(f"position is {cfg.position} ({n} adds no position embeddings)")
+    if s.norm_eps is not None and s.norm_eps != cfg.norm_eps:
+        p.append(f"ssm.norm_eps is {s.norm_eps} ({n} uses the model's norm eps)")
+    kinds = cfg.layer_kinds("decoder") if cfg.arch == "decoder" else []
+    if any(m not in mixers for m, _ in kinds):
+        p.append(f"layers is {cfg.layers!r} ({n} has {'/'.join(sorted(mixers))} layers only)")
+    if any(f != ffn for _, f in kinds):
+        p.append(f"ffn is {cfg.ffn!r} ({n} layers have {'a dense' if ffn == 'dense' else 'no'} feed-forward)")
+    if "mamba" in mixers and (s.dtbc_norm != (n == "jamba")):
+        p.append(f"ssm.dtbc_norm is {s.dtbc_norm} ({n} {'has' if n == 'jamba' else 'has no'} dt/B/C norms)")
+    return p
+
+
+class Mamba(Family):
+    name = "mamba"
+    model_type = "mamba"
+    prefix = "backbone."
+    architectures = ("MambaForCausalLM",)
+
+    def model_config(self, hf, arch, ck):
+        act = hf.get("hidden_act", "silu")
+        if act not in ("silu", "swish"):
+            raise ArchlabError(f"mamba: hidden_act={act!r} is not supported (archlab's Mamba uses silu)")
+        d = hf.get("hidden_size", 768)
+        tied = bool(hf.get("tie_word_embeddings", True))
+        p = ck.prefix
+        if not ck.has("lm_head.weight"):
+            tied = True
+        elif ck.differs("lm_head.weight", f"{p}embeddings.weight"):
+            tied = False
+        n = hf.get("num_hidden_layers", 32)
+        return dict(
+            arch="decoder", vocab_size=hf.get("vocab_size", 50280), d_model=d, n_layers=n,
+            n_heads=1, d_ff=1, layers="M" * n, position="none", norm="rmsnorm",
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5), norm_position="pre", final_norm=True,
+            tie_embeddings=tied, init_std=hf.get("initializer_range", 0.1),
+            pad_token_id=_first_id(hf.get("pad_token_id")) or 0,
+            bos_token_id=_first_id(hf.get("bos_token_id")) or 0,
+            eos_token_id=_first_id(hf.get("eos_token_id")) or 0,
+            ssm=dict(d_state=hf.get("state_size", 16), d_conv=hf.get("conv_kernel", 4),
+                     expand=1, d_inner=_inner(hf, d), dt_rank=_rank(hf.get("time_step_rank"), d),
+                     conv_bias=bool(hf.get("use_conv_bias", True)),
+                     proj_bias=bool(hf.get("use_bias", False)),
+                     dt_min=hf.get("time_step_min", 0.001), dt_max=hf.get("time_step_max", 0.1),
+                     dt_init_floor=hf.get("time_step_floor", 1e-4)),
+        )
+
+    def rules(self, cfg, prefix):
+        p = prefix
+        r = [Rule("embed_tokens.weight", (f"{p}embeddings.weight",))]
+        for i in range(cfg.n_layers):
+            r += _lin(f"decoder.blocks.{i}.ssm_norm", f"{p}layers.{i}.norm", False)
+            r += _mixer_rules(f"decoder.blocks.{i}.ssm", f"{p}layers.{i}.mixer", "mamba", cfg)
+        r += _lin("decoder.final_norm", f"{p}norm_f", False)
+        if not cfg.tie_embeddings:
+            r.append(Rule("lm_head.weight", ("lm_head.weight",)))
+        return r
+
+    def aliases(self, cfg, prefix):
+        return {"lm_head.weight": f"{prefix}embeddings.weight"} if cfg.tie_embeddings else {}
+
+    def problems(self, cfg):
+        p = _ssm_problems(cfg, self.name, {"mamba"}, "none")
+        if cfg.ssm_cfg.dt_limit is not None:
+            p.append("ssm.dt_limit is set (mamba has no dt limit)")
+        return p
+
+    def hf_config(self, cfg, arch):
+        s = cfg.ssm_cfg
+        return {
+            "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layers,
+            "state_size": s.d_state, "conv_kernel": s.d_conv, "expand": _expand(cfg),
+            "intermediate_size": s.inner(cfg.d_model), "time_step_rank": s.rank(cfg.d_model),
+            "use_bias": s.proj_bias, "use_conv_bias": s.conv_bias, "hidden_act": "silu",
+            "layer_norm_epsilon": cfg.norm_eps, "initializer_range": cfg.init_std,
+            "time_step_min": s.dt_min, "time_step_max": s.dt_max, "time_step_floor": s.dt_init_floor,
+            "residual_in_fp32": True, "tie_word_embeddings": cfg.tie_embeddings,
+            "pad_token_id": cfg.pad_token_id, "bos_token_id": cfg.bos_token_id,
+            "eos_token_id": cfg.eos_token_id,
+        }
+
+
+class Mamba2(Family):
+    name = "mamba2"
+    model_type = "mamba2"
+    prefix = "backbone."
+    architectures = ("Mamba2ForCausalLM",)
+
+    def model_config(self, hf, arch, ck):
+        act = hf.get("hidden_act", "silu")
+        if act not in ("silu", "swish"):
+            raise ArchlabError(f"mamba2: hidden_act={act!r} is not supported (archlab's Mamba-2 uses silu)")
+        if hf.get("rms_norm", True) is False:
+            raise ArchlabError("mamba2: rms_norm=false (no gated norm) is not supported")
+        if hf.get("D_has_hdim", False):
+            raise ArchlabError("mamba2: D_has_hdim=true is not supported (archlab keeps D per head)")
+        d = hf.get("hidden_size", 4096)
+        di = int(hf.get("expand", 2) * d)
+        H, P = hf.get("num_heads", 128), hf.get("head_dim", 64)
+        if H * P != di:
+            raise ArchlabError(f"mamba2: num_heads * head_dim = {H * P} must equal expand * "
+                               f"hidden_size = {di}")
+        lim = hf.get("time_step_limit", (0.0, float("inf")))
+        lim = None if lim is None else [_num(x) for x in lim]
+        if lim is not None and lim[0] == 0.0 and math.isinf(lim[1]):
+            lim = None
+        tied = bool(hf.get("tie_word_embeddings", False))
+        p = ck.prefix
+        if not ck.has("lm_head.weight"):
+            tied = True
+        elif ck.differs("lm_head.weight", f"{p}embeddings.weight"):
+            tied = False
+        n = hf.get("num_hidden_layers", 64)
+        return dict(
+            arch="decoder", vocab_size=hf.get("vocab_size", 32768), d_model=d, n_layers=n,
+            n_heads=1, d_ff=1, layers="S" * n, position="none", norm="rmsnorm",
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5), norm_position="pre", final_norm=True,
+            tie_embeddings=tied, init_std=hf.get("initializer_range", 0.1),
+            pad_token_id=_first_id(hf.get("pad_token_id")) or 0,
+            bos_token_id=_first_id(hf.get("bos_token_id")) or 0,
+            eos_token_id=_first_id(hf.get("eos_token_id")) or 0,
+            ssm=dict(d_state=hf.get("state_size", 128), d_conv=hf.get("conv_kernel", 4), expand=1,
+                     d_inner=di, head_dim=P, n_groups=hf.get("n_groups", 8),
+                     chunk_size=hf.get("chunk_size", 256), conv_bias=bool(hf.get("use_conv_bias", True)),
+                     proj_bias=bool(hf.get("use_bias", False)), dt_limit=lim,
+                     dt_min=hf.get("time_step_min", 0.001), dt_max=hf.get("time_step_max", 0.1),
+                     dt_init_floor=hf.get("time_step_floor", 1e-4)),
+        )
+
+    def rules(self, cfg, prefix):
+        p = prefix
+        r = [Rule("embed_tokens.weight", (f"{p}embeddings.weight",))]
+        for i in range(cfg.n_layers):
+            r += _lin(f"decoder.blocks.{i}.ssm_norm", f"{p}layers.{i}.norm", False)
+            r += _mixer_rules(f"decoder.blocks.{i}.ssm", f"{p}layers.{i}.mixer", "mamba2", cfg)
+        r += _lin("decoder.final_norm", f"{p}norm_f", False)
+        if not cfg.tie_embeddings:
+            r.append(Rule("lm_head.weight", ("lm_head.weight",)))
+        return r
+
+    def aliases(self, cfg, prefix):
+        return {"lm_head.weight": f"{prefix}embeddings.weight"} if cfg.tie_embeddings else {}
+
+    def problems(self, cfg):
+        return _ssm_problems(cfg, self.name, {"mamba2"}, "none")
+
+    def hf_config(self, cfg, arch):
+        s = cfg.ssm_cfg
+        lim = s.dt_limit if s.dt_limit is not None else [0.0, float("inf")]
+        # transformers writes non-finite floats as {"__float__": "Infinity"} in config.json
+        lim = [{"__float__": "Infinity"} if math.isinf(x) else x for x in lim]
+        return {
+            "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layers,
+            "state_size": s.d_state, "conv_kernel": s.d_conv, "expand": _expand(cfg),
+            "num_heads": s.heads(cfg.d_model), "head_dim": s.head_dim, "n_groups": s.n_groups,
+            "chunk_size": s.chunk_size, "use_bias": s.proj_bias, "use_conv_bias": s.conv_bias,
+            "hidden_act": "silu", "layer_norm_epsilon": cfg.norm_eps, "rms_norm": True,
+            "initializer_range": cfg.init_std, "time_step_limit": list(lim),
+            "time_step_min": s.dt_min, "time_step_max": s.dt_max, "time_step_floor": s.dt_init_floor,
+            "residual_in_fp32": True, "tie_word_embeddings": cfg.tie_embeddings,
+            "pad_token_id": cfg.pad_token_id, "bos_token_id": cfg.bos_token_id,
+            "eos_token_id": cfg.eos_token_id,
+        }
+
+
+def _num(x: Any) -> float:
+    if isinstance(x, dict) and "__float__" in x:  # transformers' JSON form of inf / nan
+        return float(x["__float__"])
+    return float(x)
+
+
+def _period(mixers: list[str]) -> tuple[int, int] | None:
+    """(attn_layer_period, attn_layer_offset) with layer i attention iff i % period == offset."""
+    n = len(mixers)
+    for period in range(1, n + 1):
+        for off in range(period):
+            if all((m == "attention") == (i % period == off) for i, m in enumerate(mixers)):
+                return period, off
+    return None
+
+
+class Jamba(Family):
+    name = "jamba"
+    model_type = "jamba"
+    prefix = "model."
+    architectures = ("JambaForCausalLM",)
+
+    def model_config(self, hf, arch, ck):
+        E = hf.get("num_experts", 16)
+        if E != 1:
+            raise ArchlabError(f"jamba: num_experts={E} (mixture-of-experts feed-forwards) is not "
+                               "supported yet; archlab converts Jamba with num_experts=1")
+        act = _hf_act(hf.get("hidden_act", "silu"), "hidden_act", "jamba")
+        if act not in _GATED:
+            raise ArchlabError(f"jamba: hidden_act={hf.get('hidden_act')!r} has no gated form in archlab")
+        if hf.get("mamba_proj_bias", False):
+            raise ArchlabError("jamba: mamba_proj_bias=true is not supported")
+        d, h = hf.get("hidden_size", 4096), hf.get("num_attention_heads", 32)
+        if d % h:
+            raise ArchlabError(f"jamba: hidden_size={d} is not divisible by num_attention_heads={h}")
+        n = hf.get("num_hidden_layers", 32)
+        period, off = hf.get("attn_layer_period", 8), hf.get("attn_layer_offset", 4)
+        layers = "".join("A" if i % period == off else "M" for i in range(n))
+        tied = bool(hf.get("tie_word_embeddings", False))
+        p = ck.prefix
+        if not ck.has("lm_head.weight"):
+            tied = True
+        elif ck.differs("lm_head.weight", f"{p}embed_tokens.weight"):
+            tied = False
+        pad = _first_id(hf.get("pad_token_id"))
+        return dict(
+            arch="decoder", vocab_size=hf.get("vocab_size", 65536), d_model=d, n_heads=h,
+            n_kv_heads=hf.get("num_key_value_heads") or h, n_layers=n,
+            d_ff=hf.get("intermediate_size", 14336), layers=layers, ffn="D" * n,
+            max_seq_len=hf.get("max_position_embeddings", 262144), position="none",
+            attn_dropout=float(hf.get("attention_dropout", 0.0) or 0.0), norm="rmsnorm",
+            norm_eps=hf.get("rms_norm_eps", 1e-6), norm_position="pre", final_norm=True,
+            activation=_GATED[act], bias=False, tie_embeddings=tied,
+            init_std=hf.get("initializer_range", 0.02),
+            pad_token_id=pad if pad is not None else 0,
+            bos_token_id=_first_id(hf.get("bos_token_id", 1)) or 0,
+            eos_token_id=_first_id(hf.get("eos_token_id", 2)) or 0,
+            ssm=dict(d_state=hf.get("mamba_d_state", 16), d_conv=hf.get("mamba_d_conv", 4),
+                     expand=1, d_inner=int(hf.get("mamba_expand", 2) * d),
+                     dt_rank=_rank(hf.get("mamba_dt_rank", "auto"), d),
+                     conv_bias=bool(hf.get("mamba_conv_bias", True)), proj_bias=False, dtbc_norm=True),
+        )
+
+    def rules(self, cfg, prefix):
+        p = prefix
+        q, kv = cfg.n_heads * cfg.dim_head, cfg.kv_heads * cfg.dim_head
+        r = [Rule("embed_tokens.weight", (f"{p}embed_tokens.weight",))]
+        for i, (m, _) in enumerate(cfg.layer_kinds("decoder")):
+            L, A = f"{p}layers.{i}.", f"decoder.blocks.{i}."
+            if m == "attention":
+                r += _lin(A + "attn_norm", L + "input_layernorm", False)
+                r += _cat(A + "attn.qkv", [L + "self_attn.q_proj", L + "self_attn.k_proj",
+                                           L + "self_attn.v_proj"], [q, kv, kv], False)
+                r += _lin(A + "attn.o", L + "self_attn.o_proj", False)
+            else:
+                r += _lin(A + "ssm_norm", L + "input_layernorm", False)
+                r += _mixer_rules(A + "ssm", L + "mamba", "mamba", cfg)
+            r += _lin(A + "mlp_norm", L + "pre_ff_layernorm", False)
+            r += _cat(A + "mlp.w_in", [L + "feed_forward.gate_proj", L + "feed_forward.up_proj"],
+                      [cfg.d_ff, cfg.d_ff], False)
+            r += _lin(A + "mlp.w_out", L + "feed_forward.down_proj", False)
+        r += _lin("decoder.final_norm", f"{p}final_layernorm", False)
+        if not cfg.tie_embeddings:
+            r.append(Rule("lm_head.weight", ("lm_head.weight",)))
+        return r
+
+    def aliases(self, cfg, prefix):
+        return {"lm_head.weight": f"{prefix}embed_tokens.weight"} if cfg.tie_embeddings else {}
+
+    def problems(self, cfg):
+        p = _ssm_problems(cfg, self.name, {"mamba", "attention"}, "dense")
+        s = cfg.ssm_cfg
+        if cfg.arch == "decoder" and _period([m for m, _ in cfg.layer_kinds("decoder")]) is None:
+            p.append(f"layers is {cfg.layers!r} (jamba needs one attention layer every "
+                     "attn_layer_period layers)")
+        if not cfg.gated or cfg.bias:
+            p.append("the feed-forward is not a bias-free gated MLP (jamba's)")
+        if cfg.position != "none":
+            p.append(f"position is {cfg.position} (jamba's attention has no position encoding)")
+        if cfg.head_dim is not None and cfg.head_dim * cfg.n_heads != cfg.d_model:
+            p.append(f"head_dim is {cfg.head_dim} (jamba needs d_model / n_heads)")
+        if cfg.attn_scale is not None and not math.isclose(cfg.attn_scale, cfg.dim_head ** -0.5):
+            p.append(f"attn_scale is {cfg.attn_scale} (jamba scales by head_dim^-0.5)")
+        if s.proj_bias:
+            p.append("ssm.proj_bias is set (jamba's Mamba projections have no bias)")
+        if s.dt_limit is not None:
+            p.append("ssm.dt_limit is set (jamba has no dt limit)")
+        return p
+
+    def hf_config(self, cfg, arch):
+        s = cfg.ssm_cfg
+        period, off = _period([m for m, _ in cfg.layer_kinds("decoder")]) or (1, 0)
+        act = _UNGATED[cfg.activation]
+        return {
+            "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff,
+            "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+            "num_key_value_heads": cfg.kv_heads, "hidden_act": act, "rms_norm_eps": cfg.norm_eps,
+            "max_position_embeddings": cfg.max_seq_len, "attention_dropout": cfg.attn_dropout or 0.0,
+            "initializer_range": cfg.init_std, "num_experts": 1, "num_experts_per_tok": 1,
+            "expert_layer_period": 1, "expert_layer_offset": 0,
+            "attn_layer_period": period, "attn_layer_offset": off,
+            "mamba_d_state": s.d_state, "mamba_d_conv": s.d_conv, "mamba_expand": _expand(cfg),
+            "mamba_dt_rank": s.rank(cfg.d_model), "mamba_conv_bias": s.conv_bias,
+            "mamba_proj_bias": False, "tie_word_embeddings": cfg.tie_embeddings,
+            "pad_token_id": cfg.pad_token_id, "bos_token_id": cfg.bos_token_id,
+            "eos_token_id": cfg.eos_token_id,
+        }
+
+
+SSM_FAMILIES: tuple[Family, ...] = (Mamba(), Mamba2(), Jamba())
+SSM_DEFAULT_ARCHITECTURE = {"mamba": "MambaForCausalLM", "mamba2": "Mamba2ForCausalLM",
+                            "jamba": "JambaForCausalLM"}
