@@ -57,7 +57,7 @@ def _add(p: argparse.ArgumentParser) -> None:
 def default_layout(config: object | None) -> str:
     if config is None:
         return "raw"
-    return "lm" if config.objective.name == "causal-lm" else "seq2seq"
+    return "lm" if config.objective.base_name == "causal-lm" else "seq2seq"
 
 
 def run(args: argparse.Namespace) -> int:
