@@ -267,14 +267,14 @@ def evaluate_run(path: str | Path, *, split: str = "test", which: str = "auto",
     bar = _bar(len(examples), f"evaluate {split}", progress) if ds.kind == "pair" else None
     try:
         res = score_task(loaded.model, loaded.tokenizer, examples, ds.kind, opts,
-                         objective=loaded.config.objective.name,
+                         objective=loaded.config.objective.base_name,
                          progress=(lambda k: bar.update(k)) if bar else None)
     finally:
         if bar is not None:
             bar.close()
     hyps = res.pop("_outputs", None)
     report = {"run": str(Path(path)), "model": str(loaded.model_path), "task": ds.name,
-              "split": split, "kind": ds.kind, "objective": loaded.config.objective.name,
+              "split": split, "kind": ds.kind, "objective": loaded.config.objective.base_name,
               "arch": loaded.model.cfg.arch, "decode": asdict(opts), **_public(res)}
     dest = Path(out) if out else Path(path) / "eval.json"
     tmp = dest.with_name(dest.name + ".tmp")

@@ -71,7 +71,7 @@ def default_layout(config: object | None) -> str:
     """The run's layout (``objectives.layout.layout_for_objective``, shared with evaluate)."""
     from archlab.objectives.layout import layout_for_objective
 
-    return layout_for_objective(None if config is None else config.objective.name)
+    return layout_for_objective(None if config is None else config.objective.base_name)
 
 
 def run(args: argparse.Namespace) -> int:

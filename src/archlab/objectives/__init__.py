@@ -17,11 +17,13 @@ from archlab.objectives.base import (
     token_loss,
 )
 from archlab.objectives.denoise import Denoising, SpanCorruption
+from archlab.objectives.distill import Distillation
 from archlab.objectives.lm import CausalLM, Classification, MaskedLM, PrefixLM, Seq2Seq
 
 OBJECTIVES: dict[str, type[Objective]] = {
     cls.name: cls
-    for cls in (CausalLM, PrefixLM, MaskedLM, SpanCorruption, Denoising, Seq2Seq, Classification)
+    for cls in (CausalLM, PrefixLM, MaskedLM, SpanCorruption, Denoising, Seq2Seq, Classification,
+                Distillation)
 }
 
 
@@ -39,6 +41,7 @@ __all__ = [
     "CausalLM",
     "Classification",
     "Denoising",
+    "Distillation",
     "Example",
     "LossOutput",
     "MaskedLM",

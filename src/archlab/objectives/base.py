@@ -176,6 +176,10 @@ class Objective:
                         return_logits=False)
         return out.hidden
 
+    def teacher_flops(self, batch: Batch) -> int:
+        """Forward FLOPs of models other than the one trained (a distillation teacher)."""
+        return 0
+
     def loss(self, model: Any, batch: Batch) -> LossOutput:
         smoothing = self.label_smoothing if model.training else 0.0
         return token_loss(model, self.forward(model, batch), batch["labels"], smoothing)

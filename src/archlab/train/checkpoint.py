@@ -108,6 +108,7 @@ class TrainState:
     best_metric: float | None = None
     evals_without_improvement: int = 0
     train_time_s: float = 0.0
+    teacher_flops: int = 0  # forward FLOPs of a distillation teacher so far
 
 
 def save_checkpoint(

@@ -29,8 +29,15 @@ class TokenizerConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "causal-lm"  # causal-lm | prefix-lm | masked-lm | span-corruption | denoising | seq2seq | classification
+    name: str = "causal-lm"  # causal-lm | prefix-lm | masked-lm | span-corruption | denoising | seq2seq | classification | distillation
     options: dict[str, Any] = field(default_factory=dict)  # e.g. {rate: 0.15} for masked-lm
+
+    @property
+    def base_name(self) -> str:
+        """The objective that sets data, layout and evaluation: distillation's ``base``."""
+        if self.name == "distillation":
+            return str(self.options.get("base") or self.name)
+        return self.name
 
 
 @dataclass

@@ -25,7 +25,7 @@ def _check_objective_data(cfg: RunConfig, kind: str) -> None:
     name = cfg.objective.name
     if name not in OBJECTIVES:
         raise ConfigError(f"objective.name: unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")
-    need = _DATA_KIND.get(name, "text")
+    need = _DATA_KIND.get(cfg.objective.base_name, "text")
     if need == "text" and kind == "pair":
         return  # LM-style objectives on a parallel corpus train on the target side (see below)
     if need != kind:
@@ -141,9 +141,10 @@ def train_run(
         options.setdefault("sentence_end_ids", sentence_end_ids(tok))
     objective = make_objective(cfg.objective.name, tok.special, mcfg.arch, cfg.train.max_len,
                                decoder_start=mcfg.start_token_id, **_budget_kw(cfg), **options)
-    train_ex = examples_for_objective(tokenize_examples(ds.train, tok), objective.name)
+    base_name = cfg.objective.base_name  # what sets the data layout (distillation's base)
+    train_ex = examples_for_objective(tokenize_examples(ds.train, tok), base_name)
     n_truncated = sum(objective.truncated(ex) for ex in train_ex)
-    valid_ex = examples_for_objective(tokenize_examples(ds.valid, tok), objective.name)
+    valid_ex = examples_for_objective(tokenize_examples(ds.valid, tok), base_name)
     batcher = Batcher(train_ex, tokens_per_batch=cfg.train.tokens_per_batch,
                       max_batch=cfg.train.max_batch, seed=cfg.train.seed,
                       pack=cfg.train.pack, pack_len=cfg.train.max_len if cfg.train.pack else None,
@@ -155,6 +156,9 @@ def train_run(
     model = build_model(mcfg)
     if init and not resume:
         _load_init_weights(model, init, load_weights)
+    if hasattr(objective, "prepare"):  # distillation: load the teacher, check tokenizer and shapes
+        objective.prepare(tok)
+        objective.check_student(model)
 
     # where the weights came from travels with every saved model (an HF import's source and
     # family, so archlab convert to-hf can restore the original layout)
@@ -176,10 +180,10 @@ def train_run(
         # validation subset, so best/ can track BLEU or accuracy rather than the loss
         from archlab.evaluate.runner import decode_metric_fn
 
-        metric_fn = decode_metric_fn(tok, ds.valid, ds.kind, objective.name, n=cfg.eval.decode_examples,
+        metric_fn = decode_metric_fn(tok, ds.valid, ds.kind, base_name, n=cfg.eval.decode_examples,
                                      max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams,
                                      max_source_len=cfg.train.max_source_len)
-    built_in = ("loss", "ppl", "bpb", *(("accuracy",) if objective.name == "classification" else ()))
+    built_in = ("loss", "ppl", "bpb", *(("accuracy",) if base_name == "classification" else ()))
     if metric_fn is None and cfg.eval.metric not in built_in:
         raise ArchlabError(f"eval.metric={cfg.eval.metric}: task metrics need eval.decode_examples > 0 "
                            f"on a pair task (this task is {ds.kind}); use eval.metric=loss")

@@ -146,6 +146,7 @@ class TrainResult:
     tokens_seen: int = 0
     peak_memory_bytes: int = 0
     examples_truncated: int = 0  # training examples the objective cuts (counted once per run)
+    teacher_flops: int = 0  # forward FLOPs spent in a distillation teacher
 
 
 class Trainer:
@@ -256,7 +257,7 @@ class Trainer:
         result: dict[str, float] = {}
         if n_tok:
             result["loss"] = total / n_tok
-            if self.objective.name == "classification":
+            if getattr(self.objective, "base", self.objective).name == "classification":
                 result["accuracy"] = n_correct / n_tok
             else:
                 result["ppl"] = math.exp(min(result["loss"], 50.0))
@@ -329,6 +330,7 @@ class Trainer:
                     # token-weighted mean over the accumulated micro-batches
                     (out.loss * (w / total_w)).backward()
                     loss_sum += float(out.loss.detach()) * w
+                    st.teacher_flops += self.objective.teacher_flops(b)
                     n_tok = batch_tokens(b)
                     st.tokens_seen += n_tok
                     tok_window += n_tok
@@ -348,9 +350,12 @@ class Trainer:
                     now = time.perf_counter()
                     tps = tok_window / max(now - t_window, 1e-9)
                     t_window, tok_window = now, 0
-                    self._append_metrics({"step": st.step, "loss": loss, "lr": lr, "grad_norm": gnorm,
-                                          "tokens": st.tokens_seen, "tokens_per_s": tps,
-                                          "epoch": st.epoch, "time_s": st.train_time_s})
+                    row = {"step": st.step, "loss": loss, "lr": lr, "grad_norm": gnorm,
+                           "tokens": st.tokens_seen, "tokens_per_s": tps,
+                           "epoch": st.epoch, "time_s": st.train_time_s}
+                    if st.teacher_flops:
+                        row["teacher_flops"] = st.teacher_flops
+                    self._append_metrics(row)
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:.0f}", lr=f"{lr:.2e}")
                     elif not self.progress:
@@ -395,7 +400,7 @@ class Trainer:
             self.save_model_dir(self.run_dir / "model")
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else _peak_rss()
         return TrainResult(self.run_dir, st.step, stopped, last_eval, st.best_metric,
-                           st.train_time_s, st.tokens_seen, peak, st.examples_truncated)
+                           st.train_time_s, st.tokens_seen, peak, st.examples_truncated, st.teacher_flops)
 
     @staticmethod
     def _n_targets(batch: Batch) -> int:
