@@ -91,7 +91,12 @@ def test_layout_for_objective_is_what_generate_and_evaluate_use(monkeypatch):
     assert layout_for_objective("causal-lm") == "lm"
     assert layout_for_objective("seq2seq") == layout_for_objective("prefix-lm") == "seq2seq"
     assert default_layout(None) == "raw"
-    assert default_layout(SimpleNamespace(objective=SimpleNamespace(name="causal-lm"))) == "lm"
+    from archlab.train.config import ObjectiveConfig
+
+    assert default_layout(SimpleNamespace(objective=ObjectiveConfig(name="causal-lm"))) == "lm"
+    # a distilled student decodes with its base objective's layout
+    distilled = ObjectiveConfig(name="distillation", options={"base": "causal-lm"})
+    assert default_layout(SimpleNamespace(objective=distilled)) == "lm"
     seen = []
 
     def fake_decode(model, tok, sources, opts, layout="seq2seq", progress=None):
