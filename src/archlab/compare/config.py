@@ -136,6 +136,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"every": 250, "max_examples": 300, "decode_examples": 0},
         "decode": {"num_beams": 4, "max_new_tokens": 96, "test_examples": 500},
     },
+    # End-to-end check in about two minutes (tests use it).
+    "smoke": {
+        "name": "smoke",
+        "data": {"task": "translation-en-de", "max_source_chars": 60, "max_examples": 600},
+        "tokenizer": {"kind": "bpe", "vocab_size": 600, "n_sentinels": 4},
+        "model": {"d_model": 64, "n_heads": 2, "n_layers": 2, "d_ff": 128, "max_seq_len": 128,
+                  "dropout": 0.0},
+        "budget": {"match": "flops"},
+        "entries": _THREE,
+        "seeds": [0, 1],
+        "train": {"steps": 30, "lr": 3e-3, "warmup_steps": 5, "tokens_per_batch": 1024, "max_len": 96,
+                  "save_every": 10, "log_every": 5, "threads": 1},  # tiny models: one thread is enough
+        "eval": {"every": 15, "max_examples": 40, "decode_examples": 0},
+        "decode": {"num_beams": 2, "max_new_tokens": 24, "test_examples": 24, "latency_examples": 4},
+    },
     # Budget sweep on a 2-core CPU: the three families tuned per entry over a small learning-rate
     # grid (3 x 100 steps each), at three training budgets (150, 300 and 600 steps), one seed at
     # the two smaller budgets and three at the largest (README: the measured run). One torch
@@ -158,21 +173,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "save_every": 150, "log_every": 25, "threads": 1},
         "eval": {"every": 150, "max_examples": 200, "decode_examples": 0},
         "decode": {"num_beams": 4, "max_new_tokens": 96, "test_examples": 200, "latency_examples": 8},
-    },
-    # End-to-end check in about two minutes (tests use it).
-    "smoke": {
-        "name": "smoke",
-        "data": {"task": "translation-en-de", "max_source_chars": 60, "max_examples": 600},
-        "tokenizer": {"kind": "bpe", "vocab_size": 600, "n_sentinels": 4},
-        "model": {"d_model": 64, "n_heads": 2, "n_layers": 2, "d_ff": 128, "max_seq_len": 128,
-                  "dropout": 0.0},
-        "budget": {"match": "flops"},
-        "entries": _THREE,
-        "seeds": [0, 1],
-        "train": {"steps": 30, "lr": 3e-3, "warmup_steps": 5, "tokens_per_batch": 1024, "max_len": 96,
-                  "save_every": 10, "log_every": 5, "threads": 1},  # tiny models: one thread is enough
-        "eval": {"every": 15, "max_examples": 40, "decode_examples": 0},
-        "decode": {"num_beams": 2, "max_new_tokens": 24, "test_examples": 24, "latency_examples": 4},
     },
     # The T5 paper's Table 2 grid (architecture x {denoising, LM} pretraining); meant for a GPU.
     "t5-table2": {
