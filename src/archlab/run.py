@@ -10,13 +10,15 @@ A **model directory** holds one network and what is needed to use it::
 A **run directory** (written by ``archlab train``) holds::
 
     config.yaml           the resolved run config
+    run.json              the tokenizer's hash and size (checked on resume)
     tokenizer/            the tokenizer the run trained with
     metrics.jsonl         one JSON object per logged step / evaluation
     checkpoints/step-N/   resumable training state (see archlab.train.checkpoint)
     best/                 model directory of the best validation checkpoint (when evaluated)
     model/                model directory of the final weights
 
-``load_run`` accepts either kind of directory.
+This module is the one place that knows these layouts (:class:`RunDir`); the trainer and the
+checkpoint code are given the paths. ``load_run`` accepts either kind of directory.
 """
 
 from __future__ import annotations
@@ -33,12 +35,53 @@ import yaml
 
 from archlab.config import ModelConfig, from_dict, to_dict
 from archlab.errors import ArchlabError
+from archlab.weights import load_weights  # (also imported from here)
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model.yaml"
 META = "archlab.json"
 TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths of a run directory (see the module docstring)."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def run_meta(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / TOKENIZER_DIR
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "model"
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> RunDir:
+        """The run directory a checkpoint (``RUN/checkpoints/step-N``) belongs to."""
+        return cls(Path(checkpoint).parent.parent)
 
 
 def _atomic_dir(final: Path) -> Path:
@@ -107,26 +150,6 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise ArchlabError(f"{p}: not valid JSON") from None
 
 
-def load_weights(model: Any, path: str | Path, *, allow_missing: tuple[str, ...] = ()) -> None:
-    """Load safetensors weights into ``model``; any missing/unexpected key is an error, except
-    missing keys starting with one of ``allow_missing`` (a new head being fine-tuned)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_model
-
-    p = Path(path)
-    if not p.exists():
-        raise ArchlabError(f"{p}: weights file missing")
-    try:
-        missing, unexpected = load_model(model, str(p), strict=False)
-    except (SafetensorError, OSError, RuntimeError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ArchlabError(f"{p}: cannot load weights ({msg[:200]})") from None
-    missing = [k for k in missing if not k.startswith(allow_missing)] if allow_missing else missing
-    if missing or unexpected:
-        what = f"missing {sorted(missing)[:3]}" if missing else f"unexpected {sorted(unexpected)[:3]}"
-        raise ArchlabError(f"{p}: weights do not match the model config ({what})")
-
-
 def load_tokenizer(path: str | Path, meta: dict[str, Any] | None = None) -> Any | None:
     tdir = Path(path) / TOKENIZER_DIR
     if not tdir.exists():
@@ -176,13 +199,14 @@ def load_run(path: str | Path, which: str = "auto", *, device: str | None = None
     if (p / MODEL_CONFIG).exists():
         model, tok, meta = load_model_dir(p, device=device)
         return LoadedRun(model, tok, None, p, p, meta)
-    if not (p / "config.yaml").exists():
-        raise ArchlabError(f"{p}: neither a run directory (config.yaml) nor a model directory "
+    run = RunDir(p)
+    if not run.config.exists():
+        raise ArchlabError(f"{p}: neither a run directory ({run.config.name}) nor a model directory "
                            f"({MODEL_CONFIG})")
     from archlab.train.config import load_run_config
 
-    cfg = load_run_config(p / "config.yaml")
-    choices = {"best": p / "best", "final": p / "model"}
+    cfg = load_run_config(run.config)
+    choices = {"best": run.best, "final": run.final}
     if which == "auto":
         order = [choices["best"], choices["final"]]
     elif which in choices:
@@ -195,13 +219,28 @@ def load_run(path: str | Path, which: str = "auto", *, device: str | None = None
         if (d / MODEL_CONFIG).exists():
             model, tok, meta = load_model_dir(d, device=device)
             return LoadedRun(model, tok, cfg, p, d, meta)
-    from archlab.train.checkpoint import latest_valid_checkpoint, load_checkpoint_model
+    from archlab.train.checkpoint import latest_valid_checkpoint
 
-    ck = latest_valid_checkpoint(p / "checkpoints")
+    ck = latest_valid_checkpoint(run.checkpoints)
     if ck is None:
         raise ArchlabError(f"{p}: no model yet (no best/, model/ or valid checkpoint)")
-    model = load_checkpoint_model(ck)
+    model = load_checkpoint_model(ck, cfg.model)
     if device:
         model.to(device)
     tok = load_tokenizer(p)
     return LoadedRun(model.eval(), tok, cfg, p, ck, {})
+
+
+def load_checkpoint_model(checkpoint: str | Path, model_cfg: ModelConfig | None = None) -> Any:
+    """The model of a training checkpoint; its config is ``model_cfg``, else the model section
+    of the config of the run the checkpoint belongs to."""
+    from archlab.model import build_model
+    from archlab.train.checkpoint import CHECKPOINT_WEIGHTS
+
+    if model_cfg is None:
+        from archlab.train.config import load_run_config
+
+        model_cfg = load_run_config(RunDir.of_checkpoint(checkpoint).config).model
+    model = build_model(model_cfg)
+    load_weights(model, Path(checkpoint) / CHECKPOINT_WEIGHTS)
+    return model

@@ -11,12 +11,15 @@ from archlab.data.datasets import (
     tokenize_examples,
 )
 from archlab.data.tokenizer import Tokenizer
+from archlab.data.types import Example, SpecialTokens
 
 __all__ = [
     "TASKS",
     "Batcher",
     "DataConfig",
     "Dataset",
+    "Example",
+    "SpecialTokens",
     "TextExample",
     "Tokenizer",
     "corpus_texts",

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from archlab.objectives import Example
+from archlab.data.types import Example
 
 POOL = 100  # pool = POOL batches' worth of examples, sorted by length
 

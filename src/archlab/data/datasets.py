@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from archlab.data.types import Example
 from archlab.errors import ArchlabError, ConfigError
 
 Kind = Literal["text", "pair", "label"]
@@ -456,10 +457,8 @@ def corpus_texts(ds: Dataset) -> Iterator[str]:
             yield ex.text
 
 
-def tokenize_examples(examples: list[TextExample], tok: Any) -> list[Any]:
-    """TextExamples -> archlab.objectives.Example token ids (no special tokens)."""
-    from archlab.objectives import Example
-
+def tokenize_examples(examples: list[TextExample], tok: Any) -> list[Example]:
+    """TextExamples -> :class:`Example` token ids (no special tokens)."""
     if not examples:
         return []
     if examples[0].source is not None:

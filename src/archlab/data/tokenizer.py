@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from archlab.data.types import SpecialTokens
 from archlab.errors import ArchlabError
-from archlab.objectives import SpecialTokens
 
 META = "archlab_tokenizer.json"
 FILE = "tokenizer.json"

@@ -9,47 +9,23 @@ shifted) and ``-100`` marks positions without a loss.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from archlab.data.types import Example, SpecialTokens  # the data layer's types, re-exported here
 from archlab.errors import ConfigError
 from archlab.objectives.layout import PairBudget
 from archlab.objectives.loss import linear_cross_entropy
 
+__all__ = ["IGNORE", "Batch", "Example", "LossOutput", "Objective", "SpecialTokens", "pad_labels",
+           "pad_sequences", "token_loss"]
+
 IGNORE = -100
 
 Batch = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class SpecialTokens:
-    """Ids of the special tokens objectives insert (from the tokenizer)."""
-
-    pad: int = 0
-    bos: int = 1
-    eos: int = 2
-    mask: int = 3
-    sep: int = 4
-    cls: int = 5
-    sentinels: tuple[int, ...] = ()  # T5 span-corruption sentinels <extra_id_0>, ...
-    vocab_size: int = 0  # random replacement range for MLM (0: unknown, no random swaps)
-    first_normal: int = 0  # ids below this (and the sentinels) are special, never sampled
-
-    def special_ids(self) -> set[int]:
-        return {self.pad, self.bos, self.eos, self.mask, self.sep, self.cls, *self.sentinels}
-
-
-@dataclass
-class Example:
-    """One training example as token ids (no special tokens added yet)."""
-
-    ids: list[int] = field(default_factory=list)  # text (LM objectives, classification)
-    src: list[int] | None = None  # seq2seq source
-    tgt: list[int] | None = None  # seq2seq target
-    label: int | None = None  # classification
 
 
 def pad_sequences(

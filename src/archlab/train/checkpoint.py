@@ -9,6 +9,10 @@ A checkpoint is a directory ``checkpoints/step-000120/``::
                            NumPy RNG states, counters: everything that is not a tensor
     MANIFEST.json          SHA-256 and size of every file above
 
+This module knows a checkpoint directory's own files; which run a checkpoint belongs to, and
+where in it checkpoints live, is ``archlab.run``'s (``RunDir``), which imports this module and
+not the reverse.
+
 Nothing is pickled: tensors go through safetensors and everything else through JSON, so
 loading a checkpoint cannot execute code. A checkpoint is written into a temporary directory,
 fsync'ed, checked against its manifest, and only then renamed into place; a crash mid-save
@@ -34,8 +38,10 @@ import numpy as np
 import torch
 
 from archlab.errors import ArchlabError
+from archlab.weights import load_weights
 
 MANIFEST = "MANIFEST.json"
+CHECKPOINT_WEIGHTS = "model.safetensors"  # a checkpoint's files; where checkpoints live is archlab.run's
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
 
@@ -129,7 +135,7 @@ def save_checkpoint(
     final = root / checkpoint_name(state.step)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
     try:
-        save_model(model, str(tmp / "model.safetensors"))
+        save_model(model, str(tmp / CHECKPOINT_WEIGHTS))
         opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         rng = {"torch_cpu": torch.get_rng_state()}
@@ -246,20 +252,6 @@ def latest_valid_checkpoint(root: str | Path, *, report: bool = True) -> Path | 
     return None
 
 
-def load_checkpoint_model(path: str | Path) -> torch.nn.Module:
-    """The model of a checkpoint (config from the run's config.yaml two levels up)."""
-    from archlab.model import build_model
-    from archlab.run import load_weights
-    from archlab.train.config import load_run_config
-
-    p = Path(path)
-    run_dir = p.parent.parent
-    cfg = load_run_config(run_dir / "config.yaml")
-    model = build_model(cfg.model)
-    load_weights(model, p / "model.safetensors")
-    return model
-
-
 @dataclass
 class LoadedCheckpoint:
     path: Path
@@ -279,11 +271,9 @@ def load_checkpoint(
     scheduler state to restore."""
     from safetensors.torch import load_file
 
-    from archlab.run import load_weights
-
     p = Path(path)
     verify_checkpoint(p)
-    load_weights(model, p / "model.safetensors")
+    load_weights(model, p / CHECKPOINT_WEIGHTS)
     doc = json.loads((p / "state.json").read_text())
     device = next(model.parameters()).device
     opt_tensors = load_file(str(p / "optimizer.safetensors"), device=str(device))

@@ -10,6 +10,7 @@ from typing import Any
 from archlab.config import ModelConfig, save_yaml, to_dict
 from archlab.errors import ArchlabError, ConfigError
 from archlab.objectives import OBJECTIVES, SpecialTokens, make_objective
+from archlab.run import MODEL_CONFIG, WEIGHTS, RunDir
 from archlab.train.config import RunConfig, load_run_config
 from archlab.train.trainer import MetricFn, Trainer, TrainResult
 
@@ -37,7 +38,7 @@ def prepare_tokenizer(cfg: RunConfig, ds: Any, run_dir: Path, resume: bool) -> A
     trained on the training split."""
     from archlab.data import Tokenizer, corpus_texts
 
-    tdir = run_dir / "tokenizer"
+    tdir = RunDir(run_dir).tokenizer
     if resume and tdir.exists():
         return Tokenizer.load(tdir)
     tc = cfg.tokenizer
@@ -102,11 +103,12 @@ def train_run(
     from archlab.run import load_weights, save_model_dir
 
     run_dir = cfg.run_dir
-    cfg_path = run_dir / "config.yaml"
+    layout = RunDir(run_dir)
+    cfg_path = layout.config
     if resume:
         if not cfg_path.exists():
-            raise ArchlabError(f"{run_dir}: nothing to resume (no config.yaml); run without --resume")
-    elif (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
+            raise ArchlabError(f"{run_dir}: nothing to resume (no {cfg_path.name}); run without --resume")
+    elif layout.checkpoints.exists() and any(layout.checkpoints.iterdir()):
         raise ArchlabError(f"{run_dir}: already holds a run; use --resume to continue it or choose "
                            "another out_dir (nothing was changed)")
 
@@ -131,7 +133,7 @@ def train_run(
             raise ArchlabError(f"{cfg_path}: the model config differs from the run being resumed")
         want = _tokenizer_meta(run_dir)
         if want:
-            tok.check_matches(want["sha256"], want["vocab_size"], str(run_dir / "tokenizer"))
+            tok.check_matches(want["sha256"], want["vocab_size"], str(layout.tokenizer))
     else:
         save_yaml(cfg, cfg_path)
         _write_tokenizer_meta(run_dir, tok)
@@ -165,7 +167,7 @@ def train_run(
     provenance: dict[str, Any] = {}
     if init:
         provenance["init_from"] = str(Path(init).resolve())
-        if (Path(init) / "model.yaml").exists():
+        if (Path(init) / MODEL_CONFIG).exists():
             from archlab.run import read_meta
 
             hf_meta = read_meta(init).get("hf")
@@ -224,7 +226,7 @@ def sentence_end_ids(tok: Any) -> list[int]:
 def _tokenizer_meta(run_dir: Path) -> dict[str, Any] | None:
     import json
 
-    p = run_dir / "run.json"
+    p = RunDir(run_dir).run_meta
     if not p.exists():
         return None
     return json.loads(p.read_text()).get("tokenizer")
@@ -233,7 +235,7 @@ def _tokenizer_meta(run_dir: Path) -> dict[str, Any] | None:
 def _write_tokenizer_meta(run_dir: Path, tok: Any) -> None:
     import json
 
-    (run_dir / "run.json").write_text(json.dumps(
+    RunDir(run_dir).run_meta.write_text(json.dumps(
         {"tokenizer": {"sha256": tok.sha256, "vocab_size": tok.vocab_size}}, indent=2))
 
 
@@ -241,7 +243,7 @@ def _init_model_config(init: str, cfg: RunConfig, raw_keys: set[str]) -> ModelCo
     """Model config of the weights we start from; keys the user set in ``model:`` (such as
     dropout or n_classes) override it."""
     p = Path(init)
-    if (p / "model.yaml").exists():
+    if (p / MODEL_CONFIG).exists():
         from archlab.run import read_model_config
 
         base = read_model_config(p)
@@ -257,9 +259,9 @@ def _init_model_config(init: str, cfg: RunConfig, raw_keys: set[str]) -> ModelCo
 
 def _load_init_weights(model: Any, init: str, load_weights: Any) -> None:
     p = Path(init)
-    if (p / "model.yaml").exists():
+    if (p / MODEL_CONFIG).exists():
         # a classification head added for fine-tuning starts fresh
-        load_weights(model, p / "model.safetensors", allow_missing=("cls_head.",))
+        load_weights(model, p / WEIGHTS, allow_missing=("cls_head.",))
         return
     from archlab.convert import load_hf_weights
 

@@ -26,6 +26,7 @@ import torch
 
 from archlab.errors import ArchlabError
 from archlab.objectives import Batch, Example, Objective
+from archlab.run import RunDir
 from archlab.train.checkpoint import (
     TrainState,
     latest_valid_checkpoint,
@@ -193,8 +194,10 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, train_cfg, self.device)
         self.data_rng = np.random.default_rng(train_cfg.seed)
         self._epoch_cache: tuple[int, list[list[Example]]] | None = None
-        self.metrics_path = self.run_dir / "metrics.jsonl"
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        layout = RunDir(self.run_dir)
+        self.metrics_path = layout.metrics
+        self.ckpt_dir = layout.checkpoints
+        self.best_dir, self.final_dir = layout.best, layout.final
 
     # ---- data position --------------------------------------------------------------------
     def _epoch(self, epoch: int) -> list[list[Example]]:
@@ -375,7 +378,7 @@ class Trainer:
                             st.best_metric = value
                             st.evals_without_improvement = 0
                             if self.eval_cfg.save_best and self.save_model_dir is not None:
-                                self.save_model_dir(self.run_dir / "best")
+                                self.save_model_dir(self.best_dir)
                         else:
                             st.evals_without_improvement += 1
                     if bar is not None:
@@ -397,7 +400,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
         if self.save_model_dir is not None:
-            self.save_model_dir(self.run_dir / "model")
+            self.save_model_dir(self.final_dir)
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else _peak_rss()
         return TrainResult(self.run_dir, st.step, stopped, last_eval, st.best_metric,
                            st.train_time_s, st.tokens_seen, peak, st.examples_truncated, st.teacher_flops)

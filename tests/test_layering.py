@@ -1,0 +1,73 @@
+"""Which parts of archlab may import which (every import statement counts, including the ones
+inside functions): a cycle or a layer reaching up shows here before it shows as an import
+error or a tangle."""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _module_file(name: str) -> Path | None:
+    base = SRC.joinpath(*name.split("."))
+    for p in (base.with_suffix(".py"), base / "__init__.py"):
+        if p.is_file():
+            return p
+    return None
+
+
+@cache
+def imports(name: str) -> frozenset[str]:
+    """The archlab modules that module ``name`` imports (``from pkg import mod`` counts as
+    importing ``pkg.mod`` when that is a module)."""
+    path = _module_file(name)
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            out.add(base)
+            out |= {f"{base}.{a.name}" for a in node.names if _module_file(f"{base}.{a.name}")}
+    return frozenset(m for m in out if m.startswith("archlab") and _module_file(m))
+
+
+def reachable(name: str) -> set[str]:
+    seen, todo = set(), [name]
+    while todo:
+        for m in imports(todo.pop()):
+            if m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return seen
+
+
+def modules_under(package: str) -> list[str]:
+    root = SRC.joinpath(*package.split("."))
+    return [".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+            for p in sorted(root.rglob("*.py"))]
+
+
+def test_the_graph_sees_imports_inside_functions():
+    assert "archlab.train.checkpoint" in imports("archlab.run")  # imported inside load_run
+
+
+def test_checkpoints_do_not_know_run_directories():
+    """archlab.run knows the run-directory layout and uses the checkpoint code; the checkpoint
+    code reaches neither archlab.run nor the run config."""
+    below = reachable("archlab.train.checkpoint")
+    assert "archlab.run" not in below and "archlab.train.config" not in below, sorted(below)
+    assert "config.yaml" not in (SRC / "archlab/train/checkpoint.py").read_text()
+
+
+def test_data_does_not_reach_objectives():
+    for mod in modules_under("archlab.data"):
+        assert not {m for m in reachable(mod) if m.startswith("archlab.objectives")}, mod
