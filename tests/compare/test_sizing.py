@@ -53,3 +53,30 @@ def test_compare_config_errors(tmp_path):
     p.write_text("entries:\n  - arch: rnn\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: entries\[0\]\.arch: 'rnn' is not valid"):
         load_compare_config(str(p), [])
+
+
+def test_ssm_preset_entries_size_within_tolerance():
+    """The ssm preset's Mamba and hybrid entries (patterns without a depth) size within 10 %
+    of the encoder-decoder's FLOPs, and their decoding memory stays flat in length."""
+    from types import SimpleNamespace
+
+    from archlab.compare.runner import base_model_config
+    from archlab.compare.sizing import decode_memory_curve
+    from archlab.objectives.base import SpecialTokens
+
+    cfg = load_compare_config(None, [], preset="ssm")
+    tok = SimpleNamespace(vocab_size=3000, special=SpecialTokens(vocab_size=3000, first_normal=12))
+    ref = next(e for e in cfg.entries if e.arch == "encoder-decoder")
+    target = measure(base_model_config(cfg, ref, tok, 0), "flops", SHAPE)
+    kinds = {}
+    for e in cfg.entries:
+        s = size_to_budget(base_model_config(cfg, e, tok, 0), target, "flops", SHAPE)
+        assert abs(s.deviation) <= 0.10, (e.label, s.rule)
+        kinds[e.label] = s.cfg
+        curve = decode_memory_curve(s.cfg, [10, 100], SHAPE.src_len)
+        if e.label == "mamba decoder":
+            assert curve[0]["total"] == curve[1]["total"] > 0  # constant in length
+        else:
+            assert curve[1]["kv"] > curve[0]["kv"] > 0
+    assert {m for m, _ in kinds["mamba decoder"].layer_kinds("decoder")} == {"mamba"}
+    assert {m for m, _ in kinds["hybrid decoder"].layer_kinds("decoder")} == {"mamba", "attention"}

@@ -174,6 +174,32 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"every": 150, "max_examples": 200, "decode_examples": 0},
         "decode": {"num_beams": 4, "max_new_tokens": 96, "test_examples": 200, "latency_examples": 8},
     },
+    # State-space and hybrid stacks next to the transformers (issue 14), same budget and task:
+    # transformer encoder-decoder (the reference), transformer decoder, pure Mamba decoder,
+    # Mamba/attention hybrid decoder (2 Mamba layers per attention layer, Jamba-like), sized
+    # to the same FLOPs. Planned for about 25 minutes on the 2-core CPU (not yet measured).
+    "ssm": {
+        "name": "ssm",
+        "data": {"task": "translation-en-de", "max_source_chars": 100, "test_fraction": 0.05},
+        "tokenizer": {"kind": "bpe", "vocab_size": 3000, "n_sentinels": 8},
+        "model": {"d_model": 192, "n_heads": 3, "n_layers": 3, "d_ff": 768, "max_seq_len": 256,
+                  "dropout": 0.0, "norm": "rmsnorm", "activation": "swiglu", "position": "rope"},
+        "budget": {"match": "flops", "reference": "encoder-decoder"},
+        "entries": [
+            {"arch": "encoder-decoder"},
+            {"arch": "decoder"},
+            {"arch": "decoder", "name": "mamba decoder",
+             "model": {"layers": "M", "ssm": {"d_state": 16}}},
+            {"arch": "decoder", "name": "hybrid decoder",
+             "model": {"layers": "MMA", "ssm": {"d_state": 16}}},
+        ],
+        "seeds": [0],
+        "train": {"steps": 900, "lr": 2e-3, "warmup_steps": 100, "schedule": "wsd", "decay_fraction": 0.25,
+                  "min_lr_ratio": 0.02, "weight_decay": 0.01, "tokens_per_batch": 3000, "max_len": 256,
+                  "save_every": 300, "log_every": 25},
+        "eval": {"every": 300, "max_examples": 300, "decode_examples": 0},
+        "decode": {"num_beams": 4, "max_new_tokens": 96, "test_examples": 300},
+    },
     # The T5 paper's Table 2 grid (architecture x {denoising, LM} pretraining); meant for a GPU.
     "t5-table2": {
         "name": "t5-table2",

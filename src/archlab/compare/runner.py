@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from archlab.compare.config import CompareConfig, DecodeConfig, EntryConfig
-from archlab.compare.sizing import Shape, measure, size_to_budget
+from archlab.compare.sizing import Shape, _cyclic, measure, size_to_budget
 from archlab.config import ModelConfig, from_dict, save_yaml, to_dict
 from archlab.errors import ArchlabError, ConfigError
 from archlab.train.config import ObjectiveConfig, RunConfig
@@ -319,6 +319,11 @@ def base_model_config(cfg: CompareConfig, entry: EntryConfig, tok: Any, n_classe
             "pad_token_id": sp.pad, "bos_token_id": sp.bos, "eos_token_id": sp.eos}
     if n_classes:
         data["n_classes"] = n_classes
+    if not any(k in entry.model for k in ("n_layers", "n_encoder_layers", "n_decoder_layers")):
+        # sizing picks the depth: a layer pattern is a unit repeated to it ("MMA" -> "MMA*")
+        for key in ("layers", "ffn"):
+            if isinstance(data.get(key), str):
+                data[key] = _cyclic(data[key])
     try:
         return from_dict(ModelConfig, data, prefix="model")
     except ConfigError as e:

@@ -25,6 +25,7 @@ from typing import Literal
 from archlab.config import ModelConfig
 from archlab.errors import ConfigError
 from archlab.model import count_params, flops_per_example
+from archlab.model.flops import decode_memory
 
 Match = Literal["params", "flops"]
 
@@ -169,3 +170,21 @@ def size_to_budget(
             v = measure(cfg, match, shape)
             rule += f", ssm d_inner {d0} -> {best_di}"
     return SizedModel(cfg, v, target, rule)
+
+
+def decode_memory_curve(cfg: ModelConfig, lengths: list[int], src_len: float = 0.0,
+                        bytes_per_number: int = 4) -> list[dict[str, float]]:
+    """Decoding state per example after each output length (the report's memory-vs-length
+    plot): self-attention KV bytes grow with the length, Mamba state bytes stay flat,
+    cross-attention KV (encoder-decoder) is fixed by the source length. A decoder-only model
+    reads its source as the prompt, so its decoder length is src_len + 2 + the output length
+    (<bos> source <sep> target, as in training)."""
+    out = []
+    for n in lengths:
+        if cfg.arch == "encoder-decoder":
+            m = decode_memory(cfg, n + 1, src_len=round(src_len) + 1, bytes_per_number=bytes_per_number)
+        else:
+            m = decode_memory(cfg, round(src_len) + 2 + n, bytes_per_number=bytes_per_number)
+        out.append({"length": n, "kv": m.kv, "cross_kv": m.cross_kv, "ssm_state": m.ssm_state,
+                    "total": m.total})
+    return out

@@ -26,6 +26,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from archlab.config import SSMConfig
@@ -90,19 +91,35 @@ def selective_scan_chunked(
     budget = _DECAY_BUDGET.get(u.dtype, _DECAY_BUDGET_DEFAULT)
     Q = int(max(1, min(chunk_size, budget // max(max_step, 1e-30))))
     du = delta * u  # (B, T, D)
+    # With autograd, each chunk is recomputed in the backward pass (activation checkpointing)
+    # instead of keeping its (B, q, D, N) intermediates: the memory of a training step then
+    # holds (B, T, D)-sized tensors and one chunk's state tensors, not the (B, T, D, N) ones
+    # the plain form (and HF's slow path) keep alive for the whole sequence.
+    recompute = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (u, delta, A, B, C) + ((h0,) if h0 is not None else ()))
     ys = []
     for s in range(0, T, Q):
         e = min(s + Q, T)
-        dA = delta[:, s:e, :, None] * A  # (B, q, D, N), <= 0
-        S = dA.cumsum(1)
-        dBu = du[:, s:e, :, None] * B[:, s:e, None, :]  # (B, q, D, N)
-        hs = torch.exp(S) * (h[:, None] + (torch.exp(-S) * dBu).cumsum(1))  # (B, q, D, N)
-        ys.append((hs * C[:, s:e, None, :]).sum(-1))  # (B, q, D)
-        h = hs[:, -1]
+        args = (delta[:, s:e], du[:, s:e], A, B[:, s:e], C[:, s:e], h)
+        if recompute:
+            yc, h = torch.utils.checkpoint.checkpoint(_scan_chunk, *args, use_reentrant=False)
+        else:
+            yc, h = _scan_chunk(*args)
+        ys.append(yc)
     y = torch.cat(ys, 1) if len(ys) > 1 else ys[0]
     if D is not None:
         y = y + u * D
     return y, h
+
+
+def _scan_chunk(delta: torch.Tensor, du: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                C: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk of :func:`selective_scan_chunked`: delta, du (B, q, D); B, C (B, q, N); h the
+    state before the chunk (B, D, N) -> y (B, q, D) without the D skip, state after."""
+    S = (delta[..., None] * A).cumsum(1)  # (B, q, D, N), <= 0, from the chunk start
+    dBu = du[..., None] * B[:, :, None, :]  # (B, q, D, N)
+    hs = torch.exp(S) * (h[:, None] + (torch.exp(-S) * dBu).cumsum(1))  # (B, q, D, N)
+    return (hs * C[:, :, None, :]).sum(-1), hs[:, -1]
 
 
 def selective_scan_step(
