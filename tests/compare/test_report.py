@@ -425,10 +425,31 @@ def test_results_without_the_new_fields_still_report(tmp_path):
     assert "p vs best" not in head and "Scale" not in head and "tune FLOPs" not in head
     # one seed and no outputs: the best mean is not called a winner
     assert doc["verdict"][0].startswith("Quality: no clear winner on BLEU: **encoder-decoder** leads")
-    assert "no per-example outputs" in doc["verdict"][0]
+    assert "not established" in doc["verdict"][0] and "no per-example outputs" in doc["verdict"][0]
+    assert not any(v.startswith("Training stability") for v in doc["verdict"])  # no curves recorded
     assert doc["scales"] == [1.0] and doc["tuning"] == [] and doc["spikes"] == []
     for name in ("loss_vs_flops.png", "quality_vs_params.png", "decoding.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_text_task_without_outputs_decides_on_the_seeds_alone(tmp_path):
+    def rows(seeds, ppl):
+        out = []
+        for entry, base in ppl.items():
+            for s in seeds:
+                r = _row(tmp_path, entry, s, ["x"] * 3, ["x"] * 3, objective="causal-lm")
+                for k in ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "outputs_path", "samples"):
+                    r.pop(k)
+                r.update(ppl=base + 0.1 * s, bpb=1.0)
+                out.append(r)
+        return out
+    doc = _write(tmp_path, rows([0, 1, 2], {"decoder": 20.0, "prefix-lm": 24.0}), [0, 1, 2], kind="text")
+    q = doc["verdict"][0]
+    assert q.startswith("Quality: **decoder** wins on perplexity (20.10 ± 0.10), 4.00 ahead of prefix-lm")
+    assert "ahead in every seed" in q and "no per-example outputs" in q
+    one = _write(tmp_path, rows([0], {"decoder": 20.0, "prefix-lm": 24.0}), [0], kind="text")
+    assert one["verdict"][0].startswith("Quality: no clear winner on perplexity: **decoder** leads")
+    assert "with one seed and no per-example outputs" in one["verdict"][0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -352,11 +352,13 @@ def _quality_line(w: S.Winner, by: dict[str, dict[str, Any]], key: str, label: s
             line += f": {w.reason} (no per-example outputs for a paired test)"
         return line + "."
     line = (f"{prefix}no clear winner on {label}: **{w.leader}** leads ({_pm(lead, key)}) "
-            f"{w.runner_up} ({_pm(second, key)}) by only {w.gap:.2f}, {w.reason}")
+            f"{w.runner_up} ({_pm(second, key)}) by {w.gap:.2f}")
+    if w.p_value is None and test is None and n_seeds < 2:
+        return line + (", but with one seed and no per-example outputs for a paired test the difference "
+                       "is not established (run more seeds).")
+    line += f", {w.reason}"
     if w.p_value is None and test is None:
-        line += "; no per-example outputs for a paired test"
-        if n_seeds < 2:
-            line += " and one seed (run more seeds)"
+        line += " (no per-example outputs for a paired test)"
     return line + "."
 
 
@@ -383,7 +385,7 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
             lines.append(_crossing_line(ws))
     lines += _ablation_lines(agg, task_kind, key, label)
     lines += _tuning_lines(agg, tuning)
-    if spike_list is not None:
+    if spike_list is not None and any(r.get("train_curve") for r in results):
         lines.append(_spike_line(spike_list, results))
     trunc = [a for a in agg if _num(a.get("truncated_fraction")) and a["truncated_fraction"] > 0]
     if trunc:
@@ -551,6 +553,8 @@ def make_plots(results: list[dict[str, Any]], agg: list[dict[str, Any]], task_ki
         first = r["seed"] == min(x["seed"] for x in rows if x["entry"] == r["entry"]) and r["scale"] == top
         ax.plot(xs, [v for _, v in pts], marker="o", ms=3, color=color[r["entry"]],
                 alpha=1.0 if r["scale"] == top else 0.45, label=r["entry"] if first else None)
+    if len({r["scale"] for r in rows}) > 1:
+        ax.set_xscale("log")
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("validation loss")
     ax.set_title("Validation loss vs training compute")
