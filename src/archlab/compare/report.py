@@ -364,7 +364,7 @@ def _quality_line(w: S.Winner, by: dict[str, dict[str, Any]], key: str, label: s
 
 def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, Any]], *,
             spike_list: list[dict[str, Any]] | None = None,
-            tuning: list[dict[str, Any]] | None = None) -> list[str]:
+            tuning: list[dict[str, Any]] | None = None, tune_metric: str = "val_loss") -> list[str]:
     key, label, higher = primary_metric(results, task_kind)
     for a in agg:
         a.setdefault("scale", 1.0)
@@ -384,7 +384,7 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
                 lines.append(_quality_line(w, by, key, label, at + ": ", short=i > 0))
             lines.append(_crossing_line(ws))
     lines += _ablation_lines(agg, task_kind, key, label)
-    lines += _tuning_lines(agg, tuning)
+    lines += _tuning_lines(agg, tuning, tune_metric)
     if spike_list is not None and any(r.get("train_curve") for r in results):
         lines.append(_spike_line(spike_list, results))
     trunc = [a for a in agg if _num(a.get("truncated_fraction")) and a["truncated_fraction"] > 0]
@@ -469,7 +469,8 @@ def _ablation_lines(agg: list[dict[str, Any]], task_kind: str, key: str, label: 
     return ["Source ablation: " + "; ".join(parts) + "."] if parts else []
 
 
-def _tuning_lines(agg: list[dict[str, Any]], tuning: list[dict[str, Any]] | None) -> list[str]:
+def _tuning_lines(agg: list[dict[str, Any]], tuning: list[dict[str, Any]] | None,
+                  tune_metric: str = "val_loss") -> list[str]:
     if not tuning:
         tuned = [a for a in agg if a.get("tuned")]
         return [] if not tuned else ["Tuning: " + "; ".join(
@@ -485,7 +486,8 @@ def _tuning_lines(agg: list[dict[str, Any]], tuning: list[dict[str, Any]] | None
         desc = " / ".join(sorted({_tuned({k: t[k] for k in knobs if t.get(k) is not None}) for t in chosen})) or "-"
         parts.append(f"{e} chose {desc} of {len({_cand(t) for t in mine})} candidate(s) "
                      f"({_human(flops)} FLOPs of tuning)")
-    return ["Tuning (per entry, on validation loss): " + "; ".join(parts) + "."]
+    on = "validation loss" if tune_metric in ("val_loss", "loss") else f"the validation {tune_metric}"
+    return [f"Tuning (per entry, on {on}): " + "; ".join(parts) + "."]
 
 
 def _cand(t: dict[str, Any]) -> tuple[Any, ...]:
@@ -813,7 +815,8 @@ def write_report(
     plots = make_plots(rows, agg, task_kind, tokens_per_example, fits=fits, tuning=tuning, spike_list=spike_list)
     for name, data in plots.items():
         (out / f"{name}.png").write_bytes(data)
-    verdict_lines = verdict(agg, task_kind, rows, spike_list=spike_list, tuning=tuning)
+    tune_metric = getattr(getattr(cfg, "tune", None), "metric", None) or "val_loss"
+    verdict_lines = verdict(agg, task_kind, rows, spike_list=spike_list, tuning=tuning, tune_metric=tune_metric)
     key, label, _ = primary_metric(rows, task_kind)
     scale_list = sorted({float(s) for s in scales} if scales else {a["scale"] for a in agg})
     doc = {
