@@ -481,3 +481,13 @@ def test_classification_is_not_called_decoding():
     line = _latency_line([_agg("encoder", 0.5), _agg("decoder", 0.9)], kind="label")
     assert "**encoder** classifies fastest (0.50 ms per example, batched)" in line
     assert "beam" not in line and "KV cache" not in line
+
+
+def test_tuning_line_names_the_metric_it_chose_on():
+    tuning = [{"entry": "decoder", "seed": 0, "lr": lr, "val_loss": 3.0, "metric": m, "flops": 1e9,
+               "chosen": lr == 1e-3} for lr, m in ((1e-3, 12.0), (3e-3, 10.0))]
+    line = next(v for v in verdict([_agg("decoder", 1.0)], "pair", [], tuning=tuning, tune_metric="task")
+                if v.startswith("Tuning"))
+    assert line.startswith("Tuning (per entry, on the task metric on validation): decoder chose lr 0.001 of 2")
+    line = next(v for v in verdict([_agg("decoder", 1.0)], "pair", [], tuning=tuning) if v.startswith("Tuning"))
+    assert "on validation loss" in line and "(2.00G FLOPs of tuning)" in line

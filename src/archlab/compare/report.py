@@ -486,7 +486,8 @@ def _tuning_lines(agg: list[dict[str, Any]], tuning: list[dict[str, Any]] | None
         desc = " / ".join(sorted({_tuned({k: t[k] for k in knobs if t.get(k) is not None}) for t in chosen})) or "-"
         parts.append(f"{e} chose {desc} of {len({_cand(t) for t in mine})} candidate(s) "
                      f"({_human(flops)} FLOPs of tuning)")
-    on = "validation loss" if tune_metric in ("val_loss", "loss") else f"the validation {tune_metric}"
+    on = ("validation loss" if tune_metric in ("val_loss", "loss") else
+          "the task metric on validation" if tune_metric == "task" else f"validation {tune_metric}")
     return [f"Tuning (per entry, on {on}): " + "; ".join(parts) + "."]
 
 
