@@ -311,7 +311,8 @@ def sweep(tmp_path_factory):
                 if entry == "decoder" and scale == 2.0 and seed == 1:
                     curve[25]["loss"] = 9.0  # a planted spike at step 130
                 rows.append(_row(out, entry, seed, _noisy(refs, noise[si], 1000 * si + 10 * seed + len(entry)), refs,
-                                 scale=scale, train_flops=x, val_loss=e + a * x ** -al + 0.001 * seed,
+                                 scale=scale, train_flops=x * (1 + 0.002 * seed),  # tokens differ by seed
+                                 val_loss=e + a * x ** -al + 0.001 * seed,
                                  train_curve=curve, tuned={"lr": 1e-3 if entry == "decoder" else 2e-3}))
     tuning = [{"entry": entry, "seed": 0, "lr": lr, "warmup_steps": 10, "dropout": 0.0, "steps": 50,
                "val_loss": 3.0 + (lr - chosen) ** 2 * 1e5, "metric": None, "flops": 1e12,
@@ -339,7 +340,7 @@ def test_sweep_states_the_winner_per_budget_and_the_crossing(sweep):
     assert (c["before"], c["after"]) == ("decoder", "encoder-decoder") and c["lo"] < c["hi"] <= 1.0
     lines = doc["verdict"]
     assert sum(v.startswith("Budget ×") for v in lines) == 4
-    assert lines[0].startswith("Budget ×0.25 (10.00T training FLOPs): **decoder** wins on BLEU")
+    assert lines[0].startswith("Budget ×0.25 (10.01T training FLOPs): **decoder** wins on BLEU")
     cross = next(v for v in lines if v.startswith("Ordering"))
     assert f"**decoder** at ×{c['lo']:g}, **encoder-decoder** at ×{c['hi']:g}" in cross
     assert "paired bootstrap p < 0.001" in lines[0]
@@ -358,6 +359,14 @@ def test_sweep_fits_the_planted_power_law_of_validation_loss(sweep):
     row = next(r for r in table if r[0] == "decoder" and r[1] == "val loss")
     assert row[head.index("α")] == f"{doc['fits']['decoder']['val_loss']['alpha']:.3f}"
     assert (out / "quality_vs_flops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_three_budgets_get_no_fit_even_when_seeds_differ_in_flops(tmp_path):
+    refs = _refs(20)
+    rows = [_row(tmp_path, "decoder", seed, _noisy(refs, 0.3, seed), refs, scale=scale,
+                 train_flops=1e13 * scale * (1 + 0.01 * seed), val_loss=2.0 + 30 * (1e13 * scale) ** -0.1)
+            for scale in (0.5, 1.0, 2.0) for seed in (0, 1)]  # six distinct FLOPs, three budgets
+    assert _write(tmp_path, rows, [0, 1])["fits"] == {}
 
 
 def test_sweep_flags_the_planted_loss_spike_only(sweep):

@@ -309,12 +309,17 @@ def power_law_fits(agg: list[dict[str, Any]], results: list[dict[str, Any]],
     for entry in dict.fromkeys(a["entry"] for a in agg):
         mine = [r for r in rows if r["entry"] == entry and _num(r.get("train_flops"))]
         for metric, hib in ((key, higher), ("val_loss", False)):
-            pts = [(r["train_flops"], r[metric]) for r in mine if _num(r.get(metric))]
+            pts = [(r["train_flops"], r[metric], r["scale"]) for r in mine if _num(r.get(metric))]
+            # budgets are the scales: seeds of one scale train slightly different token counts,
+            # so their FLOPs differ a little without being another budget
+            n_scales = len({p[2] for p in pts})
+            if n_scales < 4:
+                continue
             f = S.fit_power_law([p[0] for p in pts], [p[1] for p in pts], higher_is_better=hib)
             # alpha at its search bound: the points do not follow a saturating power law
             # (e.g. quality jumps between two budgets); no curve is drawn or tabled
             if f is not None and not f.at_bound:
-                fits.setdefault(entry, {})[metric] = f.as_dict()
+                fits.setdefault(entry, {})[metric] = {**f.as_dict(), "n_budgets": n_scales}
     return fits
 
 
