@@ -311,7 +311,8 @@ def sweep(tmp_path_factory):
                 if entry == "decoder" and scale == 2.0 and seed == 1:
                     curve[25]["loss"] = 9.0  # a planted spike at step 130
                 rows.append(_row(out, entry, seed, _noisy(refs, noise[si], 1000 * si + 10 * seed + len(entry)), refs,
-                                 scale=scale, train_flops=x, val_loss=e + a * x ** -al + 0.001 * seed,
+                                 scale=scale, train_flops=x * (1 + 0.002 * seed),  # tokens differ by seed
+                                 val_loss=e + a * x ** -al + 0.001 * seed,
                                  train_curve=curve, tuned={"lr": 1e-3 if entry == "decoder" else 2e-3}))
     tuning = [{"entry": entry, "seed": 0, "lr": lr, "warmup_steps": 10, "dropout": 0.0, "steps": 50,
                "val_loss": 3.0 + (lr - chosen) ** 2 * 1e5, "metric": None, "flops": 1e12,
@@ -339,7 +340,7 @@ def test_sweep_states_the_winner_per_budget_and_the_crossing(sweep):
     assert (c["before"], c["after"]) == ("decoder", "encoder-decoder") and c["lo"] < c["hi"] <= 1.0
     lines = doc["verdict"]
     assert sum(v.startswith("Budget ×") for v in lines) == 4
-    assert lines[0].startswith("Budget ×0.25 (10.00T training FLOPs): **decoder** wins on BLEU")
+    assert lines[0].startswith("Budget ×0.25 (10.01T training FLOPs): **decoder** wins on BLEU")
     cross = next(v for v in lines if v.startswith("Ordering"))
     assert f"**decoder** at ×{c['lo']:g}, **encoder-decoder** at ×{c['hi']:g}" in cross
     assert "paired bootstrap p < 0.001" in lines[0]
@@ -358,6 +359,14 @@ def test_sweep_fits_the_planted_power_law_of_validation_loss(sweep):
     row = next(r for r in table if r[0] == "decoder" and r[1] == "val loss")
     assert row[head.index("α")] == f"{doc['fits']['decoder']['val_loss']['alpha']:.3f}"
     assert (out / "quality_vs_flops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_three_budgets_get_no_fit_even_when_seeds_differ_in_flops(tmp_path):
+    refs = _refs(20)
+    rows = [_row(tmp_path, "decoder", seed, _noisy(refs, 0.3, seed), refs, scale=scale,
+                 train_flops=1e13 * scale * (1 + 0.01 * seed), val_loss=2.0 + 30 * (1e13 * scale) ** -0.1)
+            for scale in (0.5, 1.0, 2.0) for seed in (0, 1)]  # six distinct FLOPs, three budgets
+    assert _write(tmp_path, rows, [0, 1])["fits"] == {}
 
 
 def test_sweep_flags_the_planted_loss_spike_only(sweep):
@@ -425,10 +434,31 @@ def test_results_without_the_new_fields_still_report(tmp_path):
     assert "p vs best" not in head and "Scale" not in head and "tune FLOPs" not in head
     # one seed and no outputs: the best mean is not called a winner
     assert doc["verdict"][0].startswith("Quality: no clear winner on BLEU: **encoder-decoder** leads")
-    assert "no per-example outputs" in doc["verdict"][0]
+    assert "not established" in doc["verdict"][0] and "no per-example outputs" in doc["verdict"][0]
+    assert not any(v.startswith("Training stability") for v in doc["verdict"])  # no curves recorded
     assert doc["scales"] == [1.0] and doc["tuning"] == [] and doc["spikes"] == []
     for name in ("loss_vs_flops.png", "quality_vs_params.png", "decoding.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_text_task_without_outputs_decides_on_the_seeds_alone(tmp_path):
+    def rows(seeds, ppl):
+        out = []
+        for entry, base in ppl.items():
+            for s in seeds:
+                r = _row(tmp_path, entry, s, ["x"] * 3, ["x"] * 3, objective="causal-lm")
+                for k in ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "outputs_path", "samples"):
+                    r.pop(k)
+                r.update(ppl=base + 0.1 * s, bpb=1.0)
+                out.append(r)
+        return out
+    doc = _write(tmp_path, rows([0, 1, 2], {"decoder": 20.0, "prefix-lm": 24.0}), [0, 1, 2], kind="text")
+    q = doc["verdict"][0]
+    assert q.startswith("Quality: **decoder** wins on perplexity (20.10 ± 0.10), 4.00 ahead of prefix-lm")
+    assert "ahead in every seed" in q and "no per-example outputs" in q
+    one = _write(tmp_path, rows([0], {"decoder": 20.0, "prefix-lm": 24.0}), [0], kind="text")
+    assert one["verdict"][0].startswith("Quality: no clear winner on perplexity: **decoder** leads")
+    assert "with one seed and no per-example outputs" in one["verdict"][0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,3 +490,13 @@ def test_classification_is_not_called_decoding():
     line = _latency_line([_agg("encoder", 0.5), _agg("decoder", 0.9)], kind="label")
     assert "**encoder** classifies fastest (0.50 ms per example, batched)" in line
     assert "beam" not in line and "KV cache" not in line
+
+
+def test_tuning_line_names_the_metric_it_chose_on():
+    tuning = [{"entry": "decoder", "seed": 0, "lr": lr, "val_loss": 3.0, "metric": m, "flops": 1e9,
+               "chosen": lr == 1e-3} for lr, m in ((1e-3, 12.0), (3e-3, 10.0))]
+    line = next(v for v in verdict([_agg("decoder", 1.0)], "pair", [], tuning=tuning, tune_metric="task")
+                if v.startswith("Tuning"))
+    assert line.startswith("Tuning (per entry, on the task metric on validation): decoder chose lr 0.001 of 2")
+    line = next(v for v in verdict([_agg("decoder", 1.0)], "pair", [], tuning=tuning) if v.startswith("Tuning"))
+    assert "on validation loss" in line and "(2.00G FLOPs of tuning)" in line

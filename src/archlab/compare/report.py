@@ -309,12 +309,17 @@ def power_law_fits(agg: list[dict[str, Any]], results: list[dict[str, Any]],
     for entry in dict.fromkeys(a["entry"] for a in agg):
         mine = [r for r in rows if r["entry"] == entry and _num(r.get("train_flops"))]
         for metric, hib in ((key, higher), ("val_loss", False)):
-            pts = [(r["train_flops"], r[metric]) for r in mine if _num(r.get(metric))]
+            pts = [(r["train_flops"], r[metric], r["scale"]) for r in mine if _num(r.get(metric))]
+            # budgets are the scales: seeds of one scale train slightly different token counts,
+            # so their FLOPs differ a little without being another budget
+            n_scales = len({p[2] for p in pts})
+            if n_scales < 4:
+                continue
             f = S.fit_power_law([p[0] for p in pts], [p[1] for p in pts], higher_is_better=hib)
             # alpha at its search bound: the points do not follow a saturating power law
             # (e.g. quality jumps between two budgets); no curve is drawn or tabled
             if f is not None and not f.at_bound:
-                fits.setdefault(entry, {})[metric] = f.as_dict()
+                fits.setdefault(entry, {})[metric] = {**f.as_dict(), "n_budgets": n_scales}
     return fits
 
 
@@ -352,17 +357,19 @@ def _quality_line(w: S.Winner, by: dict[str, dict[str, Any]], key: str, label: s
             line += f": {w.reason} (no per-example outputs for a paired test)"
         return line + "."
     line = (f"{prefix}no clear winner on {label}: **{w.leader}** leads ({_pm(lead, key)}) "
-            f"{w.runner_up} ({_pm(second, key)}) by only {w.gap:.2f}, {w.reason}")
+            f"{w.runner_up} ({_pm(second, key)}) by {w.gap:.2f}")
+    if w.p_value is None and test is None and n_seeds < 2:
+        return line + (", but with one seed and no per-example outputs for a paired test the difference "
+                       "is not established (run more seeds).")
+    line += f", {w.reason}"
     if w.p_value is None and test is None:
-        line += "; no per-example outputs for a paired test"
-        if n_seeds < 2:
-            line += " and one seed (run more seeds)"
+        line += " (no per-example outputs for a paired test)"
     return line + "."
 
 
 def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, Any]], *,
             spike_list: list[dict[str, Any]] | None = None,
-            tuning: list[dict[str, Any]] | None = None) -> list[str]:
+            tuning: list[dict[str, Any]] | None = None, tune_metric: str = "val_loss") -> list[str]:
     key, label, higher = primary_metric(results, task_kind)
     for a in agg:
         a.setdefault("scale", 1.0)
@@ -382,8 +389,8 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
                 lines.append(_quality_line(w, by, key, label, at + ": ", short=i > 0))
             lines.append(_crossing_line(ws))
     lines += _ablation_lines(agg, task_kind, key, label)
-    lines += _tuning_lines(agg, tuning)
-    if spike_list is not None:
+    lines += _tuning_lines(agg, tuning, tune_metric)
+    if spike_list is not None and any(r.get("train_curve") for r in results):
         lines.append(_spike_line(spike_list, results))
     trunc = [a for a in agg if _num(a.get("truncated_fraction")) and a["truncated_fraction"] > 0]
     if trunc:
@@ -467,7 +474,8 @@ def _ablation_lines(agg: list[dict[str, Any]], task_kind: str, key: str, label: 
     return ["Source ablation: " + "; ".join(parts) + "."] if parts else []
 
 
-def _tuning_lines(agg: list[dict[str, Any]], tuning: list[dict[str, Any]] | None) -> list[str]:
+def _tuning_lines(agg: list[dict[str, Any]], tuning: list[dict[str, Any]] | None,
+                  tune_metric: str = "val_loss") -> list[str]:
     if not tuning:
         tuned = [a for a in agg if a.get("tuned")]
         return [] if not tuned else ["Tuning: " + "; ".join(
@@ -483,7 +491,9 @@ def _tuning_lines(agg: list[dict[str, Any]], tuning: list[dict[str, Any]] | None
         desc = " / ".join(sorted({_tuned({k: t[k] for k in knobs if t.get(k) is not None}) for t in chosen})) or "-"
         parts.append(f"{e} chose {desc} of {len({_cand(t) for t in mine})} candidate(s) "
                      f"({_human(flops)} FLOPs of tuning)")
-    return ["Tuning (per entry, on validation loss): " + "; ".join(parts) + "."]
+    on = ("validation loss" if tune_metric in ("val_loss", "loss") else
+          "the task metric on validation" if tune_metric == "task" else f"validation {tune_metric}")
+    return [f"Tuning (per entry, on {on}): " + "; ".join(parts) + "."]
 
 
 def _cand(t: dict[str, Any]) -> tuple[Any, ...]:
@@ -551,6 +561,8 @@ def make_plots(results: list[dict[str, Any]], agg: list[dict[str, Any]], task_ki
         first = r["seed"] == min(x["seed"] for x in rows if x["entry"] == r["entry"]) and r["scale"] == top
         ax.plot(xs, [v for _, v in pts], marker="o", ms=3, color=color[r["entry"]],
                 alpha=1.0 if r["scale"] == top else 0.45, label=r["entry"] if first else None)
+    if len({r["scale"] for r in rows}) > 1:
+        ax.set_xscale("log")
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("validation loss")
     ax.set_title("Validation loss vs training compute")
@@ -809,7 +821,8 @@ def write_report(
     plots = make_plots(rows, agg, task_kind, tokens_per_example, fits=fits, tuning=tuning, spike_list=spike_list)
     for name, data in plots.items():
         (out / f"{name}.png").write_bytes(data)
-    verdict_lines = verdict(agg, task_kind, rows, spike_list=spike_list, tuning=tuning)
+    tune_metric = getattr(getattr(cfg, "tune", None), "metric", None) or "val_loss"
+    verdict_lines = verdict(agg, task_kind, rows, spike_list=spike_list, tuning=tuning, tune_metric=tune_metric)
     key, label, _ = primary_metric(rows, task_kind)
     scale_list = sorted({float(s) for s in scales} if scales else {a["scale"] for a in agg})
     doc = {
