@@ -48,6 +48,11 @@ SPECS: dict[str, tuple[str, str, dict[str, Any]]] = {
         vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
         decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=40,
         scale_embedding=True, forced_eos_token_id=None)),
+    # Mixtral: Llama block with a top-2 of 4 experts MoE feed-forward (GQA, untied head)
+    "mixtral": ("MixtralForCausalLM", "MixtralConfig", dict(
+        vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=24, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64,
+        rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
     # bart-base style: no embedding scale, all-zero final_logits_bias (see make)
     "bart-plain": ("BartForConditionalGeneration", "BartConfig", dict(
         vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
@@ -57,9 +62,9 @@ SPECS: dict[str, tuple[str, str, dict[str, Any]]] = {
 
 FAMILY = {"bert-mlm": "bert", "bert-model": "bert", "bert-cls": "bert", "gpt2": "gpt2", "llama": "llama",
           "llama-tied": "llama", "t5": "t5", "t5-v1.1": "t5", "bart": "bart",
-          "bart-plain": "bart"}
+          "bart-plain": "bart", "mixtral": "mixtral"}
 SEQ2SEQ = ("t5", "t5-v1.1", "bart", "bart-plain")
-DECODERS = ("gpt2", "llama", "llama-tied")
+DECODERS = ("gpt2", "llama", "llama-tied", "mixtral")
 
 
 def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.15, *, buffers: bool = True) -> None:

@@ -192,6 +192,8 @@ class Family:
             p.append(f"position_offset is {cfg.position_offset} ({n} uses {2 if n == 'bart' else 0})")
         if cfg.n_classes and n != "bert":
             p.append(f"n_classes is {cfg.n_classes} (no {n} classification head is supported)")
+        if cfg.has_moe:
+            p.append(f"ffn pattern {cfg.ffn!r} has MoE layers ({n} has dense feed-forwards)")
         return p
 
 
@@ -920,10 +922,16 @@ class Bart(Family):
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (Bert(), GPT2(), Llama(), T5(), Bart())}
-MODEL_TYPES = {f.model_type: f for f in FAMILIES.values()}
-ARCHITECTURES = {a: f for f in FAMILIES.values() for a in f.architectures}
 # what a model_type without "architectures" is read as
 DEFAULT_ARCHITECTURE = {"bert": "BertModel", "gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
                         "t5": "T5ForConditionalGeneration", "bart": "BartForConditionalGeneration"}
+
+# mixture-of-experts families (Mixtral) live in their own module
+from archlab.convert.moe_families import MOE_DEFAULT_ARCHITECTURE, MOE_FAMILIES  # noqa: E402
+
+FAMILIES.update({f.name: f for f in MOE_FAMILIES})
+DEFAULT_ARCHITECTURE.update(MOE_DEFAULT_ARCHITECTURE)
+MODEL_TYPES = {f.model_type: f for f in FAMILIES.values()}
+ARCHITECTURES = {a: f for f in FAMILIES.values() for a in f.architectures}
 
 __all__ = ["ARCHITECTURES", "DEFAULT_ARCHITECTURE", "FAMILIES", "Family", "GATED_ACTIVATIONS", "Rule"]
