@@ -169,6 +169,22 @@ class MoE(nn.Module):
             return xs.new_zeros(0, xs.shape[1])
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
+    def _one_token(self, x: torch.Tensor, gates: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """x: (1, C); gates, idx: (k,) -> (1, C). Only the chosen experts' weights are read;
+        summed in increasing expert order, as the grouped path does."""
+        chosen = sorted(zip(idx.tolist(), range(len(gates))))
+        out = None
+        for e, j in chosen:
+            h = self._act(_expert_linear(x, self.w_in[e], None if self.b_in is None else self.b_in[e]))
+            if self.training:
+                h = self.dropout(h)
+            y = _expert_linear(h, self.w_out[e], None if self.b_out is None else self.b_out[e])
+            y = y * gates[j].to(y.dtype)
+            out = y if out is None else out + y
+        if self.shared is not None:
+            out = out + self.shared(x)
+        return out
+
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, T, C) normed hidden states; valid: (B, T) real tokens or None -> (B, T, C)."""
         B, T, C = x.shape
@@ -179,6 +195,18 @@ class MoE(nn.Module):
             flat = flat.index_select(0, sel)
         N, k, E = flat.shape[0], self.top_k, self.n_experts
         logits, probs, gates, idx = self.route(flat)
+        # losses and counts are not needed while generating (inference mode, no health count)
+        record = self.health is not None or not torch.is_inference_mode_enabled()
+        if N == 1:  # one token (batch-1 decoding): its k experts directly, no grouping
+            out = self._one_token(flat, gates[0], idx[0])
+            if record:
+                counts_t = torch.bincount(idx.reshape(-1), minlength=E)
+                self._record(logits, probs, counts_t, counts_t)  # k <= E slots: nothing drops
+            else:
+                self.aux = None
+            if sel is not None:
+                out = torch.zeros_like(x.reshape(B * T, C)).index_copy_(0, sel, out)
+            return out.view(B, T, C)
         # assignments in slot-major order: all first choices, then all second choices (the
         # capacity priority); a stable sort by expert keeps that order within each expert
         expert = idx.t().reshape(-1)  # (k*N,)
@@ -201,7 +229,10 @@ class MoE(nn.Module):
         out = torch.zeros_like(flat).index_add_(0, token, y)  # (N, C)
         if self.shared is not None:
             out = out + self.shared(flat)
-        self._record(logits, probs, counts_t, kept_t)
+        if record:
+            self._record(logits, probs, counts_t, kept_t)
+        else:
+            self.aux = None
         if sel is not None:
             out = torch.zeros_like(x.reshape(B * T, C)).index_copy_(0, sel, out)
         return out.view(B, T, C)
