@@ -103,7 +103,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # Dense vs mixture-of-experts at matched *active* FLOPs (budget.match flops counts the k
     # experts a token uses): a dense decoder (the reference), an MoE decoder with 8 experts
-    # top-2 (Mixtral-style routing; sizing tunes the expert width), and an MoE
+    # top-2 (Mixtral-style routing) at the dense decoder's depth, and an MoE
     # encoder-decoder (every layer of both stacks), on the demo's translation task. The
     # sizing log and sizing.json give total and active parameters of each entry; expert
     # health per evaluation is in each run's metrics.jsonl. Sized for a 2-core CPU (about
@@ -117,9 +117,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "budget": {"match": "flops", "reference": "decoder"},
         "entries": [
             {"arch": "decoder", "name": "dense decoder"},
+            # the dense decoder's depth, each token through 2 experts of half its width: the
+            # same active FLOPs (plus the router's), 4x the feed-forward parameters
             {"arch": "decoder", "name": "moe decoder 8x top-2",
-             "model": {"ffn": "E*", "moe": {"n_experts": 8, "top_k": 2, "aux_loss_coef": 0.01,
-                                            "z_loss_coef": 0.001}}},
+             "model": {"n_layers": 3, "d_ff": 384, "ffn": "E*",
+                       "moe": {"n_experts": 8, "top_k": 2, "aux_loss_coef": 0.01, "z_loss_coef": 0.001}}},
             {"arch": "encoder-decoder", "name": "moe encoder-decoder 8x top-2",
              "model": {"ffn": "E*", "moe": {"n_experts": 8, "top_k": 2, "aux_loss_coef": 0.01,
                                             "z_loss_coef": 0.001}}},
