@@ -12,7 +12,7 @@ import torch
 
 from archlab import build_model
 from archlab.config import MoEConfig
-from archlab.objectives import Example, SpecialTokens, make_objective
+from archlab.objectives import Example, SpecialTokens, make_objective, token_loss
 from archlab.train.config import EvalConfig, TrainConfig
 from archlab.train.trainer import Trainer
 from tests.helpers import tiny
@@ -41,7 +41,10 @@ def test_objective_adds_weighted_aux_losses_in_training_only(arch, objective):
     aux = model.aux_losses()
     assert set(out.aux) == {"balance", "z"}
     torch.testing.assert_close(out.aux_loss, 0.1 * aux["balance"] + 0.01 * aux["z"])
-    torch.testing.assert_close(out.loss, out.task_loss + out.aux_loss)
+    # the same forward without the aux terms: the task loss alone (no dropout: deterministic)
+    ce = token_loss(model, obj.forward(model, batch), batch["labels"]).loss
+    torch.testing.assert_close(out.loss, ce + 0.1 * aux["balance"] + 0.01 * aux["z"])
+    torch.testing.assert_close(out.task_loss, ce)
     out.loss.backward()  # the router learns from the balancing loss
     router = next(p for n, p in model.named_parameters() if n.endswith("mlp.router.weight"))
     assert router.grad is not None and float(router.grad.abs().sum()) > 0
