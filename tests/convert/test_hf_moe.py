@@ -73,6 +73,19 @@ def test_greedy_and_beam_generate_equal_transformers(mixtral):
     assert torch.equal(ours, ref), (ours, ref)
 
 
+def test_switch_transformers_greedy_generate_equals_transformers(tmp_path):
+    hf = make("switch", tmp_path / "switch")
+    imp = from_hf(tmp_path / "switch")
+    assert imp.cfg.ffn == "DEDE/DE" and imp.cfg.moe.router == "switch" and imp.cfg.moe.top_k == 1
+    ids, mask = batch(seed=4, T=7)
+    with torch.no_grad():
+        ref = hf.generate(input_ids=ids, attention_mask=mask, do_sample=False, num_beams=1,
+                          max_new_tokens=8, min_new_tokens=8)
+    ours = greedy(imp.model, ids, mask, 8, min_new_tokens=8)
+    assert torch.equal(ours, ref), (ours, ref)
+    assert len(set(map(tuple, ours.tolist()))) > 1
+
+
 def test_native_moe_decoder_exports_to_mixtral(tmp_path):
     cfg = ModelConfig(arch="decoder", vocab_size=61, d_model=32, n_heads=4, n_kv_heads=2, n_layers=2,
                       d_ff=24, tie_embeddings=False, ffn="E*", moe=MoEConfig(n_experts=4, top_k=2),

@@ -1,4 +1,5 @@
-"""Hugging Face mixture-of-experts families: Mixtral (Jiang et al. 2024).
+"""Hugging Face mixture-of-experts families: Mixtral (Jiang et al. 2024) and Switch
+Transformers (Fedus et al. 2022; see :class:`SwitchTransformers`).
 
 ``MixtralForCausalLM`` is a Llama block whose MLP is a top-k softmax MoE (renormalised gates,
 no shared experts, no capacity): archlab's ``ffn: E*`` with ``moe.router: topk-softmax``.
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from archlab.convert.families import Family, Llama, Rule
+from archlab.convert.families import T5, Family, Llama, Rule, _lin
 from archlab.errors import ArchlabError
 
 
@@ -127,4 +128,134 @@ class Mixtral(Llama):
 MOE_FAMILIES: tuple[Family, ...] = (Mixtral(),)
 MOE_DEFAULT_ARCHITECTURE: dict[str, str] = {"mixtral": "MixtralForCausalLM"}
 
-__all__ = ["MOE_DEFAULT_ARCHITECTURE", "MOE_FAMILIES", "ExpertRule", "Mixtral"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Switch Transformers (Fedus et al. 2022)
+# ---------------------------------------------------------------------------------------------
+
+
+def _switch_pattern(n: int, step: int) -> str:
+    """transformers' SwitchTransformersStack: layer i is sparse iff i % step == 1 (or step 1)."""
+    return "".join("E" if step > 0 and (i % step == 1 or step == 1) else "D" for i in range(n))
+
+
+def _switch_step(n: int, num_sparse: int) -> int:
+    # SwitchTransformersConfig.__post_init__ (num_sparse 0 gives step n, its "no sparse" hack)
+    return n // num_sparse if num_sparse > 0 else n
+
+
+class SwitchTransformers(T5):
+    """``SwitchTransformersForConditionalGeneration``: T5 v1.0 blocks (ReLU, relative buckets,
+    tied head scaled by d^-0.5) whose feed-forward is a top-1 switch MoE every ``step``-th
+    layer. HF caps each expert at ``expert_capacity`` tokens *per sequence* (drops the rest);
+    archlab imports the router dropless, which equals HF while no sequence sends more than
+    ``expert_capacity`` tokens to one expert (the tests check such inputs), and exports with
+    ``expert_capacity`` = max_seq_len, where nothing drops."""
+
+    name = "switch_transformers"
+    model_type = "switch_transformers"
+    prefix = ""
+    architectures = ("SwitchTransformersForConditionalGeneration",)
+
+    def model_config(self, hf, arch, ck):
+        if hf.get("router_bias"):
+            raise ArchlabError("switch_transformers: router_bias=true is not supported (archlab's "
+                               "router has no bias)")
+        if str(hf.get("feed_forward_proj", "relu")).startswith("gated"):
+            raise ArchlabError("switch_transformers: gated feed_forward_proj is not supported")
+        kw = super().model_config(hf, arch, ck)
+        n_enc = hf.get("num_layers", 12)
+        n_dec = hf.get("num_decoder_layers") or n_enc
+        enc = _switch_pattern(n_enc, _switch_step(n_enc, int(hf.get("num_sparse_encoder_layers", 3))))
+        dec = _switch_pattern(n_dec, _switch_step(n_dec, int(hf.get("num_sparse_decoder_layers", 3))))
+        if "E" in enc + dec:
+            kw["ffn"] = f"{enc}/{dec}"
+            kw["moe"] = {"n_experts": int(hf.get("num_experts", 8)), "top_k": 1, "router": "switch",
+                         "aux_loss_coef": float(hf.get("router_aux_loss_coef", 0.001)),
+                         "z_loss_coef": float(hf.get("router_z_loss_coef", 0.001)),
+                         "router_jitter": float(hf.get("router_jitter_noise", 0.01) or 0.0)}
+        return kw
+
+    def _mlp(self, cfg, ours, theirs):  # dense layers: layer.N.mlp.wi / wo
+        return _lin(ours + "mlp.w_in", theirs + "mlp.wi", False) + _lin(ours + "mlp.w_out", theirs + "mlp.wo", False)
+
+    def rules(self, cfg, prefix):
+        out = []
+        moe_layers = set()
+        for side in ("encoder", "decoder"):
+            for i, (_, f) in enumerate(cfg.layer_kinds(side)):
+                if f == "moe":
+                    moe_layers.add(f"{side}.blocks.{i}.mlp.")
+        for r in super().rules(cfg, prefix):
+            if any(r.ours.startswith(m) for m in moe_layers):
+                continue
+            out.append(r)
+        E = cfg.moe_cfg.n_experts
+        for m in sorted(moe_layers):
+            side, _, i = m.split(".")[:3]
+            ff = f"{side}.block.{i}.layer.{2 if side == 'decoder' else 1}.mlp."
+            out.append(Rule(m + "router.weight", (ff + "router.classifier.weight",)))
+            out.append(ExpertRule(m + "w_in", tuple(f"{ff}experts.expert_{e}.wi.weight" for e in range(E)),
+                                  op="experts"))
+            out.append(ExpertRule(m + "w_out", tuple(f"{ff}experts.expert_{e}.wo.weight" for e in range(E)),
+                                  op="experts"))
+        return out
+
+    def _num_sparse(self, kinds: list[str]) -> int | None:
+        n = len(kinds)
+        pattern = "".join("E" if f == "moe" else "D" for f in kinds)
+        for k in range(1, n + 1):
+            if _switch_pattern(n, _switch_step(n, k)) == pattern:
+                return k
+        return None
+
+    def problems(self, cfg):
+        if cfg.layers is not None and any(m != "attention" for m, _ in cfg.all_layer_kinds()):
+            return [f"layers pattern is {cfg.layers!r} (switch_transformers layers are attention)"]
+        if not cfg.has_moe:
+            return ["no MoE layers (a dense model is a t5)"]
+        p = [x.replace("t5", "switch_transformers")
+             for x in super().problems(cfg.replace(ffn=None, moe=None))]
+        for side in ("encoder", "decoder"):
+            kinds = [f for _, f in cfg.layer_kinds(side)]
+            if self._num_sparse(kinds) is None:
+                p.append(f"{side} ffn pattern {''.join('E' if f == 'moe' else 'D' for f in kinds)} is not "
+                         "one transformers builds (layer i sparse iff i % step == 1)")
+        m = cfg.moe_cfg
+        if m.router != "switch":
+            p.append(f"moe.router is {m.router} (switch_transformers routes top-1 by softmax: switch)")
+        if m.capacity_factor is not None:
+            p.append(f"moe.capacity_factor is {m.capacity_factor} (exported dropless: expert_capacity "
+                     "= max_seq_len; set it to null)")
+        if m.n_shared_experts or m.d_expert(cfg.d_ff) != cfg.d_ff:
+            p.append("moe.n_shared_experts / d_ff_expert are set (switch experts have width d_ff)")
+        if cfg.gated:
+            p.append(f"activation is {cfg.activation} (switch experts are not gated)")
+        return p
+
+    def hf_config(self, cfg, arch):
+        out = super().hf_config(cfg.replace(ffn=None, moe=None), arch)
+        out.pop("scale_decoder_outputs", None)
+        m = cfg.moe_cfg
+        enc = [f for _, f in cfg.layer_kinds("encoder")]
+        dec = [f for _, f in cfg.layer_kinds("decoder")]
+        out.update({
+            "num_experts": m.n_experts,
+            "expert_capacity": cfg.max_seq_len,
+            "num_sparse_encoder_layers": self._num_sparse(enc),
+            "num_sparse_decoder_layers": self._num_sparse(dec),
+            "router_bias": False,
+            "router_jitter_noise": m.router_jitter,
+            "router_dtype": "float32",
+            "router_ignore_padding_tokens": False,
+            "router_z_loss_coef": m.z_loss_coef,
+            "router_aux_loss_coef": m.balance_coef,
+        })
+        return out
+
+
+MOE_FAMILIES = (Mixtral(), SwitchTransformers())
+MOE_DEFAULT_ARCHITECTURE["switch_transformers"] = "SwitchTransformersForConditionalGeneration"
+
+__all__ = ["MOE_DEFAULT_ARCHITECTURE", "MOE_FAMILIES", "ExpertRule", "Mixtral", "SwitchTransformers"]
