@@ -91,12 +91,13 @@ class Mixtral(Llama):
         return dense + r
 
     def problems(self, cfg):
+        # the Llama block's problems plus the MoE ones (a dense model stays closer to llama)
+        p = [x.replace("llama", "mixtral") for x in super().problems(cfg.replace(ffn=None, moe=None))]
         if cfg.layers is not None and any(m != "attention" for m, _ in cfg.all_layer_kinds()):
-            return [f"layers pattern is {cfg.layers!r} (mixtral layers are attention)"]
+            p.append(f"layers pattern is {cfg.layers!r} (mixtral layers are attention)")
         if not cfg.has_moe or any(f != "moe" for _, f in cfg.all_layer_kinds()):
-            return [f"ffn pattern is {cfg.ffn!r} (mixtral has an MoE feed-forward in every layer: E*)"]
-        p = super().problems(cfg.replace(ffn=None, moe=None))
-        p = [x.replace("llama", "mixtral") for x in p]
+            p.append(f"ffn pattern is {cfg.ffn!r} (mixtral has an MoE feed-forward in every layer: E*)")
+            return p
         m = cfg.moe_cfg
         if m.router != "topk-softmax":
             p.append(f"moe.router is {m.router} (mixtral routes by top-k softmax)")
@@ -211,12 +212,13 @@ class SwitchTransformers(T5):
         return None
 
     def problems(self, cfg):
-        if cfg.layers is not None and any(m != "attention" for m, _ in cfg.all_layer_kinds()):
-            return [f"layers pattern is {cfg.layers!r} (switch_transformers layers are attention)"]
-        if not cfg.has_moe:
-            return ["no MoE layers (a dense model is a t5)"]
         p = [x.replace("t5", "switch_transformers")
              for x in super().problems(cfg.replace(ffn=None, moe=None))]
+        if cfg.layers is not None and any(m != "attention" for m, _ in cfg.all_layer_kinds()):
+            p.append(f"layers pattern is {cfg.layers!r} (switch_transformers layers are attention)")
+        if not cfg.has_moe:
+            p.append("no MoE layers (a dense model is a t5)")
+            return p
         for side in ("encoder", "decoder"):
             kinds = [f for _, f in cfg.layer_kinds(side)]
             if self._num_sparse(kinds) is None:
