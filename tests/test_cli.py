@@ -69,3 +69,24 @@ def test_bad_layer_patterns_exit_2(argv, msg, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert msg in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_info_shows_moe_total_and_active(capsys):
+    assert main(["info", "decoder-tiny", "ffn=E*", "moe.n_experts=8", "moe.top_k=2", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["params"]["active"] < row["params"]["total"] and row["moe"]["layers"] == 2
+    assert main(["info", "decoder-tiny", "ffn=E*", "moe.n_experts=8"]) == 0
+    out = capsys.readouterr().out
+    assert "MoE 2 layers x 8 experts top-2" in out and "active" in out
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["info", "decoder-tiny", "ffn=E*", "moe.top_k=9"], "model.moe.top_k: must be in [1, n_experts=8]"),
+    (["info", "decoder-tiny", "ffn=E*", "moe.n_experts=0"], "model.moe.n_experts: must be >= 1"),
+    (["info", "decoder-tiny", "ffn=E*", "moe.capacity_factor=0"], "model.moe.capacity_factor: must be > 0"),
+    (["info", "decoder-tiny", "moe.top_k=1"], "model.moe: MoE options on a model without MoE layers"),
+])
+def test_bad_moe_options_exit_2(argv, msg, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1 and "Traceback" not in err

@@ -256,7 +256,8 @@ GATED_ACTIVATIONS = ("swiglu", "geglu", "geglu_tanh", "reglu")
 
 # Layer patterns (model.layers / model.ffn): one letter per layer.
 MIXERS = {"A": "attention", "M": "mamba", "S": "mamba2"}  # S: Mamba-2's SSD (Dao & Gu 2024)
-FFNS = {"D": "dense", "N": "none"}  # (E: mixture of experts, from the MoE issue)
+FFNS = {"D": "dense", "N": "none", "E": "moe"}  # E: mixture of experts (model.moe)
+Router = Literal["topk-softmax", "switch", "sigmoid-bias"]
 
 
 def _parse_pattern(text: str, n: int, key: str, letters: dict[str, str]) -> list[str]:
@@ -337,6 +338,66 @@ class SSMConfig:
 
 
 @dataclass
+class MoEConfig:
+    """Options of the mixture-of-experts feed-forward (ffn letter E in ``model.ffn``).
+
+    Routers: ``topk-softmax``: softmax over the experts, top-k, weights renormalised over the
+    chosen k (Mixtral; Jiang et al. 2024); ``switch``: softmax top-1 weighted by its
+    probability (Fedus et al. 2022); ``sigmoid-bias``: sigmoid scores, top-k chosen on
+    score + a per-expert bias that moves toward equal load after each optimizer step and never
+    enters the gate values (DeepSeek-V3's auxiliary-loss-free balancing; Wang et al. 2024).
+    """
+
+    n_experts: int = 8  # E routed experts
+    top_k: int = 2  # experts per token (switch: 1)
+    router: Router = "topk-softmax"
+    capacity_factor: float | None = None  # None: dropless; else each expert takes at most
+    # ceil(capacity_factor * tokens * top_k / E) assignments per batch, the rest are dropped
+    n_shared_experts: int = 0  # always-on experts of width d_ff_expert each (DeepSeek-MoE)
+    d_ff_expert: int | None = None  # hidden width of one expert; None: model.d_ff
+    aux_loss_coef: float | None = None  # Switch load balancing E*sum f_i P_i; None: 0.01
+    # (0 for sigmoid-bias, which balances through its bias)
+    z_loss_coef: float = 0.0  # router z-loss mean(logsumexp^2) (ST-MoE, Zoph et al. 2022: 1e-3)
+    router_jitter: float = 0.0  # training: router input times U(1 - j, 1 + j) (Switch)
+    bias_update_rate: float = 1e-3  # sigmoid-bias: step of the balancing bias (DeepSeek-V3 gamma)
+
+    def d_expert(self, d_ff: int) -> int:
+        return self.d_ff_expert if self.d_ff_expert is not None else d_ff
+
+    @property
+    def balance_coef(self) -> float:
+        if self.aux_loss_coef is not None:
+            return self.aux_loss_coef
+        return 0.0 if self.router == "sigmoid-bias" else 0.01
+
+    def validate(self) -> None:
+        def bad(key: str, msg: str) -> ConfigError:
+            return ConfigError(f"model.moe.{key}: {msg}")
+
+        _coerce(self.router, Router, "model.moe.router")
+        if self.n_experts < 1:
+            raise bad("n_experts", f"must be >= 1, got {self.n_experts}")
+        if not 1 <= self.top_k <= self.n_experts:
+            raise bad("top_k", f"must be in [1, n_experts={self.n_experts}], got {self.top_k}")
+        if self.router == "switch" and self.top_k != 1:
+            raise bad("top_k", f"the switch router is top-1, got top_k={self.top_k} (use "
+                               "router topk-softmax for k > 1)")
+        if self.capacity_factor is not None and not self.capacity_factor > 0:
+            raise bad("capacity_factor", f"must be > 0 (or null for dropless), got "
+                                         f"{self.capacity_factor}")
+        if self.n_shared_experts < 0:
+            raise bad("n_shared_experts", f"must be >= 0, got {self.n_shared_experts}")
+        if self.d_ff_expert is not None and self.d_ff_expert < 1:
+            raise bad("d_ff_expert", f"must be >= 1 or null, got {self.d_ff_expert}")
+        for key in ("aux_loss_coef", "z_loss_coef", "router_jitter", "bias_update_rate"):
+            v = getattr(self, key)
+            if v is not None and v < 0:
+                raise bad(key, f"must be >= 0, got {v}")
+        if self.router_jitter >= 1:
+            raise bad("router_jitter", f"must be in [0, 1), got {self.router_jitter}")
+
+
+@dataclass
 class ModelConfig:
     """Everything that defines a network. Architecture family and block style are independent.
 
@@ -398,15 +459,20 @@ class ModelConfig:
     # Per-layer design: a layer is (sequence mixer, feed-forward). ``layers`` has one letter
     # per layer: A attention, M Mamba-1, S Mamba-2 (None: all attention, today's models); an
     # encoder-decoder takes "ENCODER/DECODER" (one pattern without "/" serves both sides).
-    # ``ffn``: D dense, N none, same layout; None: dense after attention, none after Mamba
-    # (the Mamba block replaces both attention and MLP; Gu & Dao 2023 Sec. 3.4).
+    # ``ffn``: D dense, N none, E mixture of experts (model.moe), same layout; None: dense
+    # after attention, none after Mamba (the Mamba block replaces both attention and MLP;
+    # Gu & Dao 2023 Sec. 3.4). Every k-th layer MoE: a cyclic pattern, e.g. "DE*" (Jamba's
+    # expert_layer_period 2, offset 1).
     layers: str | None = None
     ffn: str | None = None
     ssm: SSMConfig | None = None  # mixer options; only for patterns with M or S layers
+    moe: MoEConfig | None = None  # expert options; only for ffn patterns with E layers
 
     def __post_init__(self) -> None:
         if isinstance(self.ssm, Mapping):  # ModelConfig(ssm={...}) from code
             self.ssm = from_dict(SSMConfig, self.ssm, prefix="model.ssm")
+        if isinstance(self.moe, Mapping):
+            self.moe = from_dict(MoEConfig, self.moe, prefix="model.moe")
         self.validate()
 
     # ---- derived -------------------------------------------------------------------------
@@ -494,6 +560,14 @@ class ModelConfig:
     def has_ssm(self) -> bool:
         return any(m != "attention" for m, _ in self.all_layer_kinds())
 
+    @property
+    def moe_cfg(self) -> MoEConfig:
+        return self.moe if self.moe is not None else MoEConfig()
+
+    @property
+    def has_moe(self) -> bool:
+        return self.ffn is not None and any(f == "moe" for _, f in self.all_layer_kinds())
+
     # ---- checks --------------------------------------------------------------------------
     def validate(self) -> None:
         def bad(key: str, msg: str) -> ConfigError:
@@ -558,9 +632,18 @@ class ModelConfig:
         self._validate_layers()
 
     def _validate_layers(self) -> None:
-        if self.layers is None and self.ffn is None and self.ssm is None:
+        if self.layers is None and self.ffn is None and self.ssm is None and self.moe is None:
             return  # all-attention, nothing to check (today's models)
         kinds = self.all_layer_kinds()  # parses the patterns: unknown letters, lengths
+        has_moe = any(f == "moe" for _, f in kinds)
+        if self.moe is not None and not has_moe:
+            raise ConfigError("model.moe: MoE options on a model without MoE layers; "
+                              "model.ffn has no E (mixture of experts) layer, e.g. ffn: E*")
+        if has_moe:
+            self.moe_cfg.validate()
+            if self.share_encoder_decoder:
+                raise ConfigError("model.share_encoder_decoder: not supported with MoE layers "
+                                  "(model.ffn)")
         if self.ssm is not None:
             if not any(m != "attention" for m, _ in kinds):
                 raise ConfigError("model.ssm: SSM options on an attention-only model; "
@@ -593,6 +676,7 @@ def model_config_from_dict(data: Mapping[str, Any], prefix: str = "model") -> Mo
 
 __all__ = [
     "ARCHS",
+    "MoEConfig",
     "ModelConfig",
     "SSMConfig",
     "apply_overrides",

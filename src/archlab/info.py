@@ -10,7 +10,12 @@ import time
 from archlab.config import ModelConfig, to_dict
 from archlab.errors import ConfigError
 from archlab.model import count_params, flops_per_token
-from archlab.model.flops import decode_memory, flops_by_layer_type, params_by_layer_type
+from archlab.model.flops import (
+    decode_memory,
+    flops_by_layer_type,
+    moe_params,
+    params_by_layer_type,
+)
 from archlab.model.presets import resolve_model_config
 
 
@@ -64,10 +69,23 @@ def describe(cfg: ModelConfig, seq_len: int) -> dict:
         "layers": (f"{cfg.encoder_layers}+{cfg.decoder_layers}" if cfg.arch == "encoder-decoder"
                    else str(cfg.n_layers)),
         "d_model": cfg.d_model,
-        "params": {"total": p.total, "embedding": p.embedding, "encoder": p.encoder,
-                   "decoder": p.decoder, "head": p.head, "non_embedding": p.non_embedding},
+        "params": {"total": p.total, "active": p.active, "embedding": p.embedding,
+                   "encoder": p.encoder, "decoder": p.decoder, "head": p.head,
+                   "non_embedding": p.non_embedding},
         "flops_per_token": {"seq_len": seq_len, **f},
+        **({"moe": _moe_info(cfg, seq_len)} if cfg.has_moe else {}),
     }
+
+
+def _moe_info(cfg: ModelConfig, seq_len: int) -> dict:
+    m = cfg.moe_cfg
+    by = flops_by_layer_type(cfg, seq_len if cfg.encoder_layers else 0,
+                             seq_len if cfg.decoder_layers else 0)
+    moe_flops = sum(d.get("moe", 0) for d in by.values())
+    n_tok = seq_len * (2 if cfg.arch == "encoder-decoder" else 1)
+    return {"n_experts": m.n_experts, "top_k": m.top_k, "router": m.router,
+            "n_shared_experts": m.n_shared_experts, "capacity_factor": m.capacity_factor,
+            **moe_params(cfg), "forward_flops_per_token": moe_flops / n_tok}
 
 
 def _add_info(p: argparse.ArgumentParser) -> None:
@@ -117,6 +135,13 @@ def run_info(args: argparse.Namespace) -> int:
         if "encoder_forward_per_src_token" in f:
             print(f"{'':<28} encoder {_human(f['encoder_forward_per_src_token'])} FLOPs/src token, "
                   f"decoder {_human(f['decoder_forward_per_tgt_token'])} FLOPs/tgt token (forward)")
+        if "moe" in r:  # total vs active: what an MoE changes
+            mo = r["moe"]
+            print(f"{'':<28} MoE {mo['layers']} layers x {mo['n_experts']} experts top-{mo['top_k']} "
+                  f"({mo['router']}{', ' + str(mo['n_shared_experts']) + ' shared' if mo['n_shared_experts'] else ''}): "
+                  f"params total {_human(p['total'])}, active {_human(p['active'])}/token; "
+                  f"experts {_human(mo['total'])} total, {_human(mo['active'])} active; "
+                  f"MoE FLOPs {_human(mo['forward_flops_per_token'])}/tok (forward, active)")
         lt = r["by_layer_type"]
         if set(lt["params"]) - {"attention", "cross-attention"}:  # Mamba / hybrid stacks
             parts = ", ".join(f"{k} {_human(v)} params {_human(lt['forward_flops_per_token'][k])} "

@@ -48,6 +48,17 @@ SPECS: dict[str, tuple[str, str, dict[str, Any]]] = {
         vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
         decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=40,
         scale_embedding=True, forced_eos_token_id=None)),
+    # Mixtral: Llama block with a top-2 of 4 experts MoE feed-forward (GQA, untied head)
+    "mixtral": ("MixtralForCausalLM", "MixtralConfig", dict(
+        vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=24, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64,
+        rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    # Switch Transformers: T5 blocks, top-1 switch MoE in encoder layers 1, 3 and decoder layer 1
+    # (expert_capacity 64 per sequence: nothing drops at these lengths)
+    "switch": ("SwitchTransformersForConditionalGeneration", "SwitchTransformersConfig", dict(
+        vocab_size=V, d_model=32, d_kv=8, d_ff=40, num_layers=4, num_sparse_encoder_layers=2,
+        num_decoder_layers=2, num_sparse_decoder_layers=1, num_heads=4, num_experts=4, expert_capacity=64,
+        relative_attention_num_buckets=8, relative_attention_max_distance=20, decoder_start_token_id=0)),
     # bart-base style: no embedding scale, all-zero final_logits_bias (see make)
     "bart-plain": ("BartForConditionalGeneration", "BartConfig", dict(
         vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
@@ -89,9 +100,10 @@ FAMILY = {"bert-mlm": "bert", "bert-model": "bert", "bert-cls": "bert", "gpt2": 
           "llama-tied": "llama", "t5": "t5", "t5-v1.1": "t5", "bart": "bart",
           "bart-plain": "bart", "mistral": "mistral", "roberta-mlm": "roberta", "roberta-model": "roberta",
           "roberta-cls": "roberta", "distilbert-mlm": "distilbert", "distilbert-model": "distilbert",
-          "distilbert-cls": "distilbert", "marian": "marian"}
-SEQ2SEQ = ("t5", "t5-v1.1", "bart", "bart-plain", "marian")
-DECODERS = ("gpt2", "llama", "llama-tied", "mistral")
+          "distilbert-cls": "distilbert", "marian": "marian", "mixtral": "mixtral",
+          "switch": "switch_transformers"}
+SEQ2SEQ = ("t5", "t5-v1.1", "bart", "bart-plain", "marian", "switch")
+DECODERS = ("gpt2", "llama", "llama-tied", "mistral", "mixtral")
 PAD = {"roberta-mlm": 1, "roberta-model": 1, "roberta-cls": 1}  # the pad id of the test batches
 
 

@@ -232,6 +232,38 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"every": 2000},
         "decode": {"num_beams": 4, "test_examples": 1000},
     },
+    # Dense vs mixture-of-experts at matched *active* FLOPs (budget.match flops counts the k
+    # experts a token uses): a dense decoder (the reference), an MoE decoder with 8 experts
+    # top-2 (Mixtral-style routing) at the dense decoder's depth, and an MoE
+    # encoder-decoder (every layer of both stacks), on the demo's translation task. The
+    # sizing log and sizing.json give total and active parameters of each entry; expert
+    # health per evaluation is in each run's metrics.jsonl. Sized for a 2-core CPU (about
+    # 20-30 minutes; not yet measured).
+    "moe": {
+        "name": "moe",
+        "data": {"task": "translation-en-de", "max_source_chars": 100, "test_fraction": 0.05},
+        "tokenizer": {"kind": "bpe", "vocab_size": 3000, "n_sentinels": 8},
+        "model": {"d_model": 192, "n_heads": 3, "n_layers": 3, "d_ff": 768, "max_seq_len": 256,
+                  "dropout": 0.0, "norm": "rmsnorm", "activation": "swiglu", "position": "rope"},
+        "budget": {"match": "flops", "reference": "decoder"},
+        "entries": [
+            {"arch": "decoder", "name": "dense decoder"},
+            # the dense decoder's depth, each token through 2 experts of half its width: the
+            # same active FLOPs (plus the router's), 4x the feed-forward parameters
+            {"arch": "decoder", "name": "moe decoder 8x top-2",
+             "model": {"n_layers": 3, "d_ff": 384, "ffn": "E*",
+                       "moe": {"n_experts": 8, "top_k": 2, "aux_loss_coef": 0.01, "z_loss_coef": 0.001}}},
+            {"arch": "encoder-decoder", "name": "moe encoder-decoder 8x top-2",
+             "model": {"ffn": "E*", "moe": {"n_experts": 8, "top_k": 2, "aux_loss_coef": 0.01,
+                                            "z_loss_coef": 0.001}}},
+        ],
+        "seeds": [0],
+        "train": {"steps": 900, "lr": 2e-3, "warmup_steps": 100, "schedule": "wsd", "decay_fraction": 0.25,
+                  "min_lr_ratio": 0.02, "weight_decay": 0.01, "tokens_per_batch": 3000, "max_len": 256,
+                  "save_every": 300, "log_every": 25},
+        "eval": {"every": 300, "max_examples": 300, "decode_examples": 0},
+        "decode": {"num_beams": 4, "max_new_tokens": 96, "test_examples": 300},
+    },
 }
 
 

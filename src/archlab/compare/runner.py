@@ -359,11 +359,14 @@ def size_entries(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape
         dev = value / target - 1
         sized.append({"entry": e.label, "arch": e.arch, "model": s_cfg, "value": value, "target": target,
                       "deviation": dev, "rule": rule, "params": measure(s_cfg, "params", shape),
-                      "flops_per_example": measure(s_cfg, "flops", shape), "scale": scale})
+                      "flops_per_example": measure(s_cfg, "flops", shape), "scale": scale,
+                      "active_params": measure(s_cfg, "active_params", shape)})
     log(f"budget: match {b.match}, {how}; typical example {shape.src_len:.1f} + {shape.tgt_len:.1f} tokens "
         "(as trained, after the shared source/target budgets)")
     for s in sized:
-        log(f"  {s['entry']:<28} {s['rule']:<34} params {s['params'] / 1e6:6.2f}M  "
+        act = (f" (active {s['active_params'] / 1e6:.2f}M)"
+               if s["active_params"] != s["params"] else "")  # MoE: k of E experts
+        log(f"  {s['entry']:<28} {s['rule']:<34} params {s['params'] / 1e6:6.2f}M{act}  "
             f"FLOPs/example {s['flops_per_example'] / 1e6:8.1f}M  ({s['deviation']:+.1%} of target)")
     bad = [s for s in sized if abs(s["deviation"]) > 0.10]
     if bad:

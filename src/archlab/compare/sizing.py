@@ -15,6 +15,11 @@ yet similar FLOPs per example, because the decoder-only model processes the conc
 source in one stack and the target in the other. Matching on ``params`` therefore gives the
 decoder-only model about twice the depth (and compute) of a ``flops``-matched one; both views
 are reported.
+
+Mixture-of-experts entries (ffn E): FLOPs count the k experts a token uses, so ``flops`` (the
+default) matches them on *active* compute against dense entries, the comparison MoE papers
+make; ``params`` matches total parameters (all experts). Both, and the active parameters, are
+recorded for every entry. ``d_ff`` tuning widens the experts too (``moe.d_ff_expert`` unset).
 """
 
 from __future__ import annotations
@@ -55,7 +60,11 @@ def example_flops(cfg: ModelConfig, shape: Shape, objective: str = "seq2seq") ->
                              predicted=t + 1).forward
 
 
-def measure(cfg: ModelConfig, match: Match, shape: Shape) -> float:
+def measure(cfg: ModelConfig, match: Match | Literal["active_params"], shape: Shape) -> float:
+    """The matched quantity: total parameters, forward FLOPs of a typical example (active
+    FLOPs for MoE), or (reported only) the parameters one token uses."""
+    if match == "active_params":
+        return float(count_params(cfg).active)
     return float(count_params(cfg).total if match == "params" else example_flops(cfg, shape))
 
 
@@ -126,7 +135,7 @@ def size_to_budget(
     assert best is not None
     _, cfg, v = best
     rule = f"depth {_depth(cfg)}{'+' + str(_depth(cfg)) if cfg.arch == 'encoder-decoder' else ''}"
-    has_ffn = any(f == "dense" for _, f in cfg.all_layer_kinds())
+    has_ffn = any(f in ("dense", "moe") for _, f in cfg.all_layer_kinds())
     if abs(v / target - 1) > tolerance and has_ffn:
         # fine-tune the feed-forward width: the matched quantity is monotone in d_ff
         lo, hi = d_ff_multiple, max(cfg.d_ff * 4, d_ff_multiple * 2)

@@ -212,6 +212,8 @@ class Family:
                 k != ("attention", "dense") for k in cfg.all_layer_kinds()):
             p.append(f"layers/ffn pattern is {cfg.layers!r}/{cfg.ffn!r} ({n} layers are attention "
                      "+ dense feed-forward)")
+        if cfg.has_moe:
+            p.append(f"ffn pattern {cfg.ffn!r} has MoE layers ({n} has dense feed-forwards)")
         return p
 
     def position_offset(self, cfg: ModelConfig) -> int:
@@ -1347,6 +1349,12 @@ from archlab.convert.ssm_families import SSM_DEFAULT_ARCHITECTURE, SSM_FAMILIES 
 
 FAMILIES.update({f.name: f for f in SSM_FAMILIES})
 DEFAULT_ARCHITECTURE.update(SSM_DEFAULT_ARCHITECTURE)
+
+# mixture-of-experts families (Mixtral) live in their own module
+from archlab.convert.moe_families import MOE_DEFAULT_ARCHITECTURE, MOE_FAMILIES  # noqa: E402
+
+FAMILIES.update({f.name: f for f in MOE_FAMILIES})
+DEFAULT_ARCHITECTURE.update(MOE_DEFAULT_ARCHITECTURE)
 MODEL_TYPES = {f.model_type: f for f in FAMILIES.values()}
 ARCHITECTURES = {a: f for f in FAMILIES.values() for a in f.architectures}
 

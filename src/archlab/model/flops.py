@@ -12,6 +12,11 @@ attended key), in the accounting of Kaplan et al. 2020 (Sec. 2.1) and Hoffmann e
 pass costs two forward passes). Norms, activations, softmax and embedding lookups are left
 out, as usual.
 
+Mixture-of-experts layers (ffn E) hold E experts but a token passes through k of them (plus the
+shared experts and the router): total parameters count all experts, *active* parameters and
+FLOPs only k (torchtitan's accounting: active = dense + router + shared + experts * k / E).
+Budget matching on FLOPs therefore matches MoE models on active compute.
+
 State-space layers (Mamba-1, Gu & Dao 2023; Mamba-2, Dao & Gu 2024) count their projections
 the same way, the depthwise convolution (2 x channels x kernel per token) and the scan:
 Mamba-1's selective scan about 9 x d_inner x d_state per token and forward (discretise, update,
@@ -46,6 +51,25 @@ def _attn_params(cfg: ModelConfig) -> int:
 def _mlp_params(cfg: ModelConfig) -> int:
     g = 2 if cfg.gated else 1
     return _linear(cfg, cfg.d_model, g * cfg.d_ff) + _linear(cfg, cfg.d_ff, cfg.d_model)
+
+
+def _expert_params(cfg: ModelConfig) -> int:
+    """One routed expert (its biases included)."""
+    g = 2 if cfg.gated else 1
+    F = cfg.moe_cfg.d_expert(cfg.d_ff)
+    return _linear(cfg, cfg.d_model, g * F) + _linear(cfg, F, cfg.d_model)
+
+
+def _moe_params(cfg: ModelConfig, active: bool = False) -> int:
+    """One MoE feed-forward: router + experts (all E, or the k a token uses) + shared experts."""
+    m = cfg.moe_cfg
+    n = cfg.d_model * m.n_experts  # router
+    n += _expert_params(cfg) * (m.top_k if active else m.n_experts)
+    if m.n_shared_experts:
+        g = 2 if cfg.gated else 1
+        Fs = m.n_shared_experts * m.d_expert(cfg.d_ff)
+        n += _linear(cfg, cfg.d_model, g * Fs) + _linear(cfg, Fs, cfg.d_model)
+    return n
 
 
 def mixer_params(cfg: ModelConfig, mixer: str) -> int:
@@ -84,6 +108,8 @@ def _block_params(cfg: ModelConfig, cross: bool, shared: bool = False, mixer: st
             n += mixer_params(cfg, mixer)  # the backward scan's own mixer
         if ffn == "dense":
             n += _norm_params(cfg) + _mlp_params(cfg)
+        elif ffn == "moe":
+            n += _norm_params(cfg) + _moe_params(cfg)
     if cross:
         n += _norm_params(cfg) + _attn_params(cfg)  # q + kv have the same sizes as qkv
     return n
@@ -135,6 +161,11 @@ class ParamCount:
     decoder: int
     head: int  # untied LM head, MLM transform, output bias, classification head
     total: int
+    active: int = -1  # parameters one token passes through (MoE: k of E experts); -1: total
+
+    def __post_init__(self) -> None:
+        if self.active < 0:
+            self.active = self.total
 
     @property
     def non_embedding(self) -> int:
@@ -161,7 +192,20 @@ def count_params(cfg: ModelConfig) -> ParamCount:
         head += _linear(cfg, cfg.d_model, cfg.d_model) + _norm_params(cfg)
     if cfg.n_classes:
         head += _linear(cfg, cfg.d_model, cfg.d_model, True) + _linear(cfg, cfg.d_model, cfg.n_classes, True)
-    return ParamCount(emb, enc, dec, head, emb + enc + dec + head)
+    total = emb + enc + dec + head
+    n_moe = sum(f == "moe" for _, f in cfg.all_layer_kinds()) if cfg.has_moe else 0
+    inactive = n_moe * (_moe_params(cfg) - _moe_params(cfg, active=True))
+    return ParamCount(emb, enc, dec, head, total, total - inactive)
+
+
+def moe_params(cfg: ModelConfig) -> dict[str, int]:
+    """MoE accounting: {"layers": MoE layers, "total": their parameters, "active": those a
+    token uses, "per_expert": one routed expert}; zeros without MoE layers."""
+    n = sum(f == "moe" for _, f in cfg.all_layer_kinds()) if cfg.has_moe else 0
+    if not n:
+        return {"layers": 0, "total": 0, "active": 0, "per_expert": 0}
+    return {"layers": n, "total": n * _moe_params(cfg), "active": n * _moe_params(cfg, active=True),
+            "per_expert": _expert_params(cfg)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,6 +227,15 @@ def _attn_matmul_flops(cfg: ModelConfig) -> int:
 def _mlp_flops(cfg: ModelConfig) -> int:
     g = 2 if cfg.gated else 1
     return 2 * (cfg.d_model * g * cfg.d_ff + cfg.d_ff * cfg.d_model)
+
+
+def moe_token_flops(cfg: ModelConfig) -> int:
+    """Forward FLOPs per token of one MoE feed-forward: router, k experts, shared experts."""
+    m, C = cfg.moe_cfg, cfg.d_model
+    g = 2 if cfg.gated else 1
+    F = m.d_expert(cfg.d_ff)
+    Fs = m.n_shared_experts * F
+    return 2 * (C * m.n_experts + m.top_k * (C * g * F + F * C) + (C * g * Fs + Fs * C))
 
 
 def ssm_token_flops(cfg: ModelConfig, mixer: str) -> dict[str, int]:
@@ -224,6 +277,8 @@ def _stack_flops(cfg: ModelConfig, side: str, n_tok: int, kind: str, prefix: int
             add(m, (n_tok + back) * per)
         if f == "dense":
             add("ffn", n_tok * _mlp_flops(cfg))
+        elif f == "moe":
+            add("moe", n_tok * moe_token_flops(cfg))
         if side == "decoder" and cfg.arch == "encoder-decoder":
             q = cfg.n_heads * cfg.dim_head
             kv = cfg.kv_heads * cfg.dim_head

@@ -13,7 +13,7 @@ The model returns hidden states or logits; losses live in ``archlab.objectives``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ from archlab.model.layers import (
     sinusoidal_table,
 )
 from archlab.model.masks import AttnMask, MaskKind, build_mask
+from archlab.model.moe import MoE
 from archlab.model.ssm import Mamba, Mamba2, make_mixer, reverse_by_length
 
 
@@ -74,9 +75,13 @@ class Block(nn.Module):
             self.cross_attn = Attention(cfg, cross=True)
         else:
             self.cross_norm = self.cross_attn = None
+        self.moe = ffn == "moe"
         if ffn == "dense":
             self.mlp_norm = share.mlp_norm if share else make_norm(cfg)
             self.mlp = share.mlp if share else MLP(cfg)
+        elif ffn == "moe":  # routed experts in the feed-forward slot (model/moe.py)
+            self.mlp_norm = make_norm(cfg)
+            self.mlp = MoE(cfg)
         else:
             self.mlp_norm = self.mlp = None
         self.drop = nn.Dropout(cfg.dropout)
@@ -111,7 +116,8 @@ class Block(nn.Module):
         valid: torch.Tensor | None = None,
         bwd_lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
-        """valid: (B, T) real tokens (Mamba layers zero the pads' inputs); bwd_lengths: (B,)
+        """valid: (B, T) real tokens (Mamba layers zero the pads' inputs; MoE layers do not
+        route pads); bwd_lengths: (B,)
         span of the backward scan of bidirectional Mamba layers (None: causal only)."""
         # dropout is the identity in eval mode; skipping the module call saves per-token time
         drop = self.drop if self.training else _identity
@@ -126,7 +132,8 @@ class Block(nn.Module):
                 x = x + drop(h)
             if self.mlp is None:
                 return x
-            return x + drop(self.mlp(self.mlp_norm(x)))
+            h = self.mlp_norm(x)
+            return x + drop(self.mlp(h, valid) if self.moe else self.mlp(h))
         if self.attn is not None:
             x = self.attn_norm(x + drop(self.attn(x, mask, rope=rope, cache=cache, layer=layer)))
         else:
@@ -136,7 +143,7 @@ class Block(nn.Module):
             x = self.cross_norm(x + drop(h))
         if self.mlp is None:
             return x
-        return self.mlp_norm(x + drop(self.mlp(x)))
+        return self.mlp_norm(x + drop(self.mlp(x, valid) if self.moe else self.mlp(x)))
 
 
 class Stack(nn.Module):
@@ -169,6 +176,7 @@ class Stack(nn.Module):
         # masks and position tables only for stacks that have self-attention layers
         self.has_attn = "attention" in self.mixers
         self.has_ssm = any(m != "attention" for m in self.mixers)
+        self.has_moe = any(f == "moe" for _, f in kinds)
         self.ssm_bidirectional = ssm_bidirectional and self.has_ssm
         self.final_norm = make_norm(cfg) if cfg.use_final_norm else None
         attn = self.has_attn
@@ -225,7 +233,7 @@ class Stack(nn.Module):
         context: (B, S, C) encoder output with context_padding (B, S) -> (B, T, C)."""
         B, T, _ = x.shape
         valid = bwd = None
-        if self.has_ssm:
+        if self.has_ssm or self.has_moe:
             valid, bwd = self._ssm_inputs(B, T, mask_kind, key_padding, prefix_lengths,
                                           cache.length if cache is not None else 0, x.device)
         q_offset = 0
@@ -344,6 +352,9 @@ class ModelOutput:
     logits: torch.Tensor | None  # (B, T, V): MLM logits (encoder) or next-token logits
     hidden: torch.Tensor  # (B, T, C) last hidden states of the output stack
     encoder_hidden: torch.Tensor | None = None  # (B, S, C) encoder-decoder only
+    # MoE layers' auxiliary losses of this forward, unweighted means over layers:
+    # {"balance": Switch load balancing, "z": router z-loss}; {} without MoE layers
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def default_positions(
@@ -394,6 +405,7 @@ class Transformer(nn.Module):
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.lm_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.lm_head_bias else None
         self.cls_head = ClassificationHead(cfg) if cfg.n_classes > 0 else None
+        self._moe = [m for m in self.modules() if isinstance(m, MoE)]  # plain list: not submodules
         self.reset_parameters()
 
     # ---- initialisation ---------------------------------------------------------------------
@@ -420,6 +432,21 @@ class Transformer(nn.Module):
         for module in self.modules():  # A, D, dt and conv of Mamba layers (mamba_ssm's init)
             if isinstance(module, (Mamba, Mamba2)):
                 module.reset_ssm_parameters()
+            elif isinstance(module, MoE):  # stacked experts: as the dense MLP's matrices
+                module.reset_parameters(std, std / math.sqrt(2 * depth))
+
+    # ---- auxiliary losses (MoE) -------------------------------------------------------------
+    def _clear_aux(self) -> None:
+        for m in self._moe:
+            m.aux = None
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        """Balancing and z losses of the MoE layers that ran in the last forward (means over
+        layers, unweighted); {} without MoE layers."""
+        vals = [m.aux for m in self._moe if m.aux is not None]
+        if not vals:
+            return {}
+        return {k: torch.stack([v[k] for v in vals]).mean() for k in ("balance", "z")}
 
     # ---- pieces -------------------------------------------------------------------------
     def _check_length(self, length: int, position_ids: torch.Tensor | None) -> None:
@@ -553,6 +580,8 @@ class Transformer(nn.Module):
         decoder logits for ``decoder_input_ids`` given source ``input_ids``."""
         arch = self.cfg.arch
         enc = None
+        if self._moe:
+            self._clear_aux()
         if arch == "encoder":
             hidden = self.encode(input_ids, attention_mask, position_ids=position_ids,
                                  token_type_ids=token_type_ids)
@@ -569,7 +598,7 @@ class Transformer(nn.Module):
             hidden = self.decode(input_ids, attention_mask, prefix_lengths=prefix_lengths,
                                  position_ids=position_ids, cache=cache)
         logits = self.lm_logits(hidden) if return_logits else None
-        return ModelOutput(logits, hidden, enc)
+        return ModelOutput(logits, hidden, enc, self.aux_losses() if self._moe else {})
 
     def pool(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -583,6 +612,8 @@ class Transformer(nn.Module):
         whole encoded input (a learned attention pooling).
         """
         B, T = input_ids.shape
+        if self._moe:
+            self._clear_aux()
         mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
         mode = self.cfg.pooling_mode
         arch = self.cfg.arch

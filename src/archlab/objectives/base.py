@@ -9,7 +9,7 @@ shifted) and ``-100`` marks positions without a loss.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -59,6 +59,30 @@ class LossOutput:
     loss: torch.Tensor  # mean over predicted tokens (or examples, for classification)
     n_tokens: int  # number of predictions the mean is over
     n_correct: int | None = None
+    # MoE models: the weighted auxiliary loss included in ``loss`` (training only) and the
+    # unweighted terms of this forward, detached ({"balance": .., "z": ..})
+    aux_loss: torch.Tensor | None = None
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def task_loss(self) -> torch.Tensor:
+        """The objective's own loss, without the auxiliary terms."""
+        return self.loss if self.aux_loss is None else self.loss - self.aux_loss
+
+
+def add_aux_losses(model: Any, out: LossOutput) -> LossOutput:
+    """Add the MoE layers' auxiliary losses of the last forward (``model.aux_losses()``) to
+    ``out``: weighted by ``model.moe.aux_loss_coef`` / ``z_loss_coef`` into the loss in
+    training (evaluation reports the plain task loss), recorded detached either way."""
+    losses = model.aux_losses() if hasattr(model, "aux_losses") else {}
+    if not losses:
+        return out
+    out.aux = {k: v.detach() for k, v in losses.items()}
+    if model.training:
+        m = model.cfg.moe_cfg
+        out.aux_loss = m.balance_coef * losses["balance"] + m.z_loss_coef * losses["z"]
+        out.loss = out.loss + out.aux_loss
+    return out
 
 
 def token_loss(model: Any, hidden: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> LossOutput:
@@ -158,7 +182,8 @@ class Objective:
 
     def loss(self, model: Any, batch: Batch) -> LossOutput:
         smoothing = self.label_smoothing if model.training else 0.0
-        return token_loss(model, self.forward(model, batch), batch["labels"], smoothing)
+        out = token_loss(model, self.forward(model, batch), batch["labels"], smoothing)
+        return add_aux_losses(model, out)
 
     def _clip(self, ids: Sequence[int], room: int) -> list[int]:
         return list(ids[: max(room, 0)])

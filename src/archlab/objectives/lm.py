@@ -15,6 +15,7 @@ from archlab.objectives.base import (
     Example,
     LossOutput,
     Objective,
+    add_aux_losses,
     pad_labels,
     pad_sequences,
 )
@@ -162,4 +163,4 @@ class Classification(Objective):
         y = batch["class_labels"]
         loss = F.cross_entropy(logits.float(), y)
         correct = int((logits.argmax(-1) == y).sum())
-        return LossOutput(loss, int((y != IGNORE).sum()), correct)
+        return add_aux_losses(model, LossOutput(loss, int((y != IGNORE).sum()), correct))

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from archlab.errors import ArchlabError
+from archlab.model.moe import collect_health, start_health, update_balancing_bias
 from archlab.objectives import Batch, Example, Objective
 from archlab.run import RunDir
 from archlab.train.checkpoint import (
@@ -198,6 +199,7 @@ class Trainer:
         self.metrics_path = layout.metrics
         self.ckpt_dir = layout.checkpoints
         self.best_dir, self.final_dir = layout.best, layout.final
+        self.last_moe_health: dict[str, Any] = {}  # expert health of the last evaluation
 
     # ---- data position --------------------------------------------------------------------
     def _epoch(self, epoch: int) -> list[list[Example]]:
@@ -250,6 +252,7 @@ class Trainer:
         rng = np.random.default_rng(self.cfg.seed + 1_000_003)
         total, n_tok, n_correct = 0.0, 0, 0
         bs = max(1, self.cfg.tokens_per_batch // max(self.cfg.max_len, 1))
+        start_health(self.model)  # MoE expert load over the validation batches
         for i in range(0, len(examples), bs):
             batch = to_device(self.objective.build(examples[i : i + bs], rng), self.device)
             with self._autocast():
@@ -257,6 +260,7 @@ class Trainer:
             total += float(out.loss) * out.n_tokens
             n_tok += out.n_tokens
             n_correct += out.n_correct or 0
+        self.last_moe_health = collect_health(self.model)  # {} without MoE layers
         result: dict[str, float] = {}
         if n_tok:
             result["loss"] = total / n_tok
@@ -326,13 +330,16 @@ class Trainer:
                 weights = [self._n_targets(b) for b in micro]
                 total_w = max(sum(weights), 1)
                 loss_sum = 0.0
+                aux_sum: dict[str, float] = {}
                 for b, w in zip(micro, weights):
                     b = to_device(b, self.device)
                     with self._autocast():
                         out = self.objective.loss(self.model, b)
                     # token-weighted mean over the accumulated micro-batches
                     (out.loss * (w / total_w)).backward()
-                    loss_sum += float(out.loss.detach()) * w
+                    loss_sum += float(out.task_loss.detach()) * w  # logged without aux terms
+                    for k, v in out.aux.items():  # MoE balancing / z losses (unweighted)
+                        aux_sum[k] = aux_sum.get(k, 0.0) + float(v) * w
                     extra = getattr(self.objective, "teacher_flops", None)  # distillation's teacher
                     if extra is not None:
                         st.teacher_flops += extra(b)
@@ -344,6 +351,7 @@ class Trainer:
                 else:
                     gnorm = float("nan")
                 self.optimizer.step()
+                update_balancing_bias(self.model)  # sigmoid-bias MoE routers (no-op otherwise)
                 self.optimizer.zero_grad(set_to_none=True)
                 st.step += 1
                 st.train_time_s += time.perf_counter() - t0
@@ -360,6 +368,7 @@ class Trainer:
                            "epoch": st.epoch, "time_s": st.train_time_s}
                     if st.teacher_flops:
                         row["teacher_flops"] = st.teacher_flops
+                    row.update({f"moe_{k}_loss": v / total_w for k, v in aux_sum.items()})
                     self._append_metrics(row)
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:.0f}", lr=f"{lr:.2e}")
@@ -373,7 +382,10 @@ class Trainer:
                 is_last = st.step == cfg.steps or timed_out
                 if (eval_every and st.step % eval_every == 0) or is_last:
                     last_eval = self.evaluate(st.step)
-                    self._append_metrics({"step": st.step, "tokens": st.tokens_seen, "eval": last_eval})
+                    row = {"step": st.step, "tokens": st.tokens_seen, "eval": last_eval}
+                    if self.last_moe_health:  # expert load per layer (MoE models)
+                        row["moe"] = self.last_moe_health
+                    self._append_metrics(row)
                     value = last_eval.get(self.eval_cfg.metric)
                     if value is not None:
                         if self._improved(value, st.best_metric):

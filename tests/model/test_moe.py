@@ -1,0 +1,270 @@
+"""Mixture-of-experts feed-forward: one expert equals the dense MLP (forward and gradients);
+the grouped computation equals a per-token reference loop; permuting tokens permutes
+outputs; the balancing loss equals transformers' ``load_balancing_loss_func``; z-loss by
+hand; the sigmoid-bias router's bias moves selection only; capacity drops counted exactly;
+padding is not routed; bad options are one-line ConfigErrors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from archlab import build_model
+from archlab.config import ModelConfig, MoEConfig, model_config_from_dict
+from archlab.errors import ConfigError
+from archlab.model.layers import MLP
+from archlab.model.moe import MoE, collect_health, update_balancing_bias
+
+C = 16
+
+
+def _cfg(activation="swiglu", bias=False, **moe):
+    return ModelConfig(vocab_size=32, d_model=C, n_heads=2, n_layers=1, d_ff=24,
+                       activation=activation, bias=bias, ffn="E", moe=MoEConfig(**moe))
+
+
+def _moe(seed=0, dtype=torch.float64, **kw):
+    torch.manual_seed(seed)
+    m = MoE(_cfg(**kw))
+    m.reset_parameters(0.3, 0.3)
+    if m.b_in is not None:
+        torch.nn.init.normal_(m.b_in, 0, 0.1)
+        torch.nn.init.normal_(m.b_out, 0, 0.1)
+    return m.to(dtype)
+
+
+@pytest.mark.parametrize("activation,bias", [("swiglu", False), ("gelu", True), ("reglu", True)])
+def test_one_expert_equals_dense_mlp_forward_and_grads(activation, bias):
+    cfg = _cfg(activation, bias, n_experts=1, top_k=1)
+    torch.manual_seed(0)
+    mlp = MLP(cfg).double()
+    moe = MoE(cfg).double()
+    with torch.no_grad():
+        moe.w_in[0].copy_(mlp.w_in.weight)
+        moe.w_out[0].copy_(mlp.w_out.weight)
+        if bias:
+            moe.b_in[0].copy_(mlp.w_in.bias)
+            moe.b_out[0].copy_(mlp.w_out.bias)
+    x = torch.randn(3, 5, C, dtype=torch.float64)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn(3, 5, C, dtype=torch.float64)
+    y_mlp, y_moe = mlp(x1), moe(x2)
+    torch.testing.assert_close(y_moe, y_mlp, rtol=1e-12, atol=1e-12)
+    y_mlp.backward(g)
+    y_moe.backward(g)
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(moe.w_in.grad[0], mlp.w_in.weight.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(moe.w_out.grad[0], mlp.w_out.weight.grad, rtol=1e-12, atol=1e-12)
+    if bias:
+        torch.testing.assert_close(moe.b_in.grad[0], mlp.w_in.bias.grad, rtol=1e-12, atol=1e-12)
+
+
+def _reference(m: MoE, x: torch.Tensor) -> torch.Tensor:
+    """Token by token: route, run each chosen expert's FFN, sum weighted by the gates."""
+    out = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        logits = x[t] @ m.router.weight.t()
+        if m.router_kind == "sigmoid-bias":
+            s = torch.sigmoid(logits)
+            idx = torch.topk(s + m.expert_bias, m.top_k).indices
+            w = s[idx] / s[idx].sum()
+        else:
+            p = torch.softmax(logits, -1)
+            w, idx = torch.topk(p, m.top_k)
+            if m.router_kind == "topk-softmax":
+                w = w / w.sum()
+        for e, we in zip(idx.tolist(), w):
+            h = m.w_in[e] @ x[t]
+            if m.gated:
+                a, b = h.chunk(2)
+                h = m.act(a) * b
+            else:
+                h = m.act(h)
+            out[t] += we * (m.w_out[e] @ h)
+        if m.shared is not None:
+            out[t] += m.shared(x[t][None])[0]
+    return out
+
+
+@pytest.mark.parametrize("kw", [dict(n_experts=4, top_k=2), dict(n_experts=5, top_k=1, router="switch"),
+                                dict(n_experts=6, top_k=3, router="sigmoid-bias"),
+                                dict(n_experts=4, top_k=2, n_shared_experts=1)],
+                         ids=["topk", "switch", "sigmoid", "shared"])
+def test_grouped_equals_per_token_loop_and_permutes(kw):
+    m = _moe(**kw)
+    if m.expert_bias is not None:
+        m.expert_bias.copy_(torch.randn(m.n_experts, dtype=torch.float64))
+    x = torch.randn(2, 9, C, dtype=torch.float64)
+    y = m(x)
+    ref = _reference(m, x.reshape(-1, C)).view_as(x)
+    torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+    perm = torch.randperm(18)
+    yp = m(x.reshape(-1, C)[perm][None])[0]
+    torch.testing.assert_close(yp, y.reshape(-1, C)[perm], rtol=1e-12, atol=1e-12)
+    # several experts were used (the grouping is exercised, not one group)
+    m.start_health()
+    m(x)
+    assert int((m.health["counts"] > 0).sum()) >= 3
+
+
+def test_balance_loss_equals_transformers_and_z_loss_by_hand():
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    m = _moe(n_experts=6, top_k=2, dtype=torch.float32)
+    x = torch.randn(3, 7, C)
+    valid = torch.ones(3, 7, dtype=torch.bool)
+    valid[1, 4:] = False
+    valid[2, :2] = False
+    for mask in (None, valid):
+        m(x, mask)
+        logits = m.router(x).reshape(-1, 6)
+        hf = load_balancing_loss_func((logits,), 6, 2, attention_mask=mask.long() if mask is not None else None)
+        torch.testing.assert_close(m.aux["balance"], hf, rtol=1e-6, atol=1e-6)
+        rows = logits if mask is None else logits[mask.reshape(-1)]
+        z = sum(math.log(sum(math.exp(v) for v in r)) ** 2 for r in rows.tolist()) / len(rows)
+        assert abs(float(m.aux["z"].detach()) - z) < 1e-5
+    # an unbalanced router gives a larger loss than the uniform value k
+    with torch.no_grad():
+        m.router.weight.zero_()
+        m.router.weight[0, 0] = 5.0
+    x[..., 0] = 3.0
+    m(x)
+    assert float(m.aux["balance"].detach()) > 3.0
+
+
+def test_bias_changes_choice_not_gates_and_moves_toward_equal_load():
+    m = _moe(n_experts=4, top_k=2, router="sigmoid-bias")
+    x = torch.randn(40, C, dtype=torch.float64)
+    logits, _, gates0, idx0 = m.route(x)
+    m.expert_bias.copy_(torch.tensor([0.0, 0.0, 0.0, 10.0], dtype=torch.float64))
+    _, _, gates1, idx1 = m.route(x)
+    assert bool((idx1 == 3).any(-1).all())  # the bias made expert 3 chosen by every token
+    assert not torch.equal(idx0, idx1)
+    s = torch.sigmoid(logits)
+    torch.testing.assert_close(gates1, s.gather(-1, idx1) / s.gather(-1, idx1).sum(-1, keepdim=True))
+    same = (idx0 == idx1).all(-1)
+    assert bool(same.any())
+    torch.testing.assert_close(gates1[same], gates0[same], rtol=0, atol=0)  # unbiased gate values
+    # update: overloaded experts go down, underloaded go up, re-centred; not a parameter
+    m.expert_bias.zero_()
+    m.train()
+    m(x[None])
+    load = m.pending_load.clone()
+    assert load.sum() == 80 and not bool((load == load.mean()).all())
+    m.update_bias()
+    expect = 1e-3 * torch.sign(load.mean() - load)
+    torch.testing.assert_close(m.expert_bias, expect - expect.mean())
+    assert float(m.pending_load.sum()) == 0
+    assert "expert_bias" not in dict(m.named_parameters())
+
+
+def test_bias_update_runs_through_the_model_hook():
+    cfg = ModelConfig(vocab_size=32, d_model=C, n_heads=2, n_layers=2, d_ff=24, ffn="DE",
+                      moe=MoEConfig(n_experts=4, top_k=1, router="sigmoid-bias", bias_update_rate=0.01))
+    model = build_model(cfg).train()
+    model(torch.randint(0, 32, (2, 12)))
+    update_balancing_bias(model)
+    b = model.decoder.blocks[1].mlp.expert_bias
+    assert float(b.abs().sum()) > 0 and abs(float(b.sum())) < 1e-6
+    assert "decoder.blocks.1.mlp.expert_bias" in model.state_dict()
+
+
+def test_capacity_drops_counted_exactly():
+    m = _moe(n_experts=4, top_k=1, router="switch", capacity_factor=1.0)
+    with torch.no_grad():  # every token prefers expert 0, then expert 1
+        m.router.weight.zero_()
+        m.router.weight[0, 0] = 1.0
+        m.router.weight[1, 0] = 0.5
+    x = torch.randn(12, C, dtype=torch.float64)
+    x[:, 0] = x[:, 0].abs() + 1.0
+    m.start_health()
+    y = m(x[None])[0]
+    h = m.health
+    cap = m.capacity(12)
+    assert cap == 3
+    assert int(h["dropped"]) == 12 - 3 and h["counts"].tolist() == [12, 0, 0, 0]
+    assert bool((y[3:] == 0).all()) and bool((y[:3] != 0).all())  # token order within expert 0
+    health = collect_health(torch.nn.ModuleList([m]))
+    layer = next(iter(health["layers"].values()))
+    assert layer["dropped_fraction"] == 9 / 12 and layer["dead_experts"] == 3
+    assert layer["max_violation"] == 3.0 and layer["tokens_per_expert"] == [12, 0, 0, 0]
+    # top-2: first choices of all tokens have priority over second choices (GShard). Tokens
+    # 0-5 choose experts (1, 0), tokens 6-11 choose (0, 1); capacity 6 keeps every first
+    # choice and drops every second one (token order alone would keep tokens 0-5 twice)
+    m2 = _moe(n_experts=4, top_k=2, capacity_factor=1.0)  # cap = ceil(12 * 2 / 4) = 6
+    with torch.no_grad():
+        m2.router.weight.zero_()
+        m2.router.weight[0, 0], m2.router.weight[1, 0] = 1.0, -1.0
+        m2.router.weight[2:, 1] = -10.0
+    x2 = torch.randn(12, C, dtype=torch.float64)
+    x2[:, 0] = torch.cat([-torch.rand(6) - 0.5, torch.rand(6) + 0.5])
+    x2[:, 1] = 1.0
+    m2.start_health()
+    y2 = m2(x2[None])[0]
+    assert int(m2.health["dropped"]) == 12 and m2.health["counts"].tolist() == [12, 12, 0, 0]
+    _, _, gates, idx = m2.route(x2)
+    assert idx[:6, 0].tolist() == [1] * 6 and idx[6:, 0].tolist() == [0] * 6
+    m1 = _moe(n_experts=4, top_k=1)  # the same experts, first choice only
+    m1.load_state_dict(m2.state_dict())
+    torch.testing.assert_close(y2, m1(x2[None])[0] * gates[:, :1], rtol=1e-12, atol=1e-12)
+    # a capacity nothing reaches gives the dropless result
+    m3 = _moe(n_experts=4, top_k=2, capacity_factor=4.0)
+    m4 = _moe(n_experts=4, top_k=2)
+    xr = torch.randn(2, 6, C, dtype=torch.float64)
+    torch.testing.assert_close(m3(xr), m4(xr), rtol=0, atol=0)
+
+
+def test_padding_is_not_routed():
+    m = _moe(n_experts=4, top_k=2)
+    x = torch.randn(2, 6, C, dtype=torch.float64)
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    valid[0, 4:] = False
+    m.start_health()
+    y = m(x, valid)
+    assert int(m.health["tokens"]) == 10 and int(m.health["counts"].sum()) == 20
+    assert bool((y[0, 4:] == 0).all())
+    # real tokens as if the pads were not there at all
+    torch.testing.assert_close(y[1], m(x[1:])[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y[0, :4], m(x[:1, :4])[0], rtol=1e-12, atol=1e-12)
+    # pads take no capacity: 10 real tokens, capacity from 10
+    mc = _moe(n_experts=4, top_k=2, capacity_factor=1.0)
+    mc.start_health()
+    mc(x, valid)
+    counts = mc.health["counts"]
+    assert int(mc.health["dropped"]) == int((counts - mc.capacity(10)).clamp(min=0).sum())
+
+
+def test_model_families_return_aux_losses_and_all_experts_get_grads():
+    for arch in ("decoder", "encoder", "prefix-lm", "encoder-decoder"):
+        cfg = ModelConfig(arch=arch, vocab_size=32, d_model=C, n_heads=2, n_layers=2, d_ff=24,
+                          ffn="DE", moe=MoEConfig(n_experts=4, top_k=2))
+        model = build_model(cfg)
+        x = torch.randint(0, 32, (2, 9))
+        kw = {"decoder_input_ids": x} if arch == "encoder-decoder" else {}
+        out = model(x, **kw)
+        assert set(out.aux_losses) == {"balance", "z"}
+        (out.logits.square().mean() + out.aux_losses["balance"]).backward()
+        for name, p in model.named_parameters():
+            if ".mlp.w_in" in name:
+                assert p.grad is not None and bool((p.grad.flatten(1).abs().sum(1) > 0).all()), name
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"ffn": "E", "moe": {"n_experts": 4, "top_k": 5}}, "model.moe.top_k: must be in [1, n_experts=4]"),
+    ({"ffn": "E", "moe": {"n_experts": 0}}, "model.moe.n_experts: must be >= 1"),
+    ({"ffn": "E", "moe": {"capacity_factor": 0}}, "model.moe.capacity_factor: must be > 0"),
+    ({"ffn": "E", "moe": {"capacity_factor": -1.5}}, "model.moe.capacity_factor: must be > 0"),
+    ({"moe": {"n_experts": 4}}, "model.moe: MoE options on a model without MoE layers"),
+    ({"ffn": "D", "moe": {"n_experts": 4}}, "model.moe: MoE options on a model without MoE layers"),
+    ({"ffn": "E", "moe": {"router": "hash"}}, "model.moe.router: 'hash' is not valid"),
+    ({"ffn": "E", "moe": {"router": "switch", "top_k": 2}}, "model.moe.top_k: the switch router is top-1"),
+    ({"ffn": "E", "moe": {"top_kk": 2}}, "unknown key model.moe.top_kk"),
+    ({"ffn": "X"}, "model.ffn: unknown layer letter 'X'"),
+])
+def test_bad_moe_options_are_one_line_config_errors(data, needle):
+    base = {"vocab_size": 32, "d_model": C, "n_heads": 2, "n_layers": 1, "d_ff": 24}
+    with pytest.raises(ConfigError) as e:
+        model_config_from_dict({**base, **data})
+    assert needle in str(e.value) and "\n" not in str(e.value)
