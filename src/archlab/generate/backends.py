@@ -198,6 +198,10 @@ def _lm_logits(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return lm_logits
 
 
+def _expert_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return blocked_linear(x, w, b) if _THREAD.depth else F.linear(x, w, b)
+
+
 def _apply(model: nn.Module) -> list[tuple[Any, str]]:
     """Set the blocked forwards on the model; what was set, to be removed on exit."""
     applied = []
@@ -207,6 +211,11 @@ def _apply(model: nn.Module) -> list[tuple[Any, str]]:
             if module.weight.dim() == 2 and module.weight.is_cpu:
                 module.forward = _linear_forward(module)
                 applied.append((module, "forward"))
+        # mixture-of-experts layers (model.moe.MoE): their per-expert products, on the chosen
+        # experts' weight slices only (views made per call: the slices are temporaries)
+        if hasattr(type(module), "expert_linear") and "expert_linear" not in vars(module):
+            module.expert_linear = _expert_linear
+            applied.append((module, "expert_linear"))
     if hasattr(type(model), "lm_head_weight") and "lm_logits" not in vars(model):
         model.lm_logits = _lm_logits(model)
         applied.append((model, "lm_logits"))

@@ -44,14 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archlab.config import ModelConfig
-from archlab.model.layers import MLP, _blocked_linear, activation_fn, decode_blocks
-
-
-def _expert_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    # the decoding GEMV path of layers.linear, without its per-call plan cache (keyed by
-    # tensor id: the per-expert views here are temporaries whose ids get reused)
-    blocks = decode_blocks(x, w)
-    return F.linear(x, w, b) if not blocks else _blocked_linear(x, w, b, blocks)
+from archlab.model.layers import MLP, activation_fn
 
 
 def _use_grouped_mm(x: torch.Tensor) -> bool:
@@ -161,10 +154,10 @@ class MoE(nn.Module):
                 continue
             xe = xs[start:start + c]  # (c, C)
             start += c
-            h = self._act(_expert_linear(xe, self.w_in[e], None if self.b_in is None else self.b_in[e]))
+            h = self._act(self.expert_linear(xe, self.w_in[e], None if self.b_in is None else self.b_in[e]))
             if self.training:
                 h = self.dropout(h)
-            outs.append(_expert_linear(h, self.w_out[e], None if self.b_out is None else self.b_out[e]))
+            outs.append(self.expert_linear(h, self.w_out[e], None if self.b_out is None else self.b_out[e]))
         if not outs:
             return xs.new_zeros(0, xs.shape[1])
         return outs[0] if len(outs) == 1 else torch.cat(outs)
@@ -175,15 +168,21 @@ class MoE(nn.Module):
         chosen = sorted(zip(idx.tolist(), range(len(gates))))
         out = None
         for e, j in chosen:
-            h = self._act(_expert_linear(x, self.w_in[e], None if self.b_in is None else self.b_in[e]))
+            h = self._act(self.expert_linear(x, self.w_in[e], None if self.b_in is None else self.b_in[e]))
             if self.training:
                 h = self.dropout(h)
-            y = _expert_linear(h, self.w_out[e], None if self.b_out is None else self.b_out[e])
+            y = self.expert_linear(h, self.w_out[e], None if self.b_out is None else self.b_out[e])
             y = y * gates[j].to(y.dtype)
             out = y if out is None else out + y
         if self.shared is not None:
             out = out + self.shared(x)
         return out
+
+    @staticmethod
+    def expert_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        """One expert's product (x: (n, K), w: (N, K) -> (n, N)). Plain ``F.linear``; a decoding
+        backend (``archlab.generate.backends``) may replace it for the length of a call."""
+        return F.linear(x, w, b)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, T, C) normed hidden states; valid: (B, T) real tokens or None -> (B, T, C)."""
