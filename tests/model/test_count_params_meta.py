@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from archlab import build_model, count_params
-from archlab.config import ModelConfig
+from archlab.config import MoEConfig, ModelConfig, SSMConfig
 from archlab.errors import ConfigError
 from archlab.model.presets import get_preset, preset_names
 
@@ -23,7 +23,7 @@ SET_BY_PRESET = {"arch", "vocab_size", "d_model", "n_heads", "n_layers", "d_ff",
 # no parameter depends on these
 NOT_STRUCTURAL = {"dropout", "attn_dropout", "norm_eps", "rope_theta", "rel_max_distance", "attn_scale",
                   "embed_scale", "lm_head_scale", "init_std", "pad_token_id", "bos_token_id",
-                  "eos_token_id", "decoder_start_token_id"}
+                  "eos_token_id", "decoder_start_token_id", "attn_window", "pad_aware_positions"}
 # numbers that shape parameters: the variants tried (with what they need to matter)
 NUMBERS: dict[str, list[dict[str, Any]]] = {
     "n_kv_heads": [{"n_kv_heads": 1}, {"n_kv_heads": "half"}],
@@ -34,6 +34,13 @@ NUMBERS: dict[str, list[dict[str, Any]]] = {
     "position_offset": [{"position": "learned", "position_offset": 2}],
     "type_vocab_size": [{"type_vocab_size": 2}],
     "n_classes": [{"n_classes": 3}, {"n_classes": 3, "bias": True, "pooling": "mean"}],
+    # per-layer patterns (config.MIXERS / config.FFNS letters), repeated to the depth
+    "layers": [{"layers": "M*"}, {"layers": "S*", "ssm": SSMConfig(head_dim=16)}, {"layers": "MA*"}],
+    "ffn": [{"ffn": "N*"}, {"ffn": "DN*"}, {"ffn": "E*"}],
+    "ssm": [{"layers": "M*", "ssm": SSMConfig(d_state=8, dt_rank=5, d_conv=3)},
+            {"layers": "S*", "ssm": SSMConfig(head_dim=16, n_groups=2, d_inner=128)}],
+    "moe": [{"ffn": "E*", "moe": MoEConfig(n_experts=3, top_k=1)},
+            {"ffn": "DE*", "moe": MoEConfig(n_experts=4, n_shared_experts=1, d_ff_expert=48)}],
 }
 # options whose parameters depend on another option (layernorm's bias follows `bias`)
 COMBINED = [{"norm": "layernorm", "bias": True}, {"norm": "layernorm", "bias": False},
