@@ -76,7 +76,7 @@ def test_report_matches_results(smoke):
         assert mean in md and mean in html  # the report shows the numbers the runs produced
         assert agg["entry"] in md
     for v in doc["verdict"]:
-        assert v.split("**")[1] in md
+        assert f"- {v}" in md  # every verdict line of results.json is in the report
     assert "data:image/png;base64," in html and html.count("<img") >= 3
     assert "## Sample outputs" in md and rows[0]["samples"][0]["reference"][:20] in md
     for name in ("loss_vs_flops.png", "quality_vs_params.png", "decoding.png"):
