@@ -15,7 +15,7 @@ from archlab.objectives import SpecialTokens
 def test_moe_preset_sizes_dense_and_moe_entries_on_active_flops():
     cfg = load_compare_config(None, [], preset="moe")
     tok = SimpleNamespace(special=SpecialTokens(vocab_size=3000, first_normal=8), vocab_size=3000)
-    sized = size_entries(cfg, tok, Shape(24.0, 27.0), 0)
+    sized = size_entries(cfg, cfg.entries, tok, Shape(24.0, 27.0), 0)
     by = {s["entry"]: s for s in sized}
     dense, moe_dec = by["dense decoder"], by["moe decoder 8x top-2"]
     moe_ed = by["moe encoder-decoder 8x top-2"]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from archlab.config import apply_overrides, from_dict, load_yaml, merge
-from archlab.errors import ConfigError
+from archlab.errors import ArchlabError, ConfigError
 from archlab.generate.config import default_from_generation
 from archlab.train.config import EvalConfig, TokenizerConfig, TrainConfig
 
@@ -32,6 +32,14 @@ class EntryConfig:
     objective_options: dict[str, Any] = field(default_factory=dict)
     pretrain: PretrainConfig | None = None
     model: dict[str, Any] = field(default_factory=dict)  # per-entry model overrides (skip sizing keys)
+    # start from this checkpoint (an HF checkpoint or archlab model directory): its model is
+    # used as it is (not sized; arch is the checkpoint's) with the entry's model overrides;
+    # tokenizer.path must then be that checkpoint's tokenizer (every entry shares it)
+    init_from: str | None = None
+    # train by distillation from the run of an earlier entry of this compare (same seed and
+    # budget scale); the entry's objective becomes the distillation's base objective
+    distill_from: str | None = None
+    distill: dict[str, Any] = field(default_factory=dict)  # distillation options: alpha, temperature, cosine
 
     @property
     def label(self) -> str:
@@ -276,10 +284,38 @@ def compare_config_from_dict(data: dict[str, Any], where: str) -> CompareConfig:
         raise ConfigError(f"{where}: entries: give at least one entry (arch: encoder-decoder, ...)")
     if not cfg.seeds:
         raise ConfigError(f"{where}: seeds: give at least one seed")
+    raw_entries = data.get("entries") or []
+    for i, e in enumerate(cfg.entries):
+        if e.init_from is None:
+            continue
+        key = f"{where}: entries[{i}].init_from"
+        if not Path(e.init_from).is_dir():
+            raise ConfigError(f"{key}: {e.init_from} is not a directory (an HF checkpoint or archlab model directory)")
+        if not cfg.tokenizer.path:
+            raise ConfigError(f"{key}: set tokenizer.path to the checkpoint's tokenizer (all entries share one "
+                              "tokenizer)")
+        arch = checkpoint_model_config(e.init_from, key).arch
+        given = isinstance(raw_entries[i], dict) and "arch" in raw_entries[i]
+        if given and e.arch != arch:
+            raise ConfigError(f"{where}: entries[{i}].arch: {e.arch} differs from the checkpoint's ({arch}, "
+                              f"{e.init_from}); leave arch out")
+        e.arch = arch  # type: ignore[assignment]  # the checkpoint's architecture
     labels = [e.label for e in cfg.entries]
     dup = {x for x in labels if labels.count(x) > 1}
     if dup:
         raise ConfigError(f"{where}: entries: duplicate entry name {sorted(dup)[0]!r}; set name: to tell them apart")
+    for i, e in enumerate(cfg.entries):
+        if e.distill_from is None:
+            if e.distill:
+                raise ConfigError(f"{where}: entries[{i}].distill: options without distill_from (the teacher entry)")
+            continue
+        if e.distill_from not in labels[:i]:
+            raise ConfigError(f"{where}: entries[{i}].distill_from: {e.distill_from!r} is not an earlier entry; "
+                              f"choose one of: {', '.join(labels[:i]) or '(none: list the teacher first)'}")
+        fixed = sorted({"teacher", "base"} & set(e.distill))
+        if fixed:
+            raise ConfigError(f"{where}: entries[{i}].distill.{fixed[0]}: set by the compare (teacher: the "
+                              "distill_from entry's run; base: the entry's objective); remove it")
     b = cfg.budget
     if not b.scales or any(x <= 0 for x in b.scales):
         raise ConfigError(f"{where}: budget.scales must be a non-empty list of numbers > 0, got {b.scales}")
@@ -304,6 +340,24 @@ def compare_config_from_dict(data: dict[str, Any], where: str) -> CompareConfig:
         raise ConfigError(f"{where}: budget.reference={cfg.budget.reference} is not among the entries' "
                           "architectures; set budget.target or add such an entry")
     return cfg
+
+
+def checkpoint_model_config(path: str, where: str) -> Any:
+    """The ModelConfig of an archlab model directory or an HF checkpoint directory."""
+    p = Path(path)
+    try:
+        if (p / "model.yaml").exists():
+            from archlab.run import read_model_config
+
+            return read_model_config(p)
+        if (p / "config.json").exists():
+            from archlab.convert import hf_model_config
+
+            return hf_model_config(p)
+    except ArchlabError as e:
+        raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
+    raise ConfigError(f"{where}: {path} holds neither model.yaml (archlab model directory) nor config.json "
+                      "(HF checkpoint)")
 
 
 def load_compare_config(

@@ -70,6 +70,9 @@ class JobSpec:
     candidate: dict[str, Any] = field(default_factory=dict)  # the values tried (tune jobs)
     tune_metric: str = "val_loss"
     count_pretrain: bool = True  # tuning runs share one pretraining: the first one counts its FLOPs
+    # a distilled entry's teacher: forward FLOPs per example it adds to every training example
+    teacher_flops_per_example: float = 0.0
+    teacher_run_dir: str | None = None
 
 
 def job_to_dict(job: JobSpec) -> dict[str, Any]:
@@ -149,6 +152,30 @@ def _tag(v: float) -> str:
     return f"{v:g}"
 
 
+def main_run_dir(cfg: CompareConfig, out: Path, label: str, scale: float, seed: int) -> Path:
+    """Directory of an entry's full run at one budget scale and seed."""
+    multi = len(cfg.budget.scales) > 1
+    return out / "runs" / _slug(label) / (f"scale-{_tag(scale)}" if multi else "") / f"seed-{seed}"
+
+
+def tuning_teacher(cfg: CompareConfig) -> tuple[float, int]:
+    """(scale, seed) of the teacher entry's full run that a distilled entry's tuning runs read:
+    scale 1 if swept (else the largest), the tuning seed if run there (else that scale's first)."""
+    plan = dict(scale_seeds(cfg))
+    scale = 1.0 if 1.0 in plan else max(plan)
+    seed = cfg.tune.seed if cfg.tune and cfg.tune.seed is not None else cfg.seeds[0]
+    return scale, seed if seed in plan[scale] else plan[scale][0]
+
+
+def waves(entries: list[EntryConfig]) -> list[list[str]]:
+    """Entry labels in dependency order: entries without a teacher first, then those distilled
+    from them, and so on (a distilled entry's tuning runs need its teacher's full run)."""
+    depth: dict[str, int] = {}
+    for e in entries:  # distill_from names an earlier entry (checked in the config)
+        depth[e.label] = depth[e.distill_from] + 1 if e.distill_from else 0
+    return [[e.label for e in entries if depth[e.label] == d] for d in range(max(depth.values()) + 1)]
+
+
 def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float, list[dict[str, Any]]],
                kind: str, out: Path, tokens_per_example: float, tokenizer_path: str,
                tuned: dict[str, dict[str, Any]] | None = None, *, phase: str = "main") -> list[JobSpec]:
@@ -158,7 +185,7 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
 
     src_budget, tgt_budget = pair_budgets(cfg, kind)
     jobs: list[JobSpec] = []
-    multi = len(cfg.budget.scales) > 1
+    index = {e.label: i for i, e in enumerate(entries)}
     plan: list[tuple[float, int, dict[str, Any] | None]] = []
     if phase == "tune":
         seed = cfg.tune.seed if cfg.tune and cfg.tune.seed is not None else cfg.seeds[0]
@@ -196,12 +223,25 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
                 name = "-".join(f"{k[:2]}{_tag(v)}" for k, v in cand.items() if v is not None)
                 run_dir = out / "tune" / _slug(e.label) / name
             else:
-                run_dir = out / "runs" / _slug(e.label) / (f"scale-{_tag(scale)}" if multi else "") / f"seed-{seed}"
+                run_dir = main_run_dir(cfg, out, e.label, scale, seed)
             train = from_dict(TrainConfig, {**to_dict(cfg.train), **tr}, prefix="train")
             tok_cfg = replace(cfg.tokenizer, path=tokenizer_path)
+            if e.init_from:  # the checkpoint's weights (pretraining below then starts from them)
+                train = replace(train, init_from=str(Path(e.init_from).resolve()))
+            run_objective = ObjectiveConfig(objective, dict(e.objective_options))
+            teacher_dir, teacher_flops = None, 0.0
+            if e.distill_from:
+                # the teacher entry's full run of this scale and seed (entry order runs it first);
+                # tuning runs read the one of tuning_teacher()
+                t_scale, t_seed = (scale, seed) if cand is None else tuning_teacher(cfg)
+                teacher_dir = main_run_dir(cfg, out, e.distill_from, t_scale, t_seed)
+                teacher_flops = float(sized[scale][index[e.distill_from]]["flops_per_example"])
+                run_objective = ObjectiveConfig("distillation", {
+                    **e.distill, "teacher": str(teacher_dir), "base": objective,
+                    **({"base_options": dict(e.objective_options)} if e.objective_options else {})})
             run = RunConfig(name=f"{e.label}-seed{seed}", out_dir=str(run_dir), model=model,
                             data=from_dict(_data_cls(), cfg.data, prefix="data"), tokenizer=tok_cfg,
-                            objective=ObjectiveConfig(objective, dict(e.objective_options)), train=train, eval=ev)
+                            objective=run_objective, train=train, eval=ev)
             pre = None
             if e.pretrain is not None:
                 p = e.pretrain
@@ -210,7 +250,7 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
                                     max_source_len=None, max_target_len=None)
                 # tuning candidates fine-tune from one shared pretraining run (done once)
                 pre_dir = run_dir.parent / "pretrain" if cand is not None else run_dir / "pretrain"
-                pre = replace(run, name=run.name + "-pretrain", out_dir=str(pre_dir),
+                pre = replace(run, name=run.name + "-pretrain", out_dir=str(pre_dir),  # (plain, no teacher)
                               data=from_dict(_data_cls(), p.data or cfg.data, prefix="pretrain.data"),
                               objective=ObjectiveConfig(p.objective, dict(p.options)), train=pre_train,
                               eval=replace(cfg.eval, metric="loss", decode_examples=0))
@@ -225,7 +265,9 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
                 raw_model_keys=sorted(to_dict(model)), sizing=_jsonable(s), decode=decode, task_kind=kind,
                 tokens_per_example=tokens_per_example, tuned=chosen if cand is None else {},
                 candidate=cand or {}, tune_metric=cfg.tune.metric if cfg.tune else "val_loss",
-                count_pretrain=cand is None or (scale, seed, cand) == plan[0]))
+                count_pretrain=cand is None or (scale, seed, cand) == plan[0],
+                teacher_flops_per_example=teacher_flops,
+                teacher_run_dir=str(teacher_dir) if teacher_dir is not None else None))
     if phase == "main":
         # budget by budget, seed by seed, every entry in turn: an interrupted sweep has whole
         # comparisons at the budgets it finished (sort is stable: entry order kept)
@@ -251,7 +293,7 @@ def validate(cfg: CompareConfig, entries: list[EntryConfig], kind: str, n_classe
         from archlab.objectives import SpecialTokens as _S
         special = _S()
 
-    base = [base_model_config(cfg, e, _Tok, n_classes) for e in entries]
+    base = [entry_model_config(cfg, e, _Tok, n_classes) for e in entries]
     stand_in = {sc: [{"model": m, "params": 0, "flops_per_example": 0, "rule": "", "deviation": 0.0,
                       "value": 0.0, "target": 0.0, "entry": e.label} for m, e in zip(base, entries)]
                 for sc in {*cfg.budget.scales, 1.0}}
@@ -264,6 +306,10 @@ def validate(cfg: CompareConfig, entries: list[EntryConfig], kind: str, n_classe
             where = (f"entry {job.entry}" + (f" (tuning {job.candidate})" if job.candidate else "")
                      + (f" at budget scale {job.scale:g}" if job.scale != 1.0 else "") + f", {what}")
             d = job_to_dict(job)["run" if what == "run" else "pretrain"]
+            if what == "run" and job.teacher_run_dir is not None:
+                # the teacher's run is trained later: its options are checked here with a
+                # stand-in directory, the teacher itself when the student's job starts
+                d["objective"]["options"]["teacher"] = "."
             typed = run_config_from_dict(d, where=where)
             try:
                 check_objective(typed, job.arch)
@@ -292,6 +338,13 @@ def prepare(cfg: CompareConfig, ds: Any, kind: str) -> tuple[Path, Any, Shape]:
     tdir = out / "tokenizer"
     if (tdir / "archlab_tokenizer.json").exists():
         tok = Tokenizer.load(tdir)
+    elif cfg.tokenizer.path:  # a given tokenizer (an imported checkpoint's), shared by every entry
+        p = Path(cfg.tokenizer.path)
+        if not (p / "archlab_tokenizer.json").exists() and (p / "tokenizer" / "archlab_tokenizer.json").exists():
+            p = p / "tokenizer"  # an archlab model directory's
+        tok = Tokenizer.load(p) if (p / "archlab_tokenizer.json").exists() else Tokenizer.from_hf_dir(p)
+        tok.save(tdir)
+        log(f"tokenizer: {tok.vocab_size} tokens from {cfg.tokenizer.path}")
     else:
         tc = cfg.tokenizer
         t0 = time.perf_counter()
@@ -330,6 +383,21 @@ def base_model_config(cfg: CompareConfig, entry: EntryConfig, tok: Any, n_classe
         raise ConfigError(f"entry {entry.label}: {e}") from None
 
 
+def entry_model_config(cfg: CompareConfig, entry: EntryConfig, tok: Any, n_classes: int) -> ModelConfig:
+    """An entry's unsized model: its checkpoint's (``init_from``, with the entry's model
+    overrides) or the compare's base block in the entry's architecture."""
+    if not entry.init_from:
+        return base_model_config(cfg, entry, tok, n_classes)
+    from archlab.compare.config import checkpoint_model_config
+
+    m = checkpoint_model_config(entry.init_from, f"entry {entry.label}: init_from")
+    changes = {**entry.model, **({"n_classes": n_classes} if n_classes else {})}
+    try:
+        return replace(m, **changes)
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"entry {entry.label}: model: {e}") from None
+
+
 def size_entries(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape: Shape, n_classes: int,
                  scale: float = 1.0) -> list[dict[str, Any]]:
     """Sized model config per entry, plus the sizing record printed and saved. With
@@ -339,8 +407,9 @@ def size_entries(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape
         target = float(b.target)
         how = f"target {target:.4g} given"
     else:
-        ref_entry = next(e for e in entries if e.arch == b.reference)
-        ref = base_model_config(cfg, ref_entry, tok, n_classes)
+        # the first entry of the reference arch, a sized one if any (else a checkpoint's size)
+        ref_entry = min((e for e in entries if e.arch == b.reference), key=lambda e: e.init_from is not None)
+        ref = entry_model_config(cfg, ref_entry, tok, n_classes)
         target = measure(ref, b.match, shape)
         how = f"target = {b.reference} base model ({ref.n_layers}{'+' + str(ref.n_layers) if ref.arch == 'encoder-decoder' else ''} layers, d_model {ref.d_model})"
     if b.scale_model and scale != 1.0:
@@ -348,9 +417,11 @@ def size_entries(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape
         how += f" x scale {scale:g}"
     sized = []
     for e in entries:
-        base = base_model_config(cfg, e, tok, n_classes)
+        base = entry_model_config(cfg, e, tok, n_classes)
         fixed_depth = any(k in e.model for k in ("n_layers", "n_encoder_layers", "n_decoder_layers", "d_ff"))
-        if fixed_depth:
+        if e.init_from:
+            s_cfg, value, rule = base, measure(base, b.match, shape), "imported checkpoint (not sized)"
+        elif fixed_depth:
             s_cfg, value, rule = base, measure(base, b.match, shape), "as configured (entry sets depth/d_ff)"
         else:
             s = size_to_budget(base, target, b.match, shape, tolerance=b.tolerance,
@@ -360,7 +431,7 @@ def size_entries(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape
         sized.append({"entry": e.label, "arch": e.arch, "model": s_cfg, "value": value, "target": target,
                       "deviation": dev, "rule": rule, "params": measure(s_cfg, "params", shape),
                       "flops_per_example": measure(s_cfg, "flops", shape), "scale": scale,
-                      "active_params": measure(s_cfg, "active_params", shape)})
+                      "active_params": measure(s_cfg, "active_params", shape), "imported": bool(e.init_from)})
     log(f"budget: match {b.match}, {how}; typical example {shape.src_len:.1f} + {shape.tgt_len:.1f} tokens "
         "(as trained, after the shared source/target budgets)")
     for s in sized:
@@ -368,7 +439,7 @@ def size_entries(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape
                if s["active_params"] != s["params"] else "")  # MoE: k of E experts
         log(f"  {s['entry']:<28} {s['rule']:<34} params {s['params'] / 1e6:6.2f}M{act}  "
             f"FLOPs/example {s['flops_per_example'] / 1e6:8.1f}M  ({s['deviation']:+.1%} of target)")
-    bad = [s for s in sized if abs(s["deviation"]) > 0.10]
+    bad = [s for s in sized if abs(s["deviation"]) > 0.10 and not s["imported"]]
     if bad:
         s = bad[0]
         raise ConfigError(f"entry {s['entry']}: cannot be sized within 10 % of the {b.match} target "
@@ -493,28 +564,42 @@ def compare(cfg: CompareConfig) -> Path:
     tuned: dict[str, dict[str, Any]] = {}
     tune_flops: dict[str, float] = {}
     tune_jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, phase="tune")
-    for i, job in enumerate(tune_jobs):
-        log(f"tuning job {i + 1}/{len(tune_jobs)}")
-        res = run_job(job, out / "jobs" / f"tune-{i:03d}.json")
-        tuning.append({"entry": job.entry, "seed": job.seed, **job.candidate, "steps": job.run.train.steps,
-                       "val_loss": res.get("val_loss"), "metric": res.get("metric"),
-                       "flops": res["train_flops"], "chosen": False})
-        tune_flops[job.entry] = tune_flops.get(job.entry, 0.0) + res["train_flops"]
-    if tuning:
-        assert cfg.tune is not None
-        tuned = choose_tuned(tuning, cfg.tune.metric)
-        for e, v in tuned.items():
-            log(f"tuned {e}: " + ", ".join(f"{k} {x:g}" for k, x in v.items()))
-        (out / "tuning.json").write_text(json.dumps(tuning, indent=1))
-
-    jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, tuned)
-    results = []
-    for i, job in enumerate(jobs):
-        log(f"job {i + 1}/{len(jobs)}")
-        res = run_job(job, out / "jobs" / f"job-{i:03d}.json")
-        res["tune_flops"] = tune_flops.get(job.entry, 0.0)
-        res["tuned"] = job.tuned
-        results.append(res)
+    jobs: list[JobSpec] = []
+    results: list[dict[str, Any]] = []
+    # without tuning one pass (budget by budget, seed by seed; a teacher entry comes before its
+    # students in each); with tuning, wave by wave, since a distilled entry is tuned against
+    # its teacher's full run
+    for wave in waves(entries) if tune_jobs else [[e.label for e in entries]]:
+        wave_tuning = []
+        for job in tune_jobs:
+            if job.entry not in wave:
+                continue
+            i = tune_jobs.index(job)
+            log(f"tuning job {i + 1}/{len(tune_jobs)}")
+            res = run_job(job, out / "jobs" / f"tune-{i:03d}.json")
+            wave_tuning.append({"entry": job.entry, "seed": job.seed, **job.candidate,
+                                "steps": job.run.train.steps, "val_loss": res.get("val_loss"),
+                                "metric": res.get("metric"), "flops": res["train_flops"], "chosen": False})
+            tune_flops[job.entry] = tune_flops.get(job.entry, 0.0) + res["train_flops"]
+        if wave_tuning:
+            assert cfg.tune is not None
+            chosen = choose_tuned(wave_tuning, cfg.tune.metric)
+            for e, v in chosen.items():
+                log(f"tuned {e}: " + ", ".join(f"{k} {x:g}" for k, x in v.items()))
+            tuned.update(chosen)
+            tuning += wave_tuning
+            (out / "tuning.json").write_text(json.dumps(tuning, indent=1))
+        all_jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, tuned)
+        for job in all_jobs:
+            if job.entry not in wave:
+                continue
+            i = all_jobs.index(job)
+            log(f"job {i + 1}/{len(all_jobs)}")
+            res = run_job(job, out / "jobs" / f"job-{i:03d}.json")
+            res["tune_flops"] = tune_flops.get(job.entry, 0.0)
+            res["tuned"] = job.tuned
+            jobs.append(job)
+            results.append(res)
     top = max(cfg.budget.scales)
     timed = [(j, r) for j, r in zip(jobs, results) if j.scale == top]
     measure_latency(cfg, out, ds, tok, [j for j, _ in timed], [r for _, r in timed])

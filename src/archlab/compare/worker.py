@@ -123,13 +123,18 @@ def _ablation(loaded: Any, test: list[Any], kind: str, opts: Any, job: Any) -> d
     return source_ablation(loaded.model, loaded.tokenizer, test, opts, objective=job.objective, seed=job.seed)
 
 
-def _train_flops(summary: dict[str, Any] | None, job: Any) -> float:
-    """Training FLOPs spent: 3 x forward FLOPs per layout token x tokens trained (the
-    trainer counts real, unpadded tokens; pretraining tokens at the same rate)."""
+def _train_flops_per_example(job: Any, distilled: bool = True) -> float:
+    """3 x forward FLOPs (forward and backward) per example, plus the teacher's forward pass
+    of a distilled run (it reads every training example; pretraining has no teacher)."""
+    return 3.0 * job.sizing["flops_per_example"] + (job.teacher_flops_per_example if distilled else 0.0)
+
+
+def _train_flops(summary: dict[str, Any] | None, job: Any, distilled: bool = True) -> float:
+    """Training FLOPs spent: training FLOPs per layout token x tokens trained (the trainer
+    counts real, unpadded tokens; pretraining tokens at the same rate, without a teacher)."""
     if not summary:
         return 0.0
-    per_token = job.sizing["flops_per_example"] / max(job.tokens_per_example, 1e-9)
-    return 3.0 * per_token * summary["tokens"]
+    return _train_flops_per_example(job, distilled) / max(job.tokens_per_example, 1e-9) * summary["tokens"]
 
 
 def run(job_path: str) -> None:
@@ -174,8 +179,10 @@ def run(job_path: str) -> None:
         "scale": job.scale,
         "params": sizing["params"],
         "flops_per_example": sizing["flops_per_example"],
-        "train_flops_per_example": 3 * sizing["flops_per_example"],
-        "train_flops": _train_flops(main, job) + _train_flops(pre, job),
+        "train_flops_per_example": _train_flops_per_example(job),
+        "teacher_flops_per_example": job.teacher_flops_per_example,
+        "teacher_run": job.teacher_run_dir,
+        "train_flops": _train_flops(main, job) + _train_flops(pre, job, distilled=False),
         "sizing_rule": sizing["rule"],
         "budget_deviation": sizing["deviation"],
         "layers": (f"{mcfg.encoder_layers}+{mcfg.decoder_layers}" if mcfg.arch == "encoder-decoder"
@@ -216,7 +223,7 @@ def _tune_result(job: Any, ds: Any, pre: dict[str, Any] | None, run_dir: Path) -
         if "loss became" not in str(e):
             raise
         _write(run_dir, {"entry": job.entry, "candidate": job.candidate, "val_loss": None, "metric": None,
-                         "diverged": str(e), "train_flops": 3.0 * job.sizing["flops_per_example"]
+                         "diverged": str(e), "train_flops": _train_flops_per_example(job)
                          / max(job.tokens_per_example, 1e-9) * job.run.train.tokens_per_batch
                          * job.run.train.steps})
         return
@@ -224,7 +231,7 @@ def _tune_result(job: Any, ds: Any, pre: dict[str, Any] | None, run_dir: Path) -
     metric = ev.get("bleu" if job.task_kind == "pair" else "accuracy")
     _write(run_dir, {"entry": job.entry, "candidate": job.candidate, "val_loss": ev.get("loss"),
                      "metric": metric, "train_steps": main["steps"], "train_tokens": main["tokens"],
-                     "train_flops": _train_flops(main, job) + (_train_flops(pre, job) if job.count_pretrain else 0.0),
+                     "train_flops": _train_flops(main, job) + (_train_flops(pre, job, distilled=False) if job.count_pretrain else 0.0),
                      "train_time_s": main["train_time_s"]})
 
 
