@@ -96,3 +96,18 @@ def test_presets_and_resolution(tmp_path):
     assert (cfg.arch, cfg.n_layers, cfg.d_model, cfg.n_heads) == ("decoder", 3, 256, 4)
     with pytest.raises(ConfigError, match="unknown preset 'decoder-huge'"):
         resolve_model_config("decoder-huge")
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(attn_window=0), "model.attn_window: must be >= 1 or null"),
+    (dict(arch="decoder", position="learned", position_offset=2, pad_aware_positions=True),
+     "model.pad_aware_positions: needs arch encoder"),
+    (dict(arch="encoder", position="learned", pad_aware_positions=True), "position_offset >= 1"),
+    (dict(sinusoidal_layout="odd"), "model.sinusoidal_layout: 'odd' is not valid"),
+    (dict(cls_activation="gelu"), "model.cls_activation: 'gelu' is not valid"),
+])
+def test_new_model_options_are_checked(kw, msg):
+    from archlab.config import ModelConfig
+
+    with pytest.raises(ConfigError, match=msg):
+        ModelConfig(**kw)

@@ -31,6 +31,12 @@ class EntryConfig:
     objective_options: dict[str, Any] = field(default_factory=dict)
     pretrain: PretrainConfig | None = None
     model: dict[str, Any] = field(default_factory=dict)  # per-entry model overrides (skip sizing keys)
+    # start from this checkpoint (an HF checkpoint or archlab model directory): its model is
+    # used as is (not sized); tokenizer.path must then be that checkpoint's tokenizer
+    init_from: str | None = None
+    # train by distillation from the model of an earlier entry (same seed) of this compare
+    distill_from: str | None = None
+    distill: dict[str, Any] = field(default_factory=dict)  # distillation options: alpha, temperature, cosine
 
     @property
     def label(self) -> str:
@@ -162,6 +168,17 @@ def compare_config_from_dict(data: dict[str, Any], where: str) -> CompareConfig:
     dup = {x for x in labels if labels.count(x) > 1}
     if dup:
         raise ConfigError(f"{where}: entries: duplicate entry name {sorted(dup)[0]!r}; set name: to tell them apart")
+    for i, e in enumerate(cfg.entries):
+        if e.distill_from is not None and e.distill_from not in labels[:i]:
+            raise ConfigError(f"{where}: entries[{i}].distill_from: {e.distill_from!r} is not an earlier entry; "
+                              f"choose one of: {', '.join(labels[:i]) or '(none: list the teacher first)'}")
+        if e.init_from is not None:
+            if not Path(e.init_from).is_dir():
+                raise ConfigError(f"{where}: entries[{i}].init_from: {e.init_from} is not a directory "
+                                  "(an HF checkpoint or archlab model directory)")
+            if not cfg.tokenizer.path:
+                raise ConfigError(f"{where}: entries[{i}].init_from: set tokenizer.path to the checkpoint's "
+                                  "tokenizer (all entries share one tokenizer)")
     if cfg.budget.reference not in {e.arch for e in cfg.entries} and cfg.budget.target is None:
         raise ConfigError(f"{where}: budget.reference={cfg.budget.reference} is not among the entries' "
                           "architectures; set budget.target or add such an entry")

@@ -64,6 +64,10 @@ def prepare(cfg: CompareConfig) -> tuple[Path, Any, Any, Shape]:
     tdir = out / "tokenizer"
     if (tdir / "archlab_tokenizer.json").exists():
         tok = Tokenizer.load(tdir)
+    elif cfg.tokenizer.path:  # a given tokenizer (an imported checkpoint's), shared by every entry
+        p = Path(cfg.tokenizer.path)
+        tok = Tokenizer.load(p) if (p / "archlab_tokenizer.json").exists() else Tokenizer.from_hf_dir(p)
+        tok.save(tdir)
     else:
         tc = cfg.tokenizer
         t0 = time.perf_counter()
@@ -95,6 +99,24 @@ def base_model_config(cfg: CompareConfig, entry: EntryConfig, tok: Any, n_classe
         raise ConfigError(f"entry {entry.label}: {e}") from None
 
 
+def _imported_model_config(entry: EntryConfig, n_classes: int) -> ModelConfig:
+    """The model of an entry that starts from a checkpoint, with the entry's model overrides."""
+    p = Path(entry.init_from or "")
+    if (p / "model.yaml").exists():
+        from archlab.run import read_model_config
+
+        m = read_model_config(p)
+    else:
+        from archlab.convert import hf_model_config
+
+        m = hf_model_config(p)
+    changes = {**entry.model, **({"n_classes": n_classes} if n_classes else {})}
+    try:
+        return replace(m, **changes)
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"entry {entry.label}: {e}") from None
+
+
 def size_entries(cfg: CompareConfig, tok: Any, shape: Shape, n_classes: int) -> list[dict[str, Any]]:
     """Sized model config per entry, plus the sizing record printed and saved."""
     b = cfg.budget
@@ -108,6 +130,14 @@ def size_entries(cfg: CompareConfig, tok: Any, shape: Shape, n_classes: int) -> 
         how = f"target = {b.reference} base model ({ref.n_layers}{'+' + str(ref.n_layers) if ref.arch == 'encoder-decoder' else ''} layers, d_model {ref.d_model})"
     sized = []
     for e in cfg.entries:
+        if e.init_from:
+            s_cfg = _imported_model_config(e, n_classes)
+            value = measure(s_cfg, b.match, shape)
+            sized.append({"entry": e.label, "arch": s_cfg.arch, "model": s_cfg, "value": value, "target": target,
+                          "deviation": value / target - 1, "rule": "imported checkpoint (not sized)",
+                          "params": measure(s_cfg, "params", shape), "imported": True,
+                          "flops_per_example": measure(s_cfg, "flops", shape)})
+            continue
         base = base_model_config(cfg, e, tok, n_classes)
         fixed_depth = any(k in e.model for k in ("n_layers", "n_encoder_layers", "n_decoder_layers", "d_ff"))
         if fixed_depth:
@@ -124,7 +154,7 @@ def size_entries(cfg: CompareConfig, tok: Any, shape: Shape, n_classes: int) -> 
     for s in sized:
         log(f"  {s['entry']:<28} {s['rule']:<34} params {s['params'] / 1e6:6.2f}M  "
             f"FLOPs/example {s['flops_per_example'] / 1e6:8.1f}M  ({s['deviation']:+.1%} of target)")
-    bad = [s for s in sized if abs(s["deviation"]) > 0.10]
+    bad = [s for s in sized if abs(s["deviation"]) > 0.10 and not s.get("imported")]
     if bad:
         s = bad[0]
         raise ConfigError(f"entry {s['entry']}: cannot be sized within 10 % of the {b.match} target "
@@ -136,8 +166,9 @@ def job_specs(cfg: CompareConfig, sized: list[dict[str, Any]], kind: str, out: P
     jobs = []
     for e, s in zip(cfg.entries, sized):
         objective = e.objective or NATURAL_OBJECTIVE[kind]
-        if e.arch not in TASK_KIND_ARCHS[kind]:
-            raise ConfigError(f"entry {e.label}: arch {e.arch} cannot do a {kind} task; choose one of: "
+        arch = s["arch"]  # an imported entry's arch is its checkpoint's
+        if arch not in TASK_KIND_ARCHS[kind]:
+            raise ConfigError(f"entry {e.label}: arch {arch} cannot do a {kind} task; choose one of: "
                               f"{', '.join(TASK_KIND_ARCHS[kind])}")
         for seed in cfg.seeds:
             run_dir = out / "runs" / _slug(e.label) / f"seed-{seed}"
@@ -165,12 +196,22 @@ def job_specs(cfg: CompareConfig, sized: list[dict[str, Any]], kind: str, out: P
                     "eval": {**to_dict(cfg.eval), "metric": "loss", "decode_examples": 0},
                 }
                 run["train"] = {**run["train"], "init_from": str(run_dir / "pretrain" / "model")}
+            if e.init_from:
+                run["train"] = {**run["train"], "init_from": str(Path(e.init_from).resolve())}
+            teacher_flops = 0
+            if e.distill_from:  # the teacher entry's job of this seed runs earlier (entry order)
+                teacher = next(t for t in sized if t["entry"] == e.distill_from)
+                teacher_flops = teacher["flops_per_example"]
+                run["objective"] = {"name": "distillation", "options": {
+                    "teacher": str(out / "runs" / _slug(e.distill_from) / f"seed-{seed}"), "base": objective,
+                    **({"base_options": e.objective_options} if e.objective_options else {}), **e.distill}}
             decode = to_dict(cfg.decode)
             if kind == "pair":  # timed afterwards, all entries interleaved (measure_latency)
                 decode["latency_examples"] = 0
-            jobs.append({"entry": e.label, "arch": e.arch, "seed": seed, "objective": objective,
+            jobs.append({"entry": e.label, "arch": arch, "seed": seed, "objective": objective,
                          "pretrain_objective": e.pretrain.objective if e.pretrain else None,
                          "run_dir": str(run_dir), "run": run, "pretrain": pre, "sizing": _jsonable(s),
+                         "teacher_flops_per_example": teacher_flops,
                          "decode": decode, "kind": kind})
     return jobs
 

@@ -119,7 +119,8 @@ def run(job_path: str) -> None:
         "seed": job["seed"],
         "params": sizing["params"],
         "flops_per_example": sizing["flops_per_example"],
-        "train_flops_per_example": 3 * sizing["flops_per_example"],
+        # a distilled entry also pays its teacher's forward pass on every training example
+        "train_flops_per_example": 3 * sizing["flops_per_example"] + job.get("teacher_flops_per_example", 0),
         "sizing_rule": sizing["rule"],
         "budget_deviation": sizing["deviation"],
         "layers": (f"{mcfg.encoder_layers}+{mcfg.decoder_layers}" if mcfg.arch == "encoder-decoder"
