@@ -91,7 +91,11 @@ def test_every_objective_on_every_family(name, arch):
         with pytest.raises(ConfigError, match=f"objective {name} does not fit arch {arch}; it runs on"):
             make_objective(name, SP, arch, 64)
         return
-    obj = make_objective(name, SP, arch, 64)
+    options = {}
+    if name == "distillation":  # needs a teacher and the student's own objective
+        options = dict(teacher=build_model(tiny(arch, vocab_size=V, max_seq_len=256, n_classes=2)),
+                       base="masked-lm" if arch == "encoder" else "seq2seq")
+    obj = make_objective(name, SP, arch, 64, **options)
     rng = np.random.default_rng(0)
     exs = [Example(ids=TEXT[: 10 + 5 * i], src=TEXT[:7 + i], tgt=TEXT[50:60 + i], label=i % 2) for i in range(3)]
     batch = obj.build(exs, rng)
