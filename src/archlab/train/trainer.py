@@ -298,7 +298,9 @@ class Trainer:
                     # token-weighted mean over the accumulated micro-batches
                     (out.loss * (w / total_w)).backward()
                     loss_sum += float(out.loss.detach()) * w
-                    st.teacher_flops += self.objective.teacher_flops(b)
+                    extra = getattr(self.objective, "teacher_flops", None)  # distillation's teacher
+                    if extra is not None:
+                        st.teacher_flops += extra(b)
                     n_tok = batch_tokens(b)
                     st.tokens_seen += n_tok
                     tok_window += n_tok
