@@ -253,3 +253,14 @@ def test_diverged_loss_is_flagged():
     steps, loss = _curve(50)
     loss[40] = float("nan")
     assert [g["step"] for g in S.loss_spikes(steps, loss)] == [400.0]
+
+
+def test_paired_bootstrap_calls_no_difference_between_different_outputs_of_equal_score():
+    """Two systems whose outputs differ but score the same (both 0 BLEU: no n-gram matches):
+    every resampled difference is 0, and sacrebleu's strict statistic then reports its smallest
+    p; seen in a smoke compare, where 0.31 vs 0.31 BLEU was called significant."""
+    refs = ["the cat sat on the mat", "a dog ran in the park", "birds fly high"] * 4
+    systems = {"a": ["xx yy zz"] * 12, "b": ["qq ww ee"] * 12}
+    res = S.paired_bootstrap_mt(systems, refs, "a", metrics=("bleu",), n_samples=200)
+    assert res["b"]["bleu"].delta == 0.0
+    assert res["b"]["bleu"].p_value == 1.0 and not res["b"]["bleu"].significant()

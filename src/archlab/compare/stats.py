@@ -109,9 +109,11 @@ def paired_bootstrap_mt(systems: Mapping[str, Sequence[str]], references: Sequen
         base = float(res[0].score)
         for s, r in zip(order, res):
             p = None if s == baseline else float(r.p_value)
-            if p is not None and list(systems[s]) == list(systems[baseline]):
-                # identical outputs: sacrebleu's statistic (centred |delta| > observed 0) is
-                # never exceeded, so it reports the smallest p, 1/(n+1); nothing differs here
+            if p is not None and (list(systems[s]) == list(systems[baseline]) or float(r.score) == base):
+                # identical outputs, or the same corpus score (e.g. two systems that both score
+                # 0): sacrebleu's statistic (centred |delta| strictly above the observed one)
+                # is then never exceeded, so it reports its smallest p, 1/(n+1), for a
+                # difference of exactly zero; no difference is established
                 p = 1.0
             out[s][m] = PairedResult(
                 score=float(r.score), delta=float(r.score) - base,
