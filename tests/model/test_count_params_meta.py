@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from archlab import build_model, count_params
-from archlab.config import MoEConfig, ModelConfig, SSMConfig
+from archlab.config import ModelConfig, MoEConfig, SSMConfig
 from archlab.errors import ConfigError
 from archlab.model.presets import get_preset, preset_names
 
