@@ -72,10 +72,31 @@ def _ssm_problems(cfg: ModelConfig, n: str, mixers: set[str], ffn: str) -> list[
     return p
 
 
-class Mamba(Family):
+class _PureSSM(Family):
+    """A stack of (norm, Mamba mixer) layers as HF's MambaForCausalLM / Mamba2ForCausalLM lay
+    it out (``backbone.layers.{i}.mixer``); the two differ only in the mixer."""
+
+    prefix = "backbone."
+    mixer = "mamba"
+
+    def rules(self, cfg, prefix):
+        p = prefix
+        r = [Rule("embed_tokens.weight", (f"{p}embeddings.weight",))]
+        for i in range(cfg.n_layers):
+            r += _lin(f"decoder.blocks.{i}.ssm_norm", f"{p}layers.{i}.norm", False)
+            r += _mixer_rules(f"decoder.blocks.{i}.ssm", f"{p}layers.{i}.mixer", self.mixer, cfg)
+        r += _lin("decoder.final_norm", f"{p}norm_f", False)
+        if not cfg.tie_embeddings:
+            r.append(Rule("lm_head.weight", ("lm_head.weight",)))
+        return r
+
+    def aliases(self, cfg, prefix):
+        return {"lm_head.weight": f"{prefix}embeddings.weight"} if cfg.tie_embeddings else {}
+
+
+class Mamba(_PureSSM):
     name = "mamba"
     model_type = "mamba"
-    prefix = "backbone."
     architectures = ("MambaForCausalLM",)
 
     def model_config(self, hf, arch, ck):
@@ -106,20 +127,6 @@ class Mamba(Family):
                      dt_init_floor=hf.get("time_step_floor", 1e-4)),
         )
 
-    def rules(self, cfg, prefix):
-        p = prefix
-        r = [Rule("embed_tokens.weight", (f"{p}embeddings.weight",))]
-        for i in range(cfg.n_layers):
-            r += _lin(f"decoder.blocks.{i}.ssm_norm", f"{p}layers.{i}.norm", False)
-            r += _mixer_rules(f"decoder.blocks.{i}.ssm", f"{p}layers.{i}.mixer", "mamba", cfg)
-        r += _lin("decoder.final_norm", f"{p}norm_f", False)
-        if not cfg.tie_embeddings:
-            r.append(Rule("lm_head.weight", ("lm_head.weight",)))
-        return r
-
-    def aliases(self, cfg, prefix):
-        return {"lm_head.weight": f"{prefix}embeddings.weight"} if cfg.tie_embeddings else {}
-
     def problems(self, cfg):
         p = _ssm_problems(cfg, self.name, {"mamba"}, "none")
         if cfg.ssm_cfg.dt_limit is not None:
@@ -141,10 +148,10 @@ class Mamba(Family):
         }
 
 
-class Mamba2(Family):
+class Mamba2(_PureSSM):
     name = "mamba2"
     model_type = "mamba2"
-    prefix = "backbone."
+    mixer = "mamba2"
     architectures = ("Mamba2ForCausalLM",)
 
     def model_config(self, hf, arch, ck):
@@ -187,20 +194,6 @@ class Mamba2(Family):
                      dt_min=hf.get("time_step_min", 0.001), dt_max=hf.get("time_step_max", 0.1),
                      dt_init_floor=hf.get("time_step_floor", 1e-4)),
         )
-
-    def rules(self, cfg, prefix):
-        p = prefix
-        r = [Rule("embed_tokens.weight", (f"{p}embeddings.weight",))]
-        for i in range(cfg.n_layers):
-            r += _lin(f"decoder.blocks.{i}.ssm_norm", f"{p}layers.{i}.norm", False)
-            r += _mixer_rules(f"decoder.blocks.{i}.ssm", f"{p}layers.{i}.mixer", "mamba2", cfg)
-        r += _lin("decoder.final_norm", f"{p}norm_f", False)
-        if not cfg.tie_embeddings:
-            r.append(Rule("lm_head.weight", ("lm_head.weight",)))
-        return r
-
-    def aliases(self, cfg, prefix):
-        return {"lm_head.weight": f"{prefix}embeddings.weight"} if cfg.tie_embeddings else {}
 
     def problems(self, cfg):
         return _ssm_problems(cfg, self.name, {"mamba2"}, "none")
