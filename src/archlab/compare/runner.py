@@ -571,10 +571,9 @@ def compare(cfg: CompareConfig) -> Path:
     # its teacher's full run
     for wave in waves(entries) if tune_jobs else [[e.label for e in entries]]:
         wave_tuning = []
-        for job in tune_jobs:
+        for i, job in enumerate(tune_jobs):
             if job.entry not in wave:
                 continue
-            i = tune_jobs.index(job)
             log(f"tuning job {i + 1}/{len(tune_jobs)}")
             res = run_job(job, out / "jobs" / f"tune-{i:03d}.json")
             wave_tuning.append({"entry": job.entry, "seed": job.seed, **job.candidate,
@@ -590,10 +589,9 @@ def compare(cfg: CompareConfig) -> Path:
             tuning += wave_tuning
             (out / "tuning.json").write_text(json.dumps(tuning, indent=1))
         all_jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, tuned)
-        for job in all_jobs:
+        for i, job in enumerate(all_jobs):
             if job.entry not in wave:
                 continue
-            i = all_jobs.index(job)
             log(f"job {i + 1}/{len(all_jobs)}")
             res = run_job(job, out / "jobs" / f"job-{i:03d}.json")
             res["tune_flops"] = tune_flops.get(job.entry, 0.0)
