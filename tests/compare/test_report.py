@@ -476,7 +476,7 @@ def _latency_line(agg: list[dict], kind: str = "pair") -> str:
 def test_clear_latency_winner_is_named_with_its_margin():
     line = _latency_line([_agg("decoder", 30.0), _agg("encoder-decoder", 36.0)])
     assert "**decoder** has the lowest decoding latency (30.0 ms" in line
-    assert "20% below encoder-decoder" in line
+    assert "encoder-decoder, the next, takes 1.20x as long" in line
 
 
 def test_close_latencies_are_no_clear_difference():
@@ -497,6 +497,7 @@ def test_tuning_line_names_the_metric_it_chose_on():
                "chosen": lr == 1e-3} for lr, m in ((1e-3, 12.0), (3e-3, 10.0))]
     line = next(v for v in verdict([_agg("decoder", 1.0)], "pair", [], tuning=tuning, tune_metric="task")
                 if v.startswith("Tuning"))
-    assert line.startswith("Tuning (per entry, on the task metric on validation): decoder chose lr 0.001 of 2")
+    assert line.startswith("Tuning (per entry, on the task metric on validation; short runs, the choice used at "
+                           "every budget): decoder chose lr 0.001 of 2")
     line = next(v for v in verdict([_agg("decoder", 1.0)], "pair", [], tuning=tuning) if v.startswith("Tuning"))
     assert "on validation loss" in line and "(2.00G FLOPs of tuning)" in line

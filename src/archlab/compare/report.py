@@ -57,7 +57,7 @@ N_BOOTSTRAP = 1000  # sacrebleu's default number of paired-bootstrap resamples
 CSV_FIELDS = [
     "entry", "arch", "objective", "pretrain_objective", "seed", "scale", "layers", "d_model", "d_ff", "params",
     "flops_per_example", "train_flops_per_example", "budget_deviation", "train_steps", "train_tokens",
-    "train_flops", "tune_flops", "tuned", "train_time_s", "peak_memory_bytes", "val_loss", "bleu", "chrf",
+    "train_flops", "tune_flops", "tuned", "lr", "train_time_s", "peak_memory_bytes", "val_loss", "bleu", "chrf",
     "rouge1", "rouge2", "rougeL", "accuracy", "macro_f1", "ppl", "bpb", "ablation_bleu", "ablation_chrf",
     "ablation_rougeL", "len_ratio", "repetition_rate", "decode_tokens_per_s", "latency_ms_per_example",
     "kv_cache_bytes_per_example", "num_beams", "examples_truncated", "truncated_fraction", "outputs_path",
@@ -421,7 +421,7 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
                 line += (f", but {second['entry']} is within {rel:.0%} of it: not a clear difference "
                          f"(repeated timings of the same models move such ratios by up to about 10 %)")
             else:
-                line += f", {rel:.0%} below {second['entry']}"
+                line += f"; {second['entry']}, the next, takes {rel + 1:.2f}x as long"
         if task_kind != "label":
             line += (f"; the smallest KV cache per example is {kv['entry']}'s "
                      f"({_human(kv.get('kv_cache_bytes_per_example'), 'B')})")
@@ -478,22 +478,58 @@ def _tuning_lines(agg: list[dict[str, Any]], tuning: list[dict[str, Any]] | None
                   tune_metric: str = "val_loss") -> list[str]:
     if not tuning:
         tuned = [a for a in agg if a.get("tuned")]
-        return [] if not tuned else ["Tuning: " + "; ".join(
-            f"{a['entry']} {_tuned(a['tuned'])}" for a in tuned) + "."]
+        if tuned:
+            return ["Tuning: " + "; ".join(f"{a['entry']} {_tuned(a['tuned'])}" for a in tuned) + "."]
+        # untuned: say where each entry's rate came from (one shared rate may favour one family)
+        lrs = {a["entry"]: a.get("lr") for a in agg if _num(a.get("lr"))}
+        if not lrs:
+            return []
+        if len(set(lrs.values())) == 1:
+            return [f"Learning rate: one shared rate, {next(iter(lrs.values())):g}, not tuned per entry; "
+                    "a rate that suits one family can handicap another (set `tune:`)."]
+        return ["Learning rates: set per entry in the config, not tuned in this run (" + ", ".join(
+            f"{e} {lr:g}" for e, lr in lrs.items()) + ")."]
     entries = list(dict.fromkeys(t["entry"] for t in tuning))
+    per_scale = any(t.get("scale") is not None for t in tuning)
     parts = []
     for e in entries:
         mine = [t for t in tuning if t["entry"] == e]
-        chosen = [t for t in mine if t.get("chosen")]
-        flops = sum(t.get("flops") or 0 for t in mine)
+        chosen = sorted((t for t in mine if t.get("chosen")), key=lambda t: t.get("steps") or 0)
+        flops = sum(t.get("flops") or 0 for t in mine if not (per_scale and t.get("chosen")))
         # name the knobs that were tuned (those that vary among the candidates)
         knobs = [k for k in ("lr", "warmup_steps", "dropout") if len({t.get(k) for t in mine}) > 1] or ["lr"]
-        desc = " / ".join(sorted({_tuned({k: t[k] for k in knobs if t.get(k) is not None}) for t in chosen})) or "-"
-        parts.append(f"{e} chose {desc} of {len({_cand(t) for t in mine})} candidate(s) "
-                     f"({_human(flops)} FLOPs of tuning)")
+        if per_scale:
+            desc = ", ".join(f"{_tuned({k: t[k] for k in knobs if t.get(k) is not None})} at {t['steps']} steps"
+                             for t in chosen) or "-"
+            n = len({_cand(t) for t in mine if t.get("scale") == mine[0].get("scale")})
+            parts.append(f"{e} chose {desc} (of {n} candidates per budget; {_human(flops)} FLOPs beyond "
+                         "the chosen runs)")
+        else:
+            desc = " / ".join(sorted({_tuned({k: t[k] for k in knobs if t.get(k) is not None})
+                                      for t in chosen})) or "-"
+            parts.append(f"{e} chose {desc} of {len({_cand(t) for t in mine})} candidate(s) "
+                         f"({_human(flops)} FLOPs of tuning)")
     on = ("validation loss" if tune_metric in ("val_loss", "loss") else
           "the task metric on validation" if tune_metric == "task" else f"validation {tune_metric}")
-    return [f"Tuning (per entry, on {on}): " + "; ".join(parts) + "."]
+    how = ("at each budget, full-length runs; the chosen run is that budget's run" if per_scale else
+           "short runs" + (f" of {tuning[0]['steps']} steps" if tuning[0].get("steps") else "")
+           + ", the choice used at every budget")
+    return [f"Tuning (per entry, on {on}; {how}): " + "; ".join(parts) + "."] + _edge_lines(tuning)
+
+
+def _edge_lines(tuning: list[dict[str, Any]]) -> list[str]:
+    """Choices at the edge of the learning-rate grid: the best rate may lie outside it."""
+    out = []
+    for t in (t for t in tuning if t.get("chosen") and _num(t.get("lr"))):
+        grid = sorted({u["lr"] for u in tuning if u["entry"] == t["entry"] and u.get("scale") == t.get("scale")
+                       and _num(u.get("lr"))})
+        if len(grid) < 3 or grid[0] < t["lr"] < grid[-1]:
+            continue
+        side = "largest" if t["lr"] == grid[-1] else "smallest"
+        at = f" at {t['steps']} steps" if t.get("scale") is not None else ""
+        out.append(f"{t['entry']}{at}: tuning chose the {side} rate tried ({t['lr']:g}); the best may lie "
+                   "outside the grid (widen `tune.lr`)")
+    return ["Edge of the grid: " + "; ".join(out) + "."] if out else []
 
 
 def _cand(t: dict[str, Any]) -> tuple[Any, ...]:
@@ -631,14 +667,18 @@ def make_plots(results: list[dict[str, Any]], agg: list[dict[str, Any]], task_ki
     tl = [t for t in tuning or [] if _num(t.get("lr")) and _num(t.get("val_loss"))]
     if tl:
         fig, ax = plt.subplots(figsize=(6.4, 4))
-        for e in dict.fromkeys(t["entry"] for t in tl):
-            mine = [t for t in tl if t["entry"] == e]
+        styles = ["o-", "s--", "^:", "d-."]
+        budgets = sorted({t.get("steps") for t in tl if t.get("scale") is not None})
+        for e, sc in dict.fromkeys((t["entry"], t.get("scale")) for t in tl):
+            mine = [t for t in tl if t["entry"] == e and t.get("scale") == sc]
             lrs = sorted({t["lr"] for t in mine})
             # the best over the other tuned knobs (and the mean over seeds) at each rate
             best = [statistics.fmean(min(t["val_loss"] for t in mine if t["lr"] == lr and t.get("seed") == s)
                                      for s in {t.get("seed") for t in mine if t["lr"] == lr}) for lr in lrs]
             c = color.get(e, colors[len(color) % len(colors)])
-            ax.plot(lrs, best, "o-", color=c, label=e)
+            # one line per entry, or per entry and budget (horizon full)
+            st = styles[budgets.index(mine[0]["steps"]) % len(styles)] if sc is not None else "o-"
+            ax.plot(lrs, best, st, color=c, label=e if sc is None else f"{e}, {mine[0]['steps']} steps")
             ch = [t for t in mine if t.get("chosen")]
             if ch:
                 ax.scatter([t["lr"] for t in ch], [t["val_loss"] for t in ch], marker="*", s=160, color=c,
@@ -646,6 +686,8 @@ def make_plots(results: list[dict[str, Any]], agg: list[dict[str, Any]], task_ki
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_ylabel("validation loss (tuning run)")
+        if budgets:
+            ax.set_yscale("log")  # budgets differ by a whole loss unit; a log axis keeps each legible
         ax.set_title("Learning-rate sensitivity (★ chosen)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

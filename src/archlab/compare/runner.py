@@ -73,6 +73,9 @@ class JobSpec:
     # a distilled entry's teacher: forward FLOPs per example it adds to every training example
     teacher_flops_per_example: float = 0.0
     teacher_run_dir: str | None = None
+    # tune.horizon full: the chosen tuning run of this entry, budget and seed; the worker takes
+    # its trained model and logs over instead of training the same run again
+    reuse_run_dir: str | None = None
 
 
 def job_to_dict(job: JobSpec) -> dict[str, Any]:
@@ -130,8 +133,11 @@ def tune_candidates(cfg: CompareConfig) -> list[dict[str, Any]]:
     t = cfg.tune
     if t is None or not t.lr:
         return []
-    # default warm-up: the full run's schedule compressed to the tuning steps
-    wu = t.warmup_steps or [max(1, round(cfg.train.warmup_steps * t.steps / max(cfg.train.steps, 1)))]
+    # default warm-up: the full run's schedule compressed to the tuning steps (horizon full:
+    # the full run's own warm-up, i.e. no candidate value)
+    wu: list[int | None] = list(t.warmup_steps) if t.warmup_steps else (
+        [None] if t.horizon == "full" else
+        [max(1, round(cfg.train.warmup_steps * t.steps / max(cfg.train.steps, 1)))])
     do = t.dropout or [None]
     return [{"lr": lr, "warmup_steps": w, "dropout": d} for lr in t.lr for w in wu for d in do]
 
@@ -158,6 +164,17 @@ def main_run_dir(cfg: CompareConfig, out: Path, label: str, scale: float, seed: 
     return out / "runs" / _slug(label) / (f"scale-{_tag(scale)}" if multi else "") / f"seed-{seed}"
 
 
+def tuning_seed(cfg: CompareConfig) -> int:
+    return cfg.tune.seed if cfg.tune and cfg.tune.seed is not None else cfg.seeds[0]
+
+
+def tuned_values(tuned: dict[Any, dict[str, Any]] | None, label: str, scale: float) -> dict[str, Any]:
+    """An entry's tuned values at one budget scale: per scale (``tune.horizon: full``, keyed
+    ``(label, scale)``), else the entry's one choice (keyed ``label``)."""
+    tuned = tuned or {}
+    return dict(tuned.get((label, scale), tuned.get(label, {})))
+
+
 def tuning_teacher(cfg: CompareConfig) -> tuple[float, int]:
     """(scale, seed) of the teacher entry's full run that a distilled entry's tuning runs read:
     scale 1 if swept (else the largest), the tuning seed if run there (else that scale's first)."""
@@ -178,18 +195,24 @@ def waves(entries: list[EntryConfig]) -> list[list[str]]:
 
 def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float, list[dict[str, Any]]],
                kind: str, out: Path, tokens_per_example: float, tokenizer_path: str,
-               tuned: dict[str, dict[str, Any]] | None = None, *, phase: str = "main") -> list[JobSpec]:
-    """Typed job specs: ``phase="tune"``, one per entry and tuning candidate (at scale 1); else
-    one per scale x entry x seed with each entry's tuned values."""
+               tuned: dict[Any, dict[str, Any]] | None = None, *, phase: str = "main",
+               reuse_dirs: dict[tuple[str, float], str] | None = None) -> list[JobSpec]:
+    """Typed job specs: ``phase="tune"``, one per entry and tuning candidate (at scale 1, or
+    at every scale with ``tune.horizon: full``); else one per scale x entry x seed with each
+    entry's tuned values (:func:`tuned_values`). ``reuse_dirs``: (entry, scale) -> the chosen
+    full-horizon tuning run, taken over by that budget's main job of the tuning seed."""
     from archlab.train.config import RunConfig, TrainConfig
 
     src_budget, tgt_budget = pair_budgets(cfg, kind)
     jobs: list[JobSpec] = []
     index = {e.label: i for i, e in enumerate(entries)}
     plan: list[tuple[float, int, dict[str, Any] | None]] = []
+    full = cfg.tune is not None and cfg.tune.horizon == "full"
     if phase == "tune":
-        seed = cfg.tune.seed if cfg.tune and cfg.tune.seed is not None else cfg.seeds[0]
-        plan = [(1.0, seed, c) for c in tune_candidates(cfg)]
+        seed = tuning_seed(cfg)
+        # short: one set of short runs (at scale 1); full: every budget scale, at its length
+        plan = [(sc, seed, c) for sc in (sorted(cfg.budget.scales) if full else [1.0])
+                for c in tune_candidates(cfg)]
     else:
         plan = [(sc, seed, None) for sc, seeds in scale_seeds(cfg) for seed in seeds]
     for i, e in enumerate(entries):
@@ -199,7 +222,7 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
                               f"{', '.join(TASK_KIND_ARCHS[kind])}")
         for scale, seed, cand in plan:
             s = sized[scale][i]
-            chosen = dict((tuned or {}).get(e.label, {})) if cand is None else cand
+            chosen = tuned_values(tuned, e.label, scale) if cand is None else cand
             model = s["model"]
             if chosen.get("dropout") is not None:
                 model = replace(model, dropout=chosen["dropout"])
@@ -208,22 +231,32 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
                                   "max_len": _context(e.arch, src_budget, tgt_budget, cfg.train.max_len),
                                   "max_source_len": src_budget, "max_target_len": tgt_budget}
             ev = cfg.eval
+            tr.update(e.train)  # the entry's own optimiser settings (ENTRY_TRAIN_KEYS); tuning wins
             if chosen.get("lr") is not None:
                 tr["lr"] = chosen["lr"]
             if chosen.get("warmup_steps") is not None:
                 tr["warmup_steps"] = chosen["warmup_steps"]
+            reuse = None
             if cand is not None:
                 assert cfg.tune is not None
-                tr["steps"] = cfg.tune.steps
-                tr["save_every"] = cfg.tune.steps
                 task_metric = cfg.tune.metric == "task"
-                ev = replace(cfg.eval, every=cfg.tune.steps,
-                             decode_examples=cfg.tune.decode_examples if task_metric and kind == "pair" else 0,
-                             metric=("bleu" if kind == "pair" else "accuracy") if task_metric else "loss")
+                metric = ("bleu" if kind == "pair" else "accuracy") if task_metric else "loss"
+                decode_examples = cfg.tune.decode_examples if task_metric and kind == "pair" else 0
                 name = "-".join(f"{k[:2]}{_tag(v)}" for k, v in cand.items() if v is not None)
-                run_dir = out / "tune" / _slug(e.label) / name
+                if full:  # the budget's own run (same steps, checkpoints and evaluations)
+                    ev = _full_tune_eval(cfg, kind)
+                    sub = f"scale-{_tag(scale)}" if len(cfg.budget.scales) > 1 else ""
+                    run_dir = out / "tune" / _slug(e.label) / sub / name
+                else:
+                    tr["steps"] = cfg.tune.steps
+                    tr["save_every"] = cfg.tune.steps
+                    ev = replace(cfg.eval, every=cfg.tune.steps, decode_examples=decode_examples, metric=metric)
+                    run_dir = out / "tune" / _slug(e.label) / name
             else:
                 run_dir = main_run_dir(cfg, out, e.label, scale, seed)
+                if full and seed == tuning_seed(cfg):
+                    ev = _full_tune_eval(cfg, kind)  # as its tuning run evaluated
+                    reuse = (reuse_dirs or {}).get((e.label, scale))
             train = from_dict(TrainConfig, {**to_dict(cfg.train), **tr}, prefix="train")
             tok_cfg = replace(cfg.tokenizer, path=tokenizer_path)
             if e.init_from:  # the checkpoint's weights (pretraining below then starts from them)
@@ -233,7 +266,8 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
             if e.distill_from:
                 # the teacher entry's full run of this scale and seed (entry order runs it first);
                 # tuning runs read the one of tuning_teacher()
-                t_scale, t_seed = (scale, seed) if cand is None else tuning_teacher(cfg)
+                t_scale, t_seed = (scale, seed) if cand is None or (full and seed in dict(scale_seeds(cfg))[scale]) \
+                    else tuning_teacher(cfg)
                 teacher_dir = main_run_dir(cfg, out, e.distill_from, t_scale, t_seed)
                 teacher_flops = float(sized[scale][index[e.distill_from]]["flops_per_example"])
                 run_objective = ObjectiveConfig("distillation", {
@@ -267,12 +301,24 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
                 candidate=cand or {}, tune_metric=cfg.tune.metric if cfg.tune else "val_loss",
                 count_pretrain=cand is None or (scale, seed, cand) == plan[0],
                 teacher_flops_per_example=teacher_flops,
-                teacher_run_dir=str(teacher_dir) if teacher_dir is not None else None))
+                teacher_run_dir=str(teacher_dir) if teacher_dir is not None else None,
+                reuse_run_dir=reuse))
     if phase == "main":
         # budget by budget, seed by seed, every entry in turn: an interrupted sweep has whole
         # comparisons at the budgets it finished (sort is stable: entry order kept)
         jobs.sort(key=lambda j: (j.scale, j.seed))
     return jobs
+
+
+def _full_tune_eval(cfg: CompareConfig, kind: str) -> Any:
+    """Evaluation of a full-horizon tuning run, and of the main run that takes it over: the
+    compare's, tracking the tuning metric (task metric: decoding that many validation examples)."""
+    assert cfg.tune is not None
+    if cfg.tune.metric != "task":
+        return replace(cfg.eval, metric="loss")
+    return replace(cfg.eval, metric="bleu" if kind == "pair" else "accuracy",
+                   decode_examples=max(cfg.eval.decode_examples, cfg.tune.decode_examples) if kind == "pair"
+                   else cfg.eval.decode_examples)
 
 
 def _data_cls() -> Any:
@@ -466,8 +512,11 @@ def run_job(job: JobSpec, job_path: Path) -> dict[str, Any]:
         return json.loads(result_path.read_text())
     job_path.parent.mkdir(parents=True, exist_ok=True)
     job_path.write_text(json.dumps(job_to_dict(job), indent=1))
-    log(f"{what} training {job.arch} with {job.objective} for {job.run.train.steps} steps"
-        + (f" after {job.pretrain_objective} pretraining" if job.pretrain_objective else ""))
+    if job.reuse_run_dir:
+        log(f"{what} the chosen tuning run is this run ({job.reuse_run_dir}): decoding and scoring it")
+    else:
+        log(f"{what} training {job.arch} with {job.objective} for {job.run.train.steps} steps"
+            + (f" after {job.pretrain_objective} pretraining" if job.pretrain_objective else ""))
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -480,29 +529,37 @@ def run_job(job: JobSpec, job_path: Path) -> dict[str, Any]:
     return json.loads(result_path.read_text())
 
 
-def choose_tuned(tuning: list[dict[str, Any]], metric: str) -> dict[str, dict[str, Any]]:
-    """Per entry, the candidate with the lowest validation loss (``metric="val_loss"``) or the
+def _tune_key(row: dict[str, Any]) -> Any:
+    # rows of full-horizon tuning carry their budget scale: one choice per entry and scale
+    return (row["entry"], row["scale"]) if row.get("scale") is not None else row["entry"]
+
+
+def choose_tuned(tuning: list[dict[str, Any]], metric: str) -> dict[Any, dict[str, Any]]:
+    """Per entry (per entry and budget scale where rows have ``scale``: keys ``(entry,
+    scale)``), the candidate with the lowest validation loss (``metric="val_loss"``) or the
     highest task metric; runs that diverged (no score) are never chosen. Marks ``chosen``."""
-    best: dict[str, dict[str, Any]] = {}
+    best: dict[Any, dict[str, Any]] = {}
     for row in tuning:
         score = row["val_loss"] if metric == "val_loss" else row["metric"]
         row["chosen"] = False
         if score is None or not math.isfinite(score):
             continue
-        cur = best.get(row["entry"])
+        key = _tune_key(row)
+        cur = best.get(key)
         if cur is None:
-            best[row["entry"]] = row
+            best[key] = row
             continue
         cur_score = cur["val_loss"] if metric == "val_loss" else cur["metric"]
         if (score < cur_score) if metric == "val_loss" else (score > cur_score):
-            best[row["entry"]] = row
+            best[key] = row
     out = {}
-    for entry, row in best.items():
+    for key, row in best.items():
         row["chosen"] = True
-        out[entry] = {k: row[k] for k in ("lr", "warmup_steps", "dropout") if row.get(k) is not None}
-    missing = sorted({r["entry"] for r in tuning} - set(out))
+        out[key] = {k: row[k] for k in ("lr", "warmup_steps", "dropout") if row.get(k) is not None}
+    missing = [k for k in dict.fromkeys(_tune_key(r) for r in tuning) if k not in out]
     if missing:
-        raise ArchlabError(f"entry {missing[0]}: every tuning run diverged; lower tune.lr")
+        e, at = (missing[0], "") if isinstance(missing[0], str) else (missing[0][0], f" at scale {missing[0][1]:g}")
+        raise ArchlabError(f"entry {e}: every tuning run{at} diverged; lower tune.lr")
     return out
 
 
@@ -561,8 +618,10 @@ def compare(cfg: CompareConfig) -> Path:
     tdir = str(out / "tokenizer")
 
     tuning: list[dict[str, Any]] = []
-    tuned: dict[str, dict[str, Any]] = {}
-    tune_flops: dict[str, float] = {}
+    tuned: dict[Any, dict[str, Any]] = {}
+    tune_flops: dict[Any, float] = {}  # per entry (per entry and scale with horizon full)
+    reuse_dirs: dict[tuple[str, float], str] = {}
+    full = cfg.tune is not None and cfg.tune.horizon == "full"
     tune_jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, phase="tune")
     jobs: list[JobSpec] = []
     results: list[dict[str, Any]] = []
@@ -577,24 +636,35 @@ def compare(cfg: CompareConfig) -> Path:
             log(f"tuning job {i + 1}/{len(tune_jobs)}")
             res = run_job(job, out / "jobs" / f"tune-{i:03d}.json")
             wave_tuning.append({"entry": job.entry, "seed": job.seed, **job.candidate,
+                                **({"scale": job.scale} if full else {}),
                                 "steps": job.run.train.steps, "val_loss": res.get("val_loss"),
-                                "metric": res.get("metric"), "flops": res["train_flops"], "chosen": False})
-            tune_flops[job.entry] = tune_flops.get(job.entry, 0.0) + res["train_flops"]
+                                "metric": res.get("metric"), "flops": res["train_flops"], "chosen": False,
+                                "run_dir": os.path.relpath(job.run_dir, out)})
         if wave_tuning:
             assert cfg.tune is not None
             chosen = choose_tuned(wave_tuning, cfg.tune.metric)
-            for e, v in chosen.items():
-                log(f"tuned {e}: " + ", ".join(f"{k} {x:g}" for k, x in v.items()))
+            for key, v in chosen.items():
+                what = key if isinstance(key, str) else f"{key[0]} at {_scaled_steps(cfg.train.steps, key[1], cfg.budget.scale_model)} steps"
+                log(f"tuned {what}: " + ", ".join(f"{k} {x:g}" for k, x in v.items()))
             tuned.update(chosen)
+            for row in wave_tuning:
+                # the tuning FLOPs an entry spent beyond its runs (horizon full: the chosen run is
+                # the budget's run, so only the other candidates count)
+                if not (full and row["chosen"]):
+                    k = _tune_key(row)
+                    tune_flops[k] = tune_flops.get(k, 0.0) + row["flops"]
+                if full and row["chosen"]:
+                    reuse_dirs[(row["entry"], row["scale"])] = str(out / row["run_dir"])
             tuning += wave_tuning
             (out / "tuning.json").write_text(json.dumps(tuning, indent=1))
-        all_jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, tuned)
+        all_jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, tuned,
+                              reuse_dirs=reuse_dirs)
         for i, job in enumerate(all_jobs):
             if job.entry not in wave:
                 continue
             log(f"job {i + 1}/{len(all_jobs)}")
             res = run_job(job, out / "jobs" / f"job-{i:03d}.json")
-            res["tune_flops"] = tune_flops.get(job.entry, 0.0)
+            res["tune_flops"] = tune_flops.get((job.entry, job.scale), tune_flops.get(job.entry, 0.0))
             res["tuned"] = job.tuned
             jobs.append(job)
             results.append(res)

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -158,6 +159,8 @@ def run(job_path: str) -> None:
     if job.kind == "tune":
         _tune_result(job, ds, pre, run_dir)
         return
+    if job.reuse_run_dir:
+        _take_over(job, run_dir)
     main = _train(job.run, job.raw_model_keys, ds)
     scores = evaluate_job(job, ds)
     sizing = job.sizing
@@ -208,11 +211,38 @@ def run(job_path: str) -> None:
         "curve": _eval_curve(run_dir),
         "train_curve": _train_curve(run_dir),
         "job_wall_time_s": time.perf_counter() - t0,
+        "taken_over_from": os.path.relpath(job.reuse_run_dir, job.out_dir) if job.reuse_run_dir else None,
         **scores,
     }
     if job.task_kind == "pair":  # decoding state; a classifier keeps no cache
         result["kv_cache_bytes_per_example"] = kv_cache_bytes(mcfg, shape["src_len"], shape["tgt_len"], beams)
     _write(run_dir, result)
+
+
+def _take_over(job: Any, run_dir: Path) -> None:
+    """Take a full-horizon tuning run over as this main run (``tune.horizon: full``): the same
+    run, so it is copied (weights, logs, summary; not the resumable checkpoints), not trained
+    again. Refused unless its saved run config equals this job's but for the names."""
+    from archlab.config import to_dict
+    from archlab.run import RunDir
+    from archlab.train.config import load_run_config
+
+    if (run_dir / "summary.json").exists():
+        return  # taken over earlier
+    src = Path(job.reuse_run_dir)
+    theirs = load_run_config(RunDir(src).config)
+    mine, other = to_dict(job.run), to_dict(theirs)
+    for d in (mine, other):  # the model section as saved is resolved by the trainer; its one
+        d.pop("name", None)  # tunable value is compared here, the rest comes from the same sizing
+        d.pop("out_dir", None)
+        d["model"] = {"dropout": d["model"]["dropout"], "arch": d["model"]["arch"]}
+    if mine != other or not (src / "summary.json").exists():
+        diff = sorted(k for k in set(mine) | set(other) if mine.get(k) != other.get(k)) or ["(not finished)"]
+        raise ArchlabError(f"{src}: the tuning run cannot stand in for {run_dir} (differs in {diff[0]}); "
+                           "delete the compare directory's tune/ runs and start again")
+    shutil.copytree(src, run_dir, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("checkpoints", "result.json", "result.json.tmp"))
+    (run_dir / "taken_over_from.txt").write_text(str(src) + "\n")
 
 
 def _tune_result(job: Any, ds: Any, pre: dict[str, Any] | None, run_dir: Path) -> None:
