@@ -93,12 +93,12 @@ def test_loss_mixes_kl_and_the_own_objective_by_alpha():
     obj = Distillation(SP, "decoder", 64, teacher=teacher, base="seq2seq", alpha=alpha, temperature=T)
     batch = obj.build(ex, np.random.default_rng(0))
     got = float(obj.loss(student, batch).loss.detach())
-    hs = obj.base.forward(student, batch)
+    hs = obj.base.forward(student, batch).hidden
     ce = float(token_loss(student, hs, batch["labels"]).loss.detach())
     sel = batch["labels"] != -100
     with torch.no_grad():
         zs = student.lm_logits(hs[sel])
-        zt = teacher.eval().lm_logits(obj.base.forward(teacher, batch)[sel])
+        zt = teacher.eval().lm_logits(obj.base.forward(teacher, batch).hidden[sel])
     kl = (torch.softmax(zt / T, -1) * (torch.log_softmax(zt / T, -1) - torch.log_softmax(zs / T, -1))).sum(-1).mean()
     assert got == pytest.approx(alpha * T * T * float(kl) + (1 - alpha) * ce, rel=1e-5)
 

@@ -42,7 +42,7 @@ def test_objective_adds_weighted_aux_losses_in_training_only(arch, objective):
     assert set(out.aux) == {"balance", "z"}
     torch.testing.assert_close(out.aux_loss, 0.1 * aux["balance"] + 0.01 * aux["z"])
     # the same forward without the aux terms: the task loss alone (no dropout: deterministic)
-    ce = token_loss(model, obj.forward(model, batch), batch["labels"]).loss
+    ce = token_loss(model, obj.forward(model, batch).hidden, batch["labels"]).loss
     torch.testing.assert_close(out.loss, ce + 0.1 * aux["balance"] + 0.01 * aux["z"])
     torch.testing.assert_close(out.task_loss, ce)
     out.loss.backward()  # the router learns from the balancing loss

@@ -4,7 +4,7 @@ from archlab.model.attention import Attention, KVCache
 from archlab.model.flops import FlopCount, ParamCount, count_params, flops_per_example, flops_per_token
 from archlab.model.masks import AttnMask, build_mask
 from archlab.model.presets import get_preset, preset_names
-from archlab.model.transformer import Block, ModelOutput, Stack, Transformer, build_model
+from archlab.model.transformer import Block, LMHead, ModelOutput, Stack, Transformer, build_model
 
 __all__ = [
     "Attention",
@@ -12,6 +12,7 @@ __all__ = [
     "Block",
     "FlopCount",
     "KVCache",
+    "LMHead",
     "ModelOutput",
     "ParamCount",
     "Stack",

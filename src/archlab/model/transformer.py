@@ -13,7 +13,9 @@ The model returns hidden states or logits; losses live in ``archlab.objectives``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -350,11 +352,35 @@ class ClassificationHead(nn.Module):
 @dataclass
 class ModelOutput:
     logits: torch.Tensor | None  # (B, T, V): MLM logits (encoder) or next-token logits
-    hidden: torch.Tensor  # (B, T, C) last hidden states of the output stack
+    hidden: torch.Tensor  # (B, T, C) last hidden states of the output stack; (B, C) pooled (classify)
     encoder_hidden: torch.Tensor | None = None  # (B, S, C) encoder-decoder only
     # MoE layers' auxiliary losses of this forward, unweighted means over layers:
     # {"balance": Switch load balancing, "z": router z-loss}; {} without MoE layers
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    # their sum weighted by the config's coefficients (moe.aux_loss_coef, moe.z_loss_coef)
+    aux_loss: torch.Tensor | None = None
+    class_logits: torch.Tensor | None = None  # (B, n_classes), forward(..., classify=True)
+    head_out: Any = None  # what forward(..., head=fn) returned
+
+
+@dataclass
+class LMHead:
+    """The vocabulary projection, handed to a ``head`` callback inside the forward pass.
+
+    Objectives compute their loss from hidden states and this head (only at labelled
+    positions, fused with the cross-entropy: objectives/loss.py). Doing it *inside*
+    ``forward`` is what keeps data-parallel wrappers correct: DDP's and FSDP2's hooks run
+    around ``forward``, and FSDP2 holds the full (unsharded) weights only while it runs."""
+
+    transform: Callable[[torch.Tensor], torch.Tensor]  # (..., C) -> (..., C): MLM transform, scale
+    weight: torch.Tensor  # (V, C)
+    bias: torch.Tensor | None  # (V,)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., C) -> (..., V)
+        return F.linear(self.transform(hidden), self.weight, self.bias)
+
+
+HeadFn = Callable[[torch.Tensor, LMHead], Any]
 
 
 def default_positions(
@@ -574,12 +600,24 @@ class Transformer(nn.Module):
         encoder_out: torch.Tensor | None = None,
         cache: KVCache | None = None,
         return_logits: bool = True,
+        head: HeadFn | None = None,
+        classify: bool = False,
     ) -> ModelOutput:
         """Encoder: MLM logits over ``input_ids``. Decoder / prefix-LM: next-token logits
         (``prefix_lengths`` (B,) gives each example's bidirectional prefix). Encoder-decoder:
-        decoder logits for ``decoder_input_ids`` given source ``input_ids``."""
+        decoder logits for ``decoder_input_ids`` given source ``input_ids``.
+
+        ``head(hidden, LMHead)``: called on the final hidden states inside this forward, its
+        result returned as ``head_out`` (and no full logits are computed): how objectives get
+        their loss (see :class:`LMHead`). ``classify=True``: sequence-classification logits
+        (``class_logits``; ``hidden`` is the pooled (B, C) vector), as :meth:`classify`."""
         arch = self.cfg.arch
         enc = None
+        if classify:
+            pooled = self.pool(input_ids, attention_mask, token_type_ids)
+            if self.cls_head is None:
+                raise ValueError("this model has no classification head; set model.n_classes > 0")
+            return self._output(None, pooled, None, class_logits=self.cls_head(pooled))
         if self._moe:
             self._clear_aux()
         if arch == "encoder":
@@ -597,8 +635,20 @@ class Transformer(nn.Module):
         else:
             hidden = self.decode(input_ids, attention_mask, prefix_lengths=prefix_lengths,
                                  position_ids=position_ids, cache=cache)
+        if head is not None:
+            weight, bias = self.lm_head_weight()
+            return self._output(None, hidden, enc, head_out=head(hidden, LMHead(self.lm_head_input, weight, bias)))
         logits = self.lm_logits(hidden) if return_logits else None
-        return ModelOutput(logits, hidden, enc, self.aux_losses() if self._moe else {})
+        return self._output(logits, hidden, enc)
+
+    def _output(self, logits: torch.Tensor | None, hidden: torch.Tensor, enc: torch.Tensor | None,
+                **kw: Any) -> ModelOutput:
+        aux = self.aux_losses() if self._moe else {}
+        weighted = None
+        if aux:
+            m = self.cfg.moe_cfg
+            weighted = m.balance_coef * aux["balance"] + m.z_loss_coef * aux["z"]
+        return ModelOutput(logits, hidden, enc, aux, weighted, **kw)
 
     def pool(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -8,7 +8,7 @@ shifted) and ``-100`` marks positions without a loss.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -21,7 +21,7 @@ from archlab.objectives.layout import PairBudget
 from archlab.objectives.loss import linear_cross_entropy
 
 __all__ = ["IGNORE", "Batch", "Example", "LossOutput", "Objective", "SpecialTokens", "pad_labels",
-           "pad_sequences", "token_loss"]
+           "pad_sequences", "token_loss", "lm_loss_head", "with_aux", "model_config"]
 
 IGNORE = -100
 
@@ -70,41 +70,56 @@ class LossOutput:
         return self.loss if self.aux_loss is None else self.loss - self.aux_loss
 
 
-def add_aux_losses(model: Any, out: LossOutput) -> LossOutput:
-    """Add the MoE layers' auxiliary losses of the last forward (``model.aux_losses()``) to
-    ``out``: weighted by ``model.moe.aux_loss_coef`` / ``z_loss_coef`` into the loss in
-    training (evaluation reports the plain task loss), recorded detached either way."""
-    losses = model.aux_losses() if hasattr(model, "aux_losses") else {}
-    if not losses:
+def with_aux(out: LossOutput, model_out: Any, training: bool) -> LossOutput:
+    """Add the MoE layers' auxiliary losses of a forward (``ModelOutput.aux_loss``, weighted
+    by ``moe.aux_loss_coef`` / ``z_loss_coef``) to ``out`` in training (evaluation reports the
+    plain task loss), and record the unweighted terms detached either way."""
+    if not model_out.aux_losses:
         return out
-    out.aux = {k: v.detach() for k, v in losses.items()}
-    if model.training:
-        m = model.cfg.moe_cfg
-        out.aux_loss = m.balance_coef * losses["balance"] + m.z_loss_coef * losses["z"]
+    out.aux = {k: v.detach() for k, v in model_out.aux_losses.items()}
+    if training and model_out.aux_loss is not None:
+        out.aux_loss = model_out.aux_loss
         out.loss = out.loss + out.aux_loss
     return out
 
 
-def token_loss(model: Any, hidden: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> LossOutput:
-    """Cross-entropy over positions whose label is not -100.
+def lm_loss_head(labels: torch.Tensor, label_smoothing: float = 0.0) -> Callable[[torch.Tensor, Any], LossOutput]:
+    """A ``head`` for the model's forward (``model(..., head=...)``): cross-entropy over the
+    positions whose label is not -100, computed inside the forward pass.
 
     Only the labelled positions go through the LM head: masked-LM predicts ~15 % of
     positions and seq2seq-on-a-decoder none of the source, so this skips most of the
     (tokens x vocab) head product there (the "sparse prediction" of ModernBERT, Warner et al.
     2024). The head and the loss are fused and chunked (``objectives/loss.py``).
     """
-    sel = labels != IGNORE  # (B, T)
-    n = int(sel.sum())
-    if n == 0:
-        zero = hidden.sum() * 0.0
-        return LossOutput(zero, 0)
-    if n == labels.numel():
-        h, target = hidden.flatten(0, 1), labels.flatten()
-    else:
-        h, target = hidden[sel], labels[sel]  # (N, C), (N,)
+
+    def head(hidden: torch.Tensor, lm: Any) -> LossOutput:  # hidden (B, T, C), labels (B, T)
+        sel = labels != IGNORE  # (B, T)
+        n = int(sel.sum())
+        if n == 0:  # still touches the head, so every parameter has a gradient (DDP)
+            return LossOutput(lm.logits(hidden[:1, :1]).sum() * 0.0, 0)
+        if n == labels.numel():
+            h, target = hidden.flatten(0, 1), labels.flatten()
+        else:
+            h, target = hidden[sel], labels[sel]  # (N, C), (N,)
+        loss = linear_cross_entropy(lm.transform(h), lm.weight, lm.bias, target, label_smoothing=label_smoothing)
+        return LossOutput(loss, n)
+
+    return head
+
+
+def token_loss(model: Any, hidden: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> LossOutput:
+    """:func:`lm_loss_head` applied to hidden states already computed by an unwrapped model
+    (benchmarks and tests; training goes through the forward, ``Objective.loss``)."""
+    from archlab.model import LMHead
+
     weight, bias = model.lm_head_weight()
-    loss = linear_cross_entropy(model.lm_head_input(h), weight, bias, target, label_smoothing=label_smoothing)
-    return LossOutput(loss, n)
+    return lm_loss_head(labels, label_smoothing)(hidden, LMHead(model.lm_head_input, weight, bias))
+
+
+def model_config(model: Any) -> Any:
+    """The model config behind a data-parallel wrapper (DDP keeps the model as ``.module``)."""
+    return getattr(model, "module", model).cfg
 
 
 class Objective:
@@ -161,20 +176,19 @@ class Objective:
     def build(self, examples: Sequence[Example], rng: np.random.Generator) -> Batch:
         raise NotImplementedError
 
-    def forward(self, model: Any, batch: Batch) -> torch.Tensor:
-        """Run the model on a built batch; returns hidden states aligned with ``labels``."""
-        arch = model.cfg.arch
-        if arch == "encoder-decoder":
-            out = model(batch["input_ids"], batch["attention_mask"],
-                        decoder_input_ids=batch["decoder_input_ids"],
-                        decoder_attention_mask=batch.get("decoder_attention_mask"),
-                        return_logits=False)
-        else:
-            out = model(batch["input_ids"], batch["attention_mask"],
-                        prefix_lengths=batch.get("prefix_lengths"),
-                        token_type_ids=batch.get("token_type_ids"),
-                        return_logits=False)
-        return out.hidden
+    def forward(self, model: Any, batch: Batch, head: Any = None) -> Any:
+        """Run the model on a built batch (``ModelOutput``; ``hidden`` aligned with ``labels``),
+        with an optional ``head`` evaluated inside the forward (``head_out``). Always through
+        ``model(...)``, so a data-parallel wrapper's hooks see every use of the weights."""
+        if self.arch == "encoder-decoder":
+            return model(batch["input_ids"], batch["attention_mask"],
+                         decoder_input_ids=batch["decoder_input_ids"],
+                         decoder_attention_mask=batch.get("decoder_attention_mask"),
+                         return_logits=False, head=head)
+        return model(batch["input_ids"], batch["attention_mask"],
+                     prefix_lengths=batch.get("prefix_lengths"),
+                     token_type_ids=batch.get("token_type_ids"),
+                     return_logits=False, head=head)
 
     def teacher_flops(self, batch: Batch) -> int:
         """Forward FLOPs of models other than the one trained (a distillation teacher)."""
@@ -182,8 +196,8 @@ class Objective:
 
     def loss(self, model: Any, batch: Batch) -> LossOutput:
         smoothing = self.label_smoothing if model.training else 0.0
-        out = token_loss(model, self.forward(model, batch), batch["labels"], smoothing)
-        return add_aux_losses(model, out)
+        out = self.forward(model, batch, head=lm_loss_head(batch["labels"], smoothing))
+        return with_aux(out.head_out, out, model.training)
 
     def _clip(self, ids: Sequence[int], room: int) -> list[int]:
         return list(ids[: max(room, 0)])

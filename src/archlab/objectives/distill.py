@@ -39,7 +39,17 @@ import torch
 import torch.nn.functional as F
 
 from archlab.errors import ArchlabError, ConfigError
-from archlab.objectives.base import IGNORE, Batch, Example, LossOutput, Objective, SpecialTokens, token_loss
+from archlab.objectives.base import (
+    IGNORE,
+    Batch,
+    Example,
+    LossOutput,
+    Objective,
+    SpecialTokens,
+    lm_loss_head,
+    model_config,
+    with_aux,
+)
 
 KEY = "objective.options"
 _T = "teacher_"  # prefix of the teacher's batch tensors (when its layout differs)
@@ -167,14 +177,15 @@ class Distillation(Objective):
 
     def check_student(self, model: Any) -> None:
         t = self.teacher.cfg
-        if t.vocab_size != model.cfg.vocab_size and self.base.name != "classification":
+        student = model_config(model)  # (behind a data-parallel wrapper too)
+        if t.vocab_size != student.vocab_size and self.base.name != "classification":
             raise ConfigError(f"{KEY}.teacher: vocab_size {t.vocab_size} differs from the student's "
-                              f"{model.cfg.vocab_size} (distillation needs one vocabulary)")
-        if self.base.name == "classification" and t.n_classes != model.cfg.n_classes:
-            raise ConfigError(f"{KEY}.teacher: {t.n_classes} classes, the student has {model.cfg.n_classes}")
-        if self.cosine and t.d_model != model.cfg.d_model:
+                              f"{student.vocab_size} (distillation needs one vocabulary)")
+        if self.base.name == "classification" and t.n_classes != student.n_classes:
+            raise ConfigError(f"{KEY}.teacher: {t.n_classes} classes, the student has {student.n_classes}")
+        if self.cosine and t.d_model != student.d_model:
             raise ConfigError(f"{KEY}.cosine: the hidden-state cosine loss needs equal widths (student "
-                              f"d_model {model.cfg.d_model}, teacher {t.d_model}); set it to 0")
+                              f"d_model {student.d_model}, teacher {t.d_model}); set it to 0")
 
     def _same_layout(self) -> bool:
         return self.teacher.cfg.arch == self.arch or self.base.name in ("causal-lm", "classification",
@@ -216,8 +227,8 @@ class Distillation(Objective):
         return self.teacher
 
     # ---- loss ---------------------------------------------------------------------------
-    def forward(self, model: Any, batch: Batch) -> torch.Tensor:
-        return self.base.forward(model, batch)
+    def forward(self, model: Any, batch: Batch, head: Any = None) -> Any:
+        return self.base.forward(model, batch, head)
 
     def loss(self, model: Any, batch: Batch) -> LossOutput:
         if not model.training:  # evaluation: the student's own loss, comparable across runs
@@ -225,31 +236,44 @@ class Distillation(Objective):
         self.check_student(model)
         teacher = self._teacher_on(model)
         tb = self._teacher_batch(batch)
+        # the student runs once, through its forward (a data-parallel wrapper sees every use
+        # of its weights); the teacher is a plain module without gradients
         if self.base.name == "classification":
-            own = self.base.loss(model, batch)
-            s_logits = model.classify(batch["input_ids"], batch["attention_mask"])
+            out = model(batch["input_ids"], batch["attention_mask"], classify=True)
+            s_logits = out.class_logits
+            y = batch["class_labels"]
+            own = LossOutput(F.cross_entropy(s_logits.float(), y), int((y != IGNORE).sum()),
+                             int((s_logits.argmax(-1) == y).sum()))
             with torch.inference_mode():
                 t_logits = teacher.classify(tb["input_ids"], tb["attention_mask"])
             kd = soft_kl(s_logits, t_logits.clone(), self.temperature)
             total = self.alpha * kd + (1 - self.alpha) * own.loss
-            return LossOutput(total, own.n_tokens, own.n_correct)
-        hs = self.base.forward(model, batch)  # (B, T, C)
+            return with_aux(LossOutput(total, own.n_tokens, own.n_correct), out, True)
         smoothing = self.label_smoothing if model.training else 0.0
-        own = token_loss(model, hs, batch["labels"], smoothing)
+        ce = lm_loss_head(batch["labels"], smoothing)
+        idx = batch["kd_student_index"]
+
+        def head(hidden: torch.Tensor, lm: Any) -> tuple[LossOutput, torch.Tensor | None]:
+            hs_sel = hidden.flatten(0, 1)[idx]  # (N, C)
+            return ce(hidden, lm), (lm.logits(hs_sel) if hs_sel.shape[0] else None)
+
+        out = self.base.forward(model, batch, head=head)
+        own, s_logits = out.head_out
+        hs = out.hidden  # (B, T, C)
         with torch.inference_mode():
-            ht = self.teacher_base.forward(teacher, tb)  # (B, T', C')
+            ht = self.teacher_base.forward(teacher, tb).hidden  # (B, T', C')
             ht_sel = ht.flatten(0, 1)[batch["kd_teacher_index"]]  # (N, C')
             t_logits = teacher.lm_logits(ht_sel)  # (N, V)
-        hs_sel = hs.flatten(0, 1)[batch["kd_student_index"]]  # (N, C)
-        if hs_sel.shape[0] == 0:
-            return own
-        kd = soft_kl(model.lm_logits(hs_sel), t_logits.clone(), self.temperature)
+        if s_logits is None:
+            return with_aux(own, out, True)
+        kd = soft_kl(s_logits, t_logits.clone(), self.temperature)
         total = self.alpha * kd + (1 - self.alpha) * own.loss
         if self.cosine:
+            hs_sel = hs.flatten(0, 1)[idx]
             hs_c, ht_c = self._cosine_pairs(hs, ht, batch, hs_sel, ht_sel)
             cos = 1.0 - F.cosine_similarity(hs_c.float(), ht_c.clone().float(), dim=-1).mean()
             total = total + self.cosine * cos
-        return LossOutput(total, own.n_tokens)
+        return with_aux(LossOutput(total, own.n_tokens), out, True)
 
     def _cosine_pairs(self, hs: torch.Tensor, ht: torch.Tensor, batch: Batch, hs_sel: torch.Tensor,
                       ht_sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,8 +350,9 @@ def kl_to_teacher(student: Any, objective: Distillation, examples: Sequence[Exam
             s = student.classify(b["input_ids"], b["attention_mask"])
             t = teacher.classify(tb["input_ids"], tb["attention_mask"])
         else:
-            s = student.lm_logits(objective.base.forward(student, b).flatten(0, 1)[b["kd_student_index"]])
-            t = teacher.lm_logits(objective.teacher_base.forward(teacher, tb).flatten(0, 1)[b["kd_teacher_index"]])
+            s = student.lm_logits(objective.base.forward(student, b).hidden.flatten(0, 1)[b["kd_student_index"]])
+            t = teacher.lm_logits(objective.teacher_base.forward(teacher, tb).hidden.flatten(0, 1)
+                                  [b["kd_teacher_index"]])
         total += float(soft_kl(s, t, 1.0)) * s.shape[0]
         n += s.shape[0]
     student.train(was)

@@ -15,9 +15,9 @@ from archlab.objectives.base import (
     Example,
     LossOutput,
     Objective,
-    add_aux_losses,
     pad_labels,
     pad_sequences,
+    with_aux,
 )
 from archlab.objectives.layout import lm_sequence, seq2seq_pair
 
@@ -42,14 +42,14 @@ class CausalLM(Objective):
         ids, mask = pad_sequences(inputs, sp.pad)
         return {"input_ids": ids, "attention_mask": mask, "labels": pad_labels(labels, ids.shape[1])}
 
-    def forward(self, model, batch):  # noqa: ANN001
-        if model.cfg.arch == "encoder-decoder":
+    def forward(self, model, batch, head=None):  # noqa: ANN001
+        if self.arch == "encoder-decoder":
             B = batch["input_ids"].shape[0]
             src = torch.full((B, 1), self.special.eos, dtype=torch.long, device=batch["input_ids"].device)
             return model(src, torch.ones_like(src, dtype=torch.bool),
                          decoder_input_ids=batch["input_ids"],
-                         decoder_attention_mask=batch["attention_mask"], return_logits=False).hidden
-        return super().forward(model, batch)
+                         decoder_attention_mask=batch["attention_mask"], return_logits=False, head=head)
+        return super().forward(model, batch, head)
 
 
 class PrefixLM(Objective):
@@ -159,8 +159,9 @@ class Classification(Objective):
         return {"input_ids": ids, "attention_mask": mask, "class_labels": y}
 
     def loss(self, model, batch: Batch) -> LossOutput:  # noqa: ANN001
-        logits = model.classify(batch["input_ids"], batch["attention_mask"])
+        out = model(batch["input_ids"], batch["attention_mask"], classify=True)
+        logits = out.class_logits
         y = batch["class_labels"]
         loss = F.cross_entropy(logits.float(), y)
         correct = int((logits.argmax(-1) == y).sum())
-        return add_aux_losses(model, LossOutput(loss, int((y != IGNORE).sum()), correct))
+        return with_aux(LossOutput(loss, int((y != IGNORE).sum()), correct), out, model.training)
