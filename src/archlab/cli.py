@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -54,7 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except ArchlabError as e:
-        print(f"archlab {args.command}: error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK") if "LOCAL_RANK" in os.environ else None  # under torchrun
+        where = f" [rank {rank}]" if rank not in (None, "0") else ""
+        print(f"archlab {args.command}{where}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"archlab {args.command}: interrupted", file=sys.stderr)

@@ -71,6 +71,12 @@ class TrainConfig:
     keep_last: int = 3  # checkpoints kept
     max_time_s: float | None = None  # stop (with a checkpoint) after this much training wall time
     init_from: str | None = None  # start from these weights: an archlab model/run dir or an HF checkpoint dir
+    # data parallelism across the processes torchrun starts (archlab.train.parallel): none |
+    # ddp | fsdp (FSDP2 fully_shard per block, then the root). Each optimizer step reads
+    # grad_accum x world-size micro-batches of one global order, so a run's losses depend on
+    # that product only, not on how many processes share it
+    parallel: Literal["none", "ddp", "fsdp"] = "none"
+    compile: bool = False  # torch.compile each block (and the root's remaining modules run eagerly)
 
 
 @dataclass

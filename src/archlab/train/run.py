@@ -121,8 +121,19 @@ def train_run(
     _check_objective_data(cfg, ds.kind)
     if not ds.train:
         raise ArchlabError(f"data.task={cfg.data.task}: zero training examples")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tok = prepare_tokenizer(cfg, ds, run_dir, resume)
+    from archlab.train.parallel import check_supported, init_distributed
+
+    # under torchrun: rank 0 writes the run directory's config and tokenizer, the others read them
+    env = init_distributed(cfg.train.parallel, cfg.train.device)
+    check_supported(env, decode_metrics=cfg.eval.decode_examples > 0 and ds.kind == "pair")
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tok = prepare_tokenizer(cfg, ds, run_dir, resume)
+    env.barrier()
+    if not env.is_main:
+        from archlab.data import Tokenizer
+
+        tok = Tokenizer.load(layout.tokenizer)
 
     n_classes = len(ds.label_names) if ds.kind == "label" and ds.label_names else 0
     mcfg = model_config_for(cfg, tok, n_classes, base)
@@ -134,7 +145,7 @@ def train_run(
         want = _tokenizer_meta(run_dir)
         if want:
             tok.check_matches(want["sha256"], want["vocab_size"], str(layout.tokenizer))
-    else:
+    elif env.is_main:
         save_yaml(cfg, cfg_path)
         _write_tokenizer_meta(run_dir, tok)
 
@@ -175,7 +186,7 @@ def train_run(
                 provenance["hf"] = hf_meta
 
     def save_dir(path: Path) -> None:
-        save_model_dir(path, trainer.model, tok, extra={"run": str(run_dir), **provenance})
+        save_model_dir(path, trainer.host_model, tok, extra={"run": str(run_dir), **provenance})
 
     if metric_fn is None and cfg.eval.decode_examples > 0:
         # periodic task metrics: decode (pair tasks) or classify (label tasks) a fixed
@@ -192,11 +203,14 @@ def train_run(
     trainer = Trainer(model=model, objective=objective, batches_for_epoch=batcher.epoch_batches,
                       valid_examples=valid_ex, train_cfg=cfg.train, eval_cfg=cfg.eval, run_dir=run_dir,
                       metric_fn=metric_fn, save_model_dir=save_dir, progress=progress,
-                      examples_truncated=n_truncated)
+                      examples_truncated=n_truncated, dist_env=env)
     n_params = sum(p.numel() for p in model.parameters())
-    _log(f"{mcfg.arch} model, {n_params / 1e6:.2f}M parameters; objective {objective.name}; "
-         f"{len(train_ex)} training / {len(valid_ex)} validation examples "
-         f"({n_truncated} truncated); run dir {run_dir}")
+    if env.is_main:
+        par = (f"; {env.kind} over {env.world_size} process(es), {cfg.train.grad_accum * env.world_size} "
+               "micro-batches per step" if env.active else "")
+        _log(f"{mcfg.arch} model, {n_params / 1e6:.2f}M parameters; objective {objective.name}; "
+             f"{len(train_ex)} training / {len(valid_ex)} validation examples "
+             f"({n_truncated} truncated); run dir {run_dir}{par}")
     return trainer.fit(resume=resume)
 
 

@@ -35,6 +35,16 @@ from archlab.train.checkpoint import (
     save_checkpoint,
 )
 from archlab.train.config import EvalConfig, TrainConfig
+from archlab.train.parallel import (
+    DistEnv,
+    HostReplica,
+    device_for,
+    grad_norm_value,
+    grad_sync,
+    parallelize,
+    reduce_moe_load,
+    step_seed,
+)
 
 MetricFn = Callable[[torch.nn.Module, int], dict[str, float]]
 
@@ -175,7 +185,11 @@ class Trainer:
         progress: bool | None = None,
         log: Callable[[str], None] | None = None,
         examples_truncated: int = 0,
+        dist_env: DistEnv | None = None,
     ) -> None:
+        # data parallelism (archlab.train.parallel): every rank builds each step's global batch
+        # and runs its share; only rank 0 logs, writes metrics and saves
+        self.env = env = dist_env or DistEnv()
         self.model = model
         self.examples_truncated = examples_truncated
         self.objective = objective
@@ -186,13 +200,22 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.metric_fn = metric_fn
         self.save_model_dir = save_model_dir
-        self.progress = sys.stderr.isatty() if progress is None else progress
-        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.device = resolve_device(train_cfg.device)
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and env.is_main
+        self.log = (log or (lambda msg: print(msg, file=sys.stderr, flush=True))) if env.is_main else (lambda msg: None)
+        self.device = device_for(env, train_cfg.device) or resolve_device(train_cfg.device)
         if train_cfg.threads:
             torch.set_num_threads(train_cfg.threads)
         self.model.to(self.device)
-        self.optimizer = make_optimizer(self.model, train_cfg, self.device)
+        self.module = self.model  # the model itself (DDP wraps it; FSDP2 shards it in place)
+        self.replica: HostReplica | None = None
+        if env.kind == "fsdp":  # full state for checkpoints goes through an unsharded host copy
+            self.replica = HostReplica(self.model, lambda m, dev: make_optimizer(m, train_cfg, dev))
+        if env.active or train_cfg.compile:
+            classify = getattr(getattr(objective, "base", objective), "name", "") == "classification"
+            # classification leaves the LM head without gradients: DDP must look for unused ones
+            self.model = parallelize(self.model, env, self.device, compile_blocks=train_cfg.compile,
+                                     find_unused=classify)
+        self.optimizer = make_optimizer(self.module, train_cfg, self.device)
         self.data_rng = np.random.default_rng(train_cfg.seed)
         self._epoch_cache: tuple[int, list[list[Example]]] | None = None
         layout = RunDir(self.run_dir)
@@ -220,14 +243,44 @@ class Trainer:
         st.batch_index += 1
         return ex
 
+    # ---- full weights -------------------------------------------------------------------
+    @property
+    def host_model(self) -> torch.nn.Module:
+        """The model with full weights, for writing model directories: the model itself, or
+        under FSDP2 the host replica (current after :meth:`_gather`; rank 0 only)."""
+        return self.replica.model if self.replica is not None else self.module
+
+    def _gather(self, with_optimizer: bool) -> None:
+        if self.replica is not None:  # collective: every rank takes part
+            self.replica.pull(self.model, self.optimizer if with_optimizer else None, self.env)
+
+    def _save_model_dir(self, path: Path) -> None:
+        if self.save_model_dir is None:
+            return
+        self._gather(with_optimizer=False)
+        if self.env.is_main:
+            self.save_model_dir(path)
+        self.env.barrier()
+
+    def _save_checkpoint(self, st: TrainState) -> None:
+        self._gather(with_optimizer=True)
+        if self.env.is_main:
+            model, opt = ((self.replica.model, self.replica.optimizer) if self.replica is not None
+                          else (self.module, self.optimizer))
+            save_checkpoint(self.ckpt_dir, model=model, optimizer=opt, state=st, data_rng=self.data_rng,
+                            keep_last=self.cfg.keep_last)
+        self.env.barrier()
+
     # ---- metrics file -------------------------------------------------------------------
     def _append_metrics(self, row: dict[str, Any]) -> None:
+        if not self.env.is_main:
+            return
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
     def _truncate_metrics(self, step: int) -> None:
         """On resume, drop rows logged after the checkpoint's step (they will be redone)."""
-        if not self.metrics_path.exists():
+        if not self.env.is_main or not self.metrics_path.exists():
             return
         keep = []
         for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
@@ -252,7 +305,7 @@ class Trainer:
         rng = np.random.default_rng(self.cfg.seed + 1_000_003)
         total, n_tok, n_correct = 0.0, 0, 0
         bs = max(1, self.cfg.tokens_per_batch // max(self.cfg.max_len, 1))
-        start_health(self.model)  # MoE expert load over the validation batches
+        start_health(self.module)  # MoE expert load over the validation batches
         for i in range(0, len(examples), bs):
             batch = to_device(self.objective.build(examples[i : i + bs], rng), self.device)
             with self._autocast():
@@ -260,7 +313,7 @@ class Trainer:
             total += float(out.loss) * out.n_tokens
             n_tok += out.n_tokens
             n_correct += out.n_correct or 0
-        self.last_moe_health = collect_health(self.model)  # {} without MoE layers
+        self.last_moe_health = collect_health(self.module)  # {} without MoE layers
         result: dict[str, float] = {}
         if n_tok:
             result["loss"] = total / n_tok
@@ -268,8 +321,8 @@ class Trainer:
                 result["accuracy"] = n_correct / n_tok
             else:
                 result["ppl"] = math.exp(min(result["loss"], 50.0))
-        if self.metric_fn is not None:
-            result.update(self.metric_fn(self.model, step))
+        if self.metric_fn is not None:  # decoding needs the full model (DDP: the wrapped one)
+            result.update(self.metric_fn(self.module, step))
         if was_training:
             self.model.train()
         return result
@@ -288,23 +341,31 @@ class Trainer:
     # ---- main loop ----------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> TrainResult:
         cfg = self.cfg
+        env = self.env
+        world, rank = env.world_size, env.rank
         self.run_dir.mkdir(parents=True, exist_ok=True)
         st = TrainState(step=0, epoch=0, batch_index=0, examples_truncated=self.examples_truncated)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         if resume:
-            ck = latest_valid_checkpoint(self.ckpt_dir)
+            ck = latest_valid_checkpoint(self.ckpt_dir, report=env.is_main)
             if ck is None:
                 raise ArchlabError(f"{self.ckpt_dir}: no valid checkpoint to resume from "
                                    "(run without --resume to start fresh)")
-            loaded = load_checkpoint(ck, model=self.model, optimizer=self.optimizer,
-                                     data_rng=self.data_rng)
+            if self.replica is not None:  # every rank reads the full state, then shards it
+                loaded = load_checkpoint(ck, model=self.replica.model, optimizer=self.replica.optimizer,
+                                         data_rng=self.data_rng)
+                self.replica.push(self.model, self.optimizer)
+            else:
+                loaded = load_checkpoint(ck, model=self.module, optimizer=self.optimizer,
+                                         data_rng=self.data_rng)
             st = loaded.state
             self._truncate_metrics(st.step)
             self.log(f"resumed from {ck} (step {st.step}, epoch {st.epoch}, batch {st.batch_index})")
-        elif self.metrics_path.exists():
+        elif self.metrics_path.exists() and env.is_main:
             self.metrics_path.unlink()
+        env.barrier()
 
         last_eval: dict[str, float] = {}
         stopped = "completed"
@@ -325,33 +386,47 @@ class Trainer:
                 lr = lr_at(st.step, cfg)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
+                # the step's global batch: grad_accum micro-batches per rank, built by every rank
+                # in one order (same masking draws); this rank runs micro-batches rank::world
                 micro = [self.objective.build(self._next_examples(st), self.data_rng)
-                         for _ in range(cfg.grad_accum)]
+                         for _ in range(cfg.grad_accum * world)]
                 weights = [self._n_targets(b) for b in micro]
                 total_w = max(sum(weights), 1)
-                loss_sum = 0.0
-                aux_sum: dict[str, float] = {}
-                for b, w in zip(micro, weights):
-                    b = to_device(b, self.device)
-                    with self._autocast():
-                        out = self.objective.loss(self.model, b)
-                    # token-weighted mean over the accumulated micro-batches
-                    (out.loss * (w / total_w)).backward()
-                    loss_sum += float(out.task_loss.detach()) * w  # logged without aux terms
-                    for k, v in out.aux.items():  # MoE balancing / z losses (unweighted)
-                        aux_sum[k] = aux_sum.get(k, 0.0) + float(v) * w
-                    extra = getattr(self.objective, "teacher_flops", None)  # distillation's teacher
+                extra = getattr(self.objective, "teacher_flops", None)  # distillation's teacher
+                for b in micro:  # global counts, from the host copies (no device sync)
                     if extra is not None:
                         st.teacher_flops += extra(b)
                     n_tok = batch_tokens(b)
                     st.tokens_seen += n_tok
                     tok_window += n_tok
+                if env.active:  # per-rank randomness, a pure function of (seed, rank, step)
+                    torch.manual_seed(step_seed(cfg.seed, rank, st.step))
+                mine = list(zip(micro, weights))[rank::world]
+                loss_sum = 0.0
+                aux_sum: dict[str, float] = {}
+                for j, (b, w) in enumerate(mine):
+                    b = to_device(b, self.device)
+                    with grad_sync(self.model, env, sync=j == len(mine) - 1):
+                        with self._autocast():
+                            out = self.objective.loss(self.model, b)
+                        # token-weighted mean over the step's global batch; DDP/FSDP2 average
+                        # gradients over ranks, hence x world
+                        (out.loss * (w * world / total_w)).backward()
+                    loss_sum += float(out.task_loss.detach()) * w  # logged without aux terms
+                    for k, v in out.aux.items():  # MoE balancing / z losses (unweighted)
+                        aux_sum[k] = aux_sum.get(k, 0.0) + float(v) * w
+                if world > 1:  # the logged loss is the global one
+                    keys = sorted(aux_sum)
+                    t = env.all_reduce_sum(torch.tensor([loss_sum, *(aux_sum[k] for k in keys)],
+                                                        dtype=torch.float64))
+                    loss_sum, aux_sum = float(t[0]), {k: float(v) for k, v in zip(keys, t[1:])}
                 if cfg.grad_clip > 0:
-                    gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+                    gnorm = grad_norm_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
                 else:
                     gnorm = float("nan")
                 self.optimizer.step()
-                update_balancing_bias(self.model)  # sigmoid-bias MoE routers (no-op otherwise)
+                reduce_moe_load(self.module, env)  # every rank moves its router biases alike
+                update_balancing_bias(self.module)  # sigmoid-bias MoE routers (no-op otherwise)
                 self.optimizer.zero_grad(set_to_none=True)
                 st.step += 1
                 st.train_time_s += time.perf_counter() - t0
@@ -379,6 +454,8 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                 timed_out = cfg.max_time_s is not None and st.train_time_s >= cfg.max_time_s
+                if cfg.max_time_s is not None and world > 1:  # one decision for all ranks
+                    timed_out = bool(env.all_reduce_sum(torch.tensor([float(timed_out)])) > 0)
                 is_last = st.step == cfg.steps or timed_out
                 if (eval_every and st.step % eval_every == 0) or is_last:
                     last_eval = self.evaluate(st.step)
@@ -392,7 +469,7 @@ class Trainer:
                             st.best_metric = value
                             st.evals_without_improvement = 0
                             if self.eval_cfg.save_best and self.save_model_dir is not None:
-                                self.save_model_dir(self.best_dir)
+                                self._save_model_dir(self.best_dir)
                         else:
                             st.evals_without_improvement += 1
                     if bar is not None:
@@ -402,8 +479,7 @@ class Trainer:
                 patience = self.eval_cfg.early_stopping_patience
                 early = patience > 0 and st.evals_without_improvement >= patience
                 if (cfg.save_every and st.step % cfg.save_every == 0) or is_last or early:
-                    save_checkpoint(self.ckpt_dir, model=self.model, optimizer=self.optimizer,
-                                    state=st, data_rng=self.data_rng, keep_last=cfg.keep_last)
+                    self._save_checkpoint(st)
                 if early:
                     stopped = "early_stopping"
                     break
@@ -413,8 +489,7 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        if self.save_model_dir is not None:
-            self.save_model_dir(self.final_dir)
+        self._save_model_dir(self.final_dir)
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else _peak_rss()
         return TrainResult(self.run_dir, st.step, stopped, last_eval, st.best_metric,
                            st.train_time_s, st.tokens_seen, peak, st.examples_truncated, st.teacher_flops)
