@@ -35,8 +35,9 @@ Prints a table and one ``ratio NAME = X.XX`` line per comparison: archlab speed 
 (higher is better); ``*-memory``: HF peak memory / archlab peak memory (higher: archlab uses
 less).
 
-    python bench/gpu.py [--only decoder,t5] [--steps 20] [--warmup 3] [--compile]
-                        [--peak-tflops N] [--device cuda] [--batch N] [--rounds 3] [--new 128]
+    python bench/gpu.py [--only decoder,t5] [--parts train,decode] [--steps 20] [--warmup 3]
+                        [--compile] [--peak-tflops N] [--device cuda] [--batch 16] [--rounds 3]
+                        [--new 128] [--hf-decode-compile auto|off] [--time-limit 360]
     python bench/gpu.py --smoke --device cpu   # toy sizes, fp32 on CPU: checks the script runs
 """
 
@@ -513,7 +514,8 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                     help="auto: bf16 on CUDA, fp32 elsewhere")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: 1 on CPU, torch's default with CUDA)")
     ap.add_argument("--time-limit", type=float, default=360.0,
                     help="seconds after which the parts not yet started are skipped (0: no limit), "
                          "so an unattended run ends in time and still prints its table")
@@ -551,7 +553,10 @@ def main() -> int:
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     dtype = torch.bfloat16 if bf16 else torch.float32
 
-    torch.set_num_threads(args.threads)
+    if args.threads is None and device.type == "cpu":
+        args.threads = 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.set_float32_matmul_precision("high")  # TF32 for any fp32 matmul, both libraries
     import transformers
 
