@@ -501,3 +501,33 @@ def test_tuning_line_names_the_metric_it_chose_on():
                            "every budget): decoder chose lr 0.001 of 2")
     line = next(v for v in verdict([_agg("decoder", 1.0)], "pair", [], tuning=tuning) if v.startswith("Tuning"))
     assert "on validation loss" in line and "(2.00G FLOPs of tuning)" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# mixture of experts and state-space entries: active parameters, expert load, decoding state
+# ---------------------------------------------------------------------------------------------
+def test_moe_entry_reports_active_parameters_and_expert_load(tmp_path):
+    refs = _refs()
+    rows = [_row(tmp_path, "decoder", 0, _noisy(refs, 0.3, 1), refs, active_params=1.5e6),
+            _row(tmp_path, "prefix-lm", 0, _noisy(refs, 0.3, 2), refs, params=4.0e6, active_params=1.0e6)]
+    # the MoE run's metrics.jsonl, next to its outputs: two evaluations, the last one counts
+    metrics = (tmp_path / rows[1]["outputs_path"]).parent / "metrics.jsonl"
+    layer = {"tokens_per_expert": [10, 10, 10, 10], "max_violation": 0.0, "dead_experts": 0}
+    last = {"tokens_per_expert": [30, 10, 0, 0], "max_violation": 1.5, "dead_experts": 2}
+    metrics.write_text("\n".join(json.dumps(r) for r in (
+        {"step": 50, "loss": 3.0}, {"step": 50, "eval": {"loss": 3.0}, "moe": {"layers": {"blocks.0.ffn": layer}}},
+        {"step": 100, "eval": {"loss": 2.9}, "moe": {"layers": {"blocks.0.ffn": last, "blocks.1.ffn": layer}}})))
+    doc = _write(tmp_path, rows, [0])
+    line = next(v for v in doc["verdict"] if v.startswith("Mixture of experts"))
+    assert line.startswith("Mixture of experts: prefix-lm has 4.00M parameters, 1.00M active per token (25%)")
+    assert "busiest expert of a layer took 150% more tokens than the mean, 2 expert(s) received none" in line
+    assert "(dense: decoder, every parameter active)" in line
+    head, table = _md_table((tmp_path / "report.md").read_text(), "Results")
+    assert _col(head, table, "active params", "prefix-lm") == "1.00M"
+    assert _col(head, table, "active params", "decoder") == "1.50M"
+    assert (tmp_path / "expert_load.png").exists() and (tmp_path / "decode_memory.png").exists()
+    # dense entries only: no MoE line, column or load plot
+    dense = tmp_path / "dense"
+    doc = _write(dense, [_row(dense, "decoder", 0, _noisy(refs, 0.3, 1), refs)], [0])
+    assert not any(v.startswith("Mixture of experts") for v in doc["verdict"])
+    assert "active params" not in (dense / "report.md").read_text() and not (dense / "expert_load.png").exists()

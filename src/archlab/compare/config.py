@@ -129,6 +129,9 @@ class CompareConfig:
     tune: TuneConfig | None = None
     # label tasks: an encoder entry (the family made for classification) joins when none is given
     encoder_on_label_tasks: bool = True
+    # CUDA devices per job: with several GPUs, jobs run concurrently, one per gpus_per_job
+    # devices (more than one: the job trains with DDP over them through torchrun)
+    gpus_per_job: int = 1
 
     @property
     def run_dir(self) -> Path:
@@ -348,6 +351,8 @@ def compare_config_from_dict(data: dict[str, Any], where: str) -> CompareConfig:
             from_dict(TrainConfig, {**to_dict(cfg.train), **e.train}, prefix=f"entries[{i}].train")
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
+    if cfg.gpus_per_job < 1:
+        raise ConfigError(f"{where}: gpus_per_job must be >= 1, got {cfg.gpus_per_job}")
     b = cfg.budget
     if not b.scales or any(x <= 0 for x in b.scales):
         raise ConfigError(f"{where}: budget.scales must be a non-empty list of numbers > 0, got {b.scales}")

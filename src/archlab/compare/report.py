@@ -56,6 +56,7 @@ N_BOOTSTRAP = 1000  # sacrebleu's default number of paired-bootstrap resamples
 
 CSV_FIELDS = [
     "entry", "arch", "objective", "pretrain_objective", "seed", "scale", "layers", "d_model", "d_ff", "params",
+    "active_params",
     "flops_per_example", "train_flops_per_example", "budget_deviation", "train_steps", "train_tokens",
     "train_flops", "tune_flops", "tuned", "lr", "train_time_s", "peak_memory_bytes", "val_loss", "bleu", "chrf",
     "rouge1", "rouge2", "rougeL", "accuracy", "macro_f1", "ppl", "bpb", "ablation_bleu", "ablation_chrf",
@@ -390,6 +391,7 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
             lines.append(_crossing_line(ws))
     lines += _ablation_lines(agg, task_kind, key, label)
     lines += _tuning_lines(agg, tuning, tune_metric)
+    lines += _moe_lines(agg, results)
     if spike_list is not None and any(r.get("train_curve") for r in results):
         lines.append(_spike_line(spike_list, results))
     trunc = [a for a in agg if _num(a.get("truncated_fraction")) and a["truncated_fraction"] > 0]
@@ -515,6 +517,56 @@ def _tuning_lines(agg: list[dict[str, Any]], tuning: list[dict[str, Any]] | None
            "short runs" + (f" of {tuning[0]['steps']} steps" if tuning[0].get("steps") else "")
            + ", the choice used at every budget")
     return [f"Tuning (per entry, on {on}; {how}): " + "; ".join(parts) + "."] + _edge_lines(tuning)
+
+
+def expert_health(result: dict[str, Any], out: Path | None) -> dict[str, Any]:
+    """The last evaluation's expert health of a run (``metrics.jsonl`` rows with ``moe``, next
+    to the run's ``outputs.jsonl``); {} for dense models or when the run is not at hand."""
+    rel = result.get("outputs_path")
+    if out is None or not rel:
+        return {}
+    metrics = (Path(out) / rel).parent / "metrics.jsonl"
+    if not metrics.exists():
+        return {}
+    last: dict[str, Any] = {}
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row.get("moe"), dict):
+            last = row["moe"]
+    return last
+
+
+def _moe_layers(h: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    layers = h.get("layers", h)
+    return {k: v for k, v in layers.items() if isinstance(v, dict) and v.get("tokens_per_expert")}
+
+
+def _moe_lines(agg: list[dict[str, Any]], results: list[dict[str, Any]]) -> list[str]:
+    """Active vs total parameters of MoE entries, and whether their experts were used."""
+    top = max((a["scale"] for a in agg), default=1.0)
+    moe = [a for a in agg if a["scale"] == top and _num(a.get("active_params")) and _num(a.get("params"))
+           and a["active_params"] < a["params"]]
+    if not moe:
+        return []
+    parts = []
+    for a in moe:
+        part = (f"{a['entry']} has {_human(a['params'])} parameters, {_human(a['active_params'])} active per "
+                f"token ({a['active_params'] / a['params']:.0%})")
+        h = next((r["_moe_health"] for r in results if r.get("entry") == a["entry"]
+                  and float(r.get("scale") or 1.0) == top and r.get("_moe_health")), None)
+        layers = _moe_layers(h) if h else {}
+        if layers:
+            viol = max(float(v.get("max_violation") or 0.0) for v in layers.values())
+            dead = sum(int(v.get("dead_experts") or 0) for v in layers.values())
+            part += (f"; at its last evaluation the busiest expert of a layer took {viol:.0%} more tokens than "
+                     f"the mean, {dead} expert(s) received none")
+        parts.append(part)
+    dense = [a["entry"] for a in agg if a["scale"] == top and a not in moe]
+    ref = f" (dense: {', '.join(dense)}, every parameter active)" if dense else ""
+    return ["Mixture of experts: " + "; ".join(parts) + ref + "."]
 
 
 def _edge_lines(tuning: list[dict[str, Any]]) -> list[str]:
@@ -740,6 +792,69 @@ def make_plots(results: list[dict[str, Any]], agg: list[dict[str, Any]], task_ki
 # ---------------------------------------------------------------------------------------------
 # writing
 # ---------------------------------------------------------------------------------------------
+def state_plots(rows: list[dict[str, Any]], agg: list[dict[str, Any]], sizing: list[dict[str, Any]], shape: Any,
+                task_kind: str) -> dict[str, bytes]:
+    """Decoding state per example vs output length (KV grows, Mamba state stays flat; pair
+    tasks), and the expert load per layer of MoE entries (tokens per expert / mean)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from archlab.compare.sizing import decode_memory_curve
+    from archlab.config import ModelConfig, from_dict
+
+    plots: dict[str, bytes] = {}
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    order = list(dict.fromkeys(a["entry"] for a in agg))
+    color = {e: colors[i % len(colors)] for i, e in enumerate(order)}
+    models = []
+    for s in sizing:
+        m = s.get("model")
+        if isinstance(m, dict):
+            m = from_dict(ModelConfig, m)
+        if m is not None and s.get("entry") in color and m.decoder_layers:
+            models.append((s["entry"], m))
+    if task_kind == "pair" and models:
+        lengths = [2 ** i for i in range(13)]  # 1 .. 4096 output tokens
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        for entry, m in models:
+            curve = decode_memory_curve(m, lengths, src_len=shape.src_len)
+            ax.plot(lengths, [c["total"] / 1024 for c in curve], "o-", ms=3, color=color[entry], label=entry)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("output tokens decoded (typical source as trained)")
+        ax.set_ylabel("KiB per example (fp32, one beam)")
+        ax.set_title("Decoding state: KV cache grows, Mamba state does not")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        plots["decode_memory"] = _png(fig)
+        plt.close(fig)
+    top = max((a["scale"] for a in agg), default=1.0)
+    health: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.get("_moe_health") and float(r.get("scale") or 1.0) == top and r["entry"] not in health:
+            health[r["entry"]] = _moe_layers(r["_moe_health"])
+    health = {e: h for e, h in health.items() if h}
+    if health:
+        fig, axes = plt.subplots(1, len(health), figsize=(5.2 * len(health), 3.6), squeeze=False)
+        for ax, (entry, layers) in zip(axes[0], health.items()):
+            for i, (name, v) in enumerate(layers.items()):
+                load = v["tokens_per_expert"]
+                mean = sum(load) / len(load)
+                ax.plot(range(len(load)), [x / mean if mean else 0.0 for x in load], "o-", ms=3,
+                        color=colors[i % len(colors)], label=name)
+            ax.axhline(1.0, color="black", lw=0.8, ls="--")
+            ax.set_xlabel("expert")
+            ax.set_ylabel("tokens / mean load")
+            ax.set_title(f"{entry}: expert load per layer (last evaluation)", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6, ncol=2)
+        plots["expert_load"] = _png(fig)
+        plt.close(fig)
+    return plots
+
+
 def _main_table(agg: list[dict[str, Any]], task_kind: str,
                 results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     q = quality_columns(task_kind, results)
@@ -749,8 +864,11 @@ def _main_table(agg: list[dict[str, Any]], task_kind: str,
     has = {k: any(a.get(k) is not None for a in agg) for k in ("train_flops", "tune_flops", "tuned", "p_value",
                                                                 "ci", f"ablation_{key}", "truncated_fraction")}
     has["tune_flops"] = any(_num(a.get("tune_flops")) and a["tune_flops"] > 0 for a in agg)
+    # MoE entries: parameters a token uses (k of E experts) next to all of them
+    has["active"] = any(_num(a.get("active_params")) and a["active_params"] != a.get("params") for a in agg)
     has["truncated_fraction"] = any(_num(a.get("truncated_fraction")) and a["truncated_fraction"] > 0 for a in agg)
-    head = ["Architecture", "Objective", *(["Scale"] if multi else []), "Layers", "Params", "FLOPs/ex",
+    head = ["Architecture", "Objective", *(["Scale"] if multi else []), "Layers", "Params",
+            *(["active params"] if has["active"] else []), "FLOPs/ex",
             *(["train FLOPs"] if has["train_flops"] else []), *(["tune FLOPs"] if has["tune_flops"] else []),
             *(["tuned"] if has["tuned"] else [])]
     for k, name, _ in q:
@@ -767,6 +885,8 @@ def _main_table(agg: list[dict[str, Any]], task_kind: str,
     for a in agg:
         obj = a["objective"] if not a.get("pretrain_objective") else f"{a['pretrain_objective']} → {a['objective']}"
         row = [a["entry"], obj, *([_scale(a["scale"])] if multi else []), a["layers"], _human(a.get("params")),
+               *([_human(a.get("active_params") if _num(a.get("active_params")) else a.get("params"))]
+                 if has["active"] else []),
                _human(a.get("flops_per_example")),
                *([_human(a.get("train_flops"))] if has["train_flops"] else []),
                *([_human(a.get("tune_flops"))] if has["tune_flops"] else []),
@@ -860,7 +980,12 @@ def write_report(
     fits = power_law_fits(agg, rows, task_kind)
     spike_list = spikes(rows)
     ws = winners(agg, rows, task_kind)
+    for r in rows:  # MoE runs: expert load at the last evaluation (read from the run's metrics)
+        h = expert_health(r, out)
+        if h:
+            r["_moe_health"] = h
     plots = make_plots(rows, agg, task_kind, tokens_per_example, fits=fits, tuning=tuning, spike_list=spike_list)
+    plots.update(state_plots(rows, agg, sizing, shape, task_kind))
     for name, data in plots.items():
         (out / f"{name}.png").write_bytes(data)
     tune_metric = getattr(getattr(cfg, "tune", None), "metric", None) or "val_loss"

@@ -232,6 +232,8 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
                                   "max_source_len": src_budget, "max_target_len": tgt_budget}
             ev = cfg.eval
             tr.update(e.train)  # the entry's own optimiser settings (ENTRY_TRAIN_KEYS); tuning wins
+            if cfg.gpus_per_job > 1 and cfg.train.parallel == "none":
+                tr["parallel"] = "ddp"  # one rank per GPU of the job's slot
             if chosen.get("lr") is not None:
                 tr["lr"] = chosen["lr"]
             if chosen.get("warmup_steps") is not None:
@@ -501,8 +503,10 @@ def _jsonable(s: dict[str, Any]) -> dict[str, Any]:
     return {k: (to_dict(v) if k == "model" else v) for k, v in s.items()}
 
 
-def run_job(job: JobSpec, job_path: Path) -> dict[str, Any]:
-    """Run one job in a child process (or reuse its ``result.json``); returns its result."""
+def run_job(job: JobSpec, job_path: Path, devices: str | None = None) -> dict[str, Any]:
+    """Run one job in a child process (or reuse its ``result.json``); returns its result.
+    ``devices``: the CUDA devices it gets (``CUDA_VISIBLE_DEVICES``); with more than one the
+    worker trains under torch's elastic launcher, one process per device (DDP)."""
     result_path = Path(job.run_dir) / "result.json"
     what = f"[{job.entry} seed {job.seed}" + (f" scale {job.scale:g}" if job.scale != 1.0 else "") + "]"
     if job.kind == "tune":
@@ -520,13 +524,77 @@ def run_job(job: JobSpec, job_path: Path) -> dict[str, Any]:
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.run([sys.executable, "-m", "archlab.compare.worker", str(job_path)], env=env,
-                          stdin=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "archlab.compare.worker", str(job_path)]
+    if devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = devices
+        n = len(devices.split(","))
+        if n > 1 and not job.reuse_run_dir:  # torchrun: rank 0 decodes and scores after the ranks trained
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+                   "-m", "archlab.compare.worker", str(job_path)]
+    proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         err = Path(job.run_dir) / "error.txt"
         why = err.read_text().strip() if err.exists() else f"exit code {proc.returncode}"
         raise ArchlabError(f"entry {job.entry} seed {job.seed} failed: {why}")
     return json.loads(result_path.read_text())
+
+
+def job_slots(cfg: CompareConfig) -> list[str | None]:
+    """Concurrent job slots: the visible CUDA devices in groups of ``gpus_per_job`` (each
+    slot's ``CUDA_VISIBLE_DEVICES``); ``[None]`` (one job at a time, the parent's devices)
+    with fewer than two GPUs and ``gpus_per_job`` 1, as on a CPU."""
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    k = cfg.gpus_per_job
+    if k > 1 and n < k:
+        raise ConfigError(f"gpus_per_job={k}: this machine has {n} CUDA device(s)")
+    if n < 2 and k == 1:
+        return [None]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [x.strip() for x in visible.split(",") if x.strip()][:n] if visible else [str(i) for i in range(n)]
+    return [",".join(ids[i:i + k]) for i in range(0, len(ids) - k + 1, k)]
+
+
+def run_jobs(items: list[tuple[str, JobSpec, Path]], slots: list[str | None]) -> list[dict[str, Any]]:
+    """Run jobs (``(log line, job, job file)``), one per slot at a time, results in order. A
+    distilled job starts after its teacher's job (same list) has finished."""
+    if len(slots) <= 1:
+        out = []
+        for line, job, path in items:
+            log(line)
+            out.append(run_job(job, path) if slots == [None] or not slots else run_job(job, path, slots[0]))
+        return out
+    import threading
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    results: dict[int, dict[str, Any]] = {}
+    free = list(slots)
+    lock = threading.Lock()
+    pending = list(range(len(items)))
+    dirs = {items[i][1].run_dir: i for i in pending}
+    running: dict[Any, tuple[int, str | None]] = {}
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        while pending or running:
+            ready = [i for i in pending if items[i][1].teacher_run_dir not in dirs
+                     or dirs[items[i][1].teacher_run_dir] in results]
+            while ready and free:
+                i = ready.pop(0)
+                pending.remove(i)
+                with lock:
+                    slot = free.pop(0)
+                line, job, path = items[i]
+                log(f"{line} (devices {slot})")
+                running[pool.submit(run_job, job, path, slot)] = (i, slot)
+            if not running:
+                raise ArchlabError("compare: jobs wait on a teacher that is not scheduled")  # (not reachable)
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for f in done:
+                i, slot = running.pop(f)
+                results[i] = f.result()  # a failed job raises here; the running ones finish first
+                with lock:
+                    free.append(slot)
+    return [results[i] for i in range(len(items))]
 
 
 def _tune_key(row: dict[str, Any]) -> Any:
@@ -623,6 +691,9 @@ def compare(cfg: CompareConfig) -> Path:
     reuse_dirs: dict[tuple[str, float], str] = {}
     full = cfg.tune is not None and cfg.tune.horizon == "full"
     tune_jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, phase="tune")
+    slots = job_slots(cfg)  # one job per GPU (or per gpus_per_job GPUs) at a time; on a CPU, one
+    if slots != [None]:
+        log(f"compare: {len(slots)} job(s) at a time, on CUDA devices {' | '.join(str(x) for x in slots)}")
     jobs: list[JobSpec] = []
     results: list[dict[str, Any]] = []
     # without tuning one pass (budget by budget, seed by seed; a teacher entry comes before its
@@ -630,11 +701,9 @@ def compare(cfg: CompareConfig) -> Path:
     # its teacher's full run
     for wave in waves(entries) if tune_jobs else [[e.label for e in entries]]:
         wave_tuning = []
-        for i, job in enumerate(tune_jobs):
-            if job.entry not in wave:
-                continue
-            log(f"tuning job {i + 1}/{len(tune_jobs)}")
-            res = run_job(job, out / "jobs" / f"tune-{i:03d}.json")
+        todo = [(f"tuning job {i + 1}/{len(tune_jobs)}", job, out / "jobs" / f"tune-{i:03d}.json")
+                for i, job in enumerate(tune_jobs) if job.entry in wave]
+        for (_, job, _), res in zip(todo, run_jobs(todo, slots)):
             wave_tuning.append({"entry": job.entry, "seed": job.seed, **job.candidate,
                                 **({"scale": job.scale} if full else {}),
                                 "steps": job.run.train.steps, "val_loss": res.get("val_loss"),
@@ -659,11 +728,9 @@ def compare(cfg: CompareConfig) -> Path:
             (out / "tuning.json").write_text(json.dumps(tuning, indent=1))
         all_jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, tuned,
                               reuse_dirs=reuse_dirs)
-        for i, job in enumerate(all_jobs):
-            if job.entry not in wave:
-                continue
-            log(f"job {i + 1}/{len(all_jobs)}")
-            res = run_job(job, out / "jobs" / f"job-{i:03d}.json")
+        todo = [(f"job {i + 1}/{len(all_jobs)}", job, out / "jobs" / f"job-{i:03d}.json")
+                for i, job in enumerate(all_jobs) if job.entry in wave]
+        for (_, job, _), res in zip(todo, run_jobs(todo, slots)):
             res["tune_flops"] = tune_flops.get((job.entry, job.scale), tune_flops.get(job.entry, 0.0))
             res["tuned"] = job.tuned
             jobs.append(job)

@@ -40,8 +40,13 @@ def _train(cfg: Any, raw_model_keys: list[str], dataset: Any) -> dict[str, Any]:
                "peak_memory_bytes": res.peak_memory_bytes, "examples_truncated": res.examples_truncated,
                "peak_memory_kind": "cuda_allocated" if str(cfg.train.device).startswith("cuda")
                or (cfg.train.device == "auto" and torch.cuda.is_available()) else "host_rss"}
-    done.write_text(json.dumps(summary))
+    if _rank() == 0:  # (under torchrun, gpus_per_job > 1: rank 0 writes)
+        done.write_text(json.dumps(summary))
     return summary
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
 
 
 def _train_curve(run_dir: Path) -> list[dict[str, Any]]:
@@ -162,6 +167,8 @@ def run(job_path: str) -> None:
     if job.reuse_run_dir:
         _take_over(job, run_dir)
     main = _train(job.run, job.raw_model_keys, ds)
+    if _rank() != 0:
+        return  # the other ranks only train; rank 0 decodes and scores
     scores = evaluate_job(job, ds)
     sizing = job.sizing
     mcfg = from_dict(ModelConfig, sizing["model"])
@@ -181,6 +188,7 @@ def run(job_path: str) -> None:
         "seed": job.seed,
         "scale": job.scale,
         "params": sizing["params"],
+        "active_params": sizing.get("active_params", sizing["params"]),
         "flops_per_example": sizing["flops_per_example"],
         "train_flops_per_example": _train_flops_per_example(job),
         "teacher_flops_per_example": job.teacher_flops_per_example,
@@ -256,6 +264,8 @@ def _tune_result(job: Any, ds: Any, pre: dict[str, Any] | None, run_dir: Path) -
                          "diverged": str(e), "train_flops": _train_flops_per_example(job)
                          / max(job.tokens_per_example, 1e-9) * job.run.train.tokens_per_batch
                          * job.run.train.steps})
+        return
+    if _rank() != 0:
         return
     ev = main["last_eval"]
     metric = ev.get("bleu" if job.task_kind == "pair" else "accuracy")

@@ -402,8 +402,10 @@ class Trainer:
                 if env.active:  # per-rank randomness, a pure function of (seed, rank, step)
                     torch.manual_seed(step_seed(cfg.seed, rank, st.step))
                 mine = list(zip(micro, weights))[rank::world]
-                loss_sum = 0.0
-                aux_sum: dict[str, float] = {}
+                # losses accumulate on the device; read back only when logged, saved or
+                # evaluated (a CUDA run is not synchronised every step; a CPU run reads every step)
+                loss_t = torch.zeros((), dtype=torch.float64, device=self.device)
+                aux_t: dict[str, torch.Tensor] = {}
                 for j, (b, w) in enumerate(mine):
                     b = to_device(b, self.device)
                     with grad_sync(self.model, env, sync=j == len(mine) - 1):
@@ -412,28 +414,32 @@ class Trainer:
                         # token-weighted mean over the step's global batch; DDP/FSDP2 average
                         # gradients over ranks, hence x world
                         (out.loss * (w * world / total_w)).backward()
-                    loss_sum += float(out.task_loss.detach()) * w  # logged without aux terms
+                    loss_t += out.task_loss.detach().double() * w  # logged without aux terms
                     for k, v in out.aux.items():  # MoE balancing / z losses (unweighted)
-                        aux_sum[k] = aux_sum.get(k, 0.0) + float(v) * w
-                if world > 1:  # the logged loss is the global one
-                    keys = sorted(aux_sum)
-                    t = env.all_reduce_sum(torch.tensor([loss_sum, *(aux_sum[k] for k in keys)],
-                                                        dtype=torch.float64))
-                    loss_sum, aux_sum = float(t[0]), {k: float(v) for k, v in zip(keys, t[1:])}
+                        aux_t[k] = aux_t.get(k, 0.0) + v.detach().double() * w
+                if world > 1:  # the logged loss is the global one (one small all-reduce)
+                    keys = sorted(aux_t)
+                    t = env.all_reduce_sum(torch.stack([loss_t, *(aux_t[k] for k in keys)]))
+                    loss_t, aux_t = t[0], dict(zip(keys, t[1:]))
+                gnorm_t = None
                 if cfg.grad_clip > 0:
-                    gnorm = grad_norm_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
-                else:
-                    gnorm = float("nan")
+                    gnorm_t = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
                 reduce_moe_load(self.module, env)  # every rank moves its router biases alike
                 update_balancing_bias(self.module)  # sigmoid-bias MoE routers (no-op otherwise)
                 self.optimizer.zero_grad(set_to_none=True)
                 st.step += 1
                 st.train_time_s += time.perf_counter() - t0
-                loss = loss_sum / total_w
-                if not math.isfinite(loss):
-                    raise ArchlabError(f"loss became {loss} at step {st.step}; lower train.lr or "
-                                       "use precision fp32")
+                read = (self.device.type != "cuda" or st.step % cfg.log_every == 0 or st.step == cfg.steps
+                        or bool(cfg.save_every and st.step % cfg.save_every == 0)
+                        or bool(eval_every and st.step % eval_every == 0) or cfg.max_time_s is not None)
+                if read:  # (on CUDA a loss that went bad shows at the next read, before any save)
+                    loss = float(loss_t) / total_w
+                    if not math.isfinite(loss):
+                        raise ArchlabError(f"loss became {loss} at step {st.step}; lower train.lr or "
+                                           "use precision fp32")
+                    gnorm = grad_norm_value(gnorm_t) if gnorm_t is not None else float("nan")
+                    aux_sum = {k: float(v) for k, v in aux_t.items()}
                 if st.step % cfg.log_every == 0 or st.step == cfg.steps:
                     now = time.perf_counter()
                     tps = tok_window / max(now - t_window, 1e-9)
@@ -455,7 +461,7 @@ class Trainer:
                     bar.update(1)
                 timed_out = cfg.max_time_s is not None and st.train_time_s >= cfg.max_time_s
                 if cfg.max_time_s is not None and world > 1:  # one decision for all ranks
-                    timed_out = bool(env.all_reduce_sum(torch.tensor([float(timed_out)])) > 0)
+                    timed_out = bool(env.all_reduce_sum(torch.tensor([float(timed_out)], device=self.device)) > 0)
                 is_last = st.step == cfg.steps or timed_out
                 if (eval_every and st.step % eval_every == 0) or is_last:
                     last_eval = self.evaluate(st.step)
