@@ -71,3 +71,21 @@ def test_checkpoints_do_not_know_run_directories():
 def test_data_does_not_reach_objectives():
     for mod in modules_under("archlab.data"):
         assert not {m for m in reachable(mod) if m.startswith("archlab.objectives")}, mod
+
+
+def _imports_torch_distributed(name: str) -> bool:
+    tree = ast.parse(_module_file(name).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        if any(n == "torch.distributed" or n.startswith("torch.distributed.") for n in names):
+            return True
+    return False
+
+
+def test_parallelism_stays_out_of_the_model_and_objectives():
+    """torchtitan's rule: the model never knows it is wrapped; DDP/FSDP2 live in
+    archlab.train.parallel (and the launcher in the train CLI)."""
+    users = {m for m in modules_under("archlab") if _imports_torch_distributed(m)}
+    assert "archlab.train.parallel" in users  # the check sees such imports
+    assert users <= {"archlab.train.parallel", "archlab.train.cli"}, sorted(users)

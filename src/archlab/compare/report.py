@@ -990,6 +990,8 @@ def write_report(
         (out / f"{name}.png").write_bytes(data)
     tune_metric = getattr(getattr(cfg, "tune", None), "metric", None) or "val_loss"
     verdict_lines = verdict(agg, task_kind, rows, spike_list=spike_list, tuning=tuning, tune_metric=tune_metric)
+    if getattr(cfg, "note", None):
+        verdict_lines.append(f"Note: {cfg.note}")
     key, label, _ = primary_metric(rows, task_kind)
     scale_list = sorted({float(s) for s in scales} if scales else {a["scale"] for a in agg})
     doc = {
