@@ -1,4 +1,4 @@
-"""Mamba, Mamba-2 and Jamba (dense) checkpoints made with transformers: imported archlab
+"""Mamba, Mamba-2 and Jamba (dense and MoE) checkpoints made with transformers: imported archlab
 models give HF's logits (right and left padding) and HF's greedy/beam ``generate`` tokens;
 exported models load back with ``from_pretrained`` and the same logits; what archlab cannot
 reproduce is refused with one line."""
@@ -220,6 +220,19 @@ def test_jamba_router_choices_equal_transformers(ckpts):
         torch.testing.assert_close(gates, hv)
         assert (gates.sum(-1) < 0.99).all()  # a renormalising router would give 1
         assert len(set(idx.flatten().tolist())) == 4  # every expert used: routing is exercised
+
+
+def test_jamba_moe_batch1_greedy_equals_transformers(ckpts):
+    """Batch 1: each decoding step routes one token (archlab's single-token expert path)."""
+    path, hf = ckpts["jamba-moe"]
+    model = from_hf(path).model
+    ids, mask = batch(seed=8, B=1, T=5)
+    with torch.no_grad():
+        ref = hf.generate(input_ids=ids, attention_mask=mask, do_sample=False, num_beams=1,
+                          max_new_tokens=10, min_new_tokens=10, pad_token_id=0)
+    ours = greedy(model, ids, mask, 10, min_new_tokens=10)
+    assert torch.equal(ours, ref), (ours, ref)
+    assert len(set(ours[0, 5:].tolist())) > 2
 
 
 def test_jamba_fused_expert_layout_imports(ckpts):
