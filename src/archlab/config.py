@@ -342,8 +342,9 @@ class MoEConfig:
     """Options of the mixture-of-experts feed-forward (ffn letter E in ``model.ffn``).
 
     Routers: ``topk-softmax``: softmax over the experts, top-k, weights renormalised over the
-    chosen k (Mixtral; Jiang et al. 2024); ``switch``: softmax top-1 weighted by its
-    probability (Fedus et al. 2022); ``sigmoid-bias``: sigmoid scores, top-k chosen on
+    chosen k (Mixtral; Jiang et al. 2024), or with ``norm_topk: false`` the k probabilities as
+    they are (Jamba, Lieber et al. 2024; transformers' ``norm_topk_prob=False``);
+    ``switch``: softmax top-1 weighted by its probability (Fedus et al. 2022); ``sigmoid-bias``: sigmoid scores, top-k chosen on
     score + a per-expert bias that moves toward equal load after each optimizer step and never
     enters the gate values (DeepSeek-V3's auxiliary-loss-free balancing; Wang et al. 2024).
     """
@@ -351,6 +352,8 @@ class MoEConfig:
     n_experts: int = 8  # E routed experts
     top_k: int = 2  # experts per token (switch: 1)
     router: Router = "topk-softmax"
+    norm_topk: bool = True  # topk-softmax: renormalise the chosen k gates to sum 1 (Mixtral);
+    # false: gate by the softmax probabilities themselves (Jamba)
     capacity_factor: float | None = None  # None: dropless; else each expert takes at most
     # ceil(capacity_factor * tokens * top_k / E) assignments per batch, the rest are dropped
     n_shared_experts: int = 0  # always-on experts of width d_ff_expert each (DeepSeek-MoE)
@@ -382,6 +385,10 @@ class MoEConfig:
         if self.router == "switch" and self.top_k != 1:
             raise bad("top_k", f"the switch router is top-1, got top_k={self.top_k} (use "
                                "router topk-softmax for k > 1)")
+        if not self.norm_topk and self.router != "topk-softmax":
+            why = "gates by its top-1 probability" if self.router == "switch" else "always renormalises"
+            raise bad("norm_topk", f"only the topk-softmax router has unnormalised gates; "
+                                   f"{self.router} {why} (leave norm_topk true)")
         if self.capacity_factor is not None and not self.capacity_factor > 0:
             raise bad("capacity_factor", f"must be > 0 (or null for dropless), got "
                                          f"{self.capacity_factor}")

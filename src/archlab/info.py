@@ -83,7 +83,7 @@ def _moe_info(cfg: ModelConfig, seq_len: int) -> dict:
                              seq_len if cfg.decoder_layers else 0)
     moe_flops = sum(d.get("moe", 0) for d in by.values())
     n_tok = seq_len * (2 if cfg.arch == "encoder-decoder" else 1)
-    return {"n_experts": m.n_experts, "top_k": m.top_k, "router": m.router,
+    return {"n_experts": m.n_experts, "top_k": m.top_k, "router": m.router, "norm_topk": m.norm_topk,
             "n_shared_experts": m.n_shared_experts, "capacity_factor": m.capacity_factor,
             **moe_params(cfg), "forward_flops_per_token": moe_flops / n_tok}
 
@@ -138,7 +138,8 @@ def run_info(args: argparse.Namespace) -> int:
         if "moe" in r:  # total vs active: what an MoE changes
             mo = r["moe"]
             print(f"{'':<28} MoE {mo['layers']} layers x {mo['n_experts']} experts top-{mo['top_k']} "
-                  f"({mo['router']}{', ' + str(mo['n_shared_experts']) + ' shared' if mo['n_shared_experts'] else ''}): "
+                  f"({mo['router']}{'' if mo['norm_topk'] else ' unnormalised'}"
+                  f"{', ' + str(mo['n_shared_experts']) + ' shared' if mo['n_shared_experts'] else ''}): "
                   f"params total {_human(p['total'])}, active {_human(p['active'])}/token; "
                   f"experts {_human(mo['total'])} total, {_human(mo['active'])} active; "
                   f"MoE FLOPs {_human(mo['forward_flops_per_token'])}/tok (forward, active)")

@@ -101,6 +101,8 @@ class Mixtral(Llama):
         m = cfg.moe_cfg
         if m.router != "topk-softmax":
             p.append(f"moe.router is {m.router} (mixtral routes by top-k softmax)")
+        elif not m.norm_topk:
+            p.append("moe.norm_topk is false (mixtral renormalises the top-k gates)")
         if m.capacity_factor is not None:
             p.append(f"moe.capacity_factor is {m.capacity_factor} (mixtral is dropless)")
         if m.n_shared_experts:
@@ -220,6 +222,8 @@ class SwitchTransformers(T5):
             p.append("no MoE layers (a dense model is a t5)")
             return p
         for side in ("encoder", "decoder"):
+            if not (cfg.encoder_layers if side == "encoder" else cfg.decoder_layers):
+                continue  # a decoder-only model (its arch is already a problem)
             kinds = [f for _, f in cfg.layer_kinds(side)]
             if self._num_sparse(kinds) is None:
                 p.append(f"{side} ffn pattern {''.join('E' if f == 'moe' else 'D' for f in kinds)} is not "

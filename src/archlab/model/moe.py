@@ -58,6 +58,7 @@ class MoE(nn.Module):
         super().__init__()
         m = cfg.moe_cfg
         self.n_experts, self.top_k, self.router_kind = m.n_experts, m.top_k, m.router
+        self.norm_topk = m.norm_topk
         self.capacity_factor = m.capacity_factor
         self.jitter = m.router_jitter
         self.bias_rate = m.bias_update_rate
@@ -116,7 +117,9 @@ class MoE(nn.Module):
         else:
             probs = torch.softmax(logits, dim=-1)
             gates, idx = torch.topk(probs, self.top_k, dim=-1)
-            if self.router_kind == "topk-softmax":  # Mixtral renormalises over the k (k=1: 1.0)
+            # Mixtral renormalises over the k (k=1: 1.0); Jamba (norm_topk false) and Switch
+            # gate by the probabilities themselves
+            if self.router_kind == "topk-softmax" and self.norm_topk:
                 gates = gates / gates.sum(-1, keepdim=True)
         return logits, probs, gates, idx
 
