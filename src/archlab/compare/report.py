@@ -569,6 +569,13 @@ def _moe_lines(agg: list[dict[str, Any]], results: list[dict[str, Any]]) -> list
     return ["Mixture of experts: " + "; ".join(parts) + ref + "."]
 
 
+def _largest_seeds(cfg: Any, scales: Sequence[float]) -> str:
+    extra = getattr(getattr(cfg, "budget", None), "seeds_at_largest", None)
+    if not extra or len(scales) < 2 or list(extra) == list(cfg.seeds):
+        return ""
+    return f" ({len(extra)} at the largest budget)"
+
+
 def _edge_lines(tuning: list[dict[str, Any]]) -> list[str]:
     """Choices at the edge of the learning-rate grid: the best rate may lie outside it."""
     out = []
@@ -1032,7 +1039,7 @@ def write_report(
     md = [f"# archlab compare: {cfg.name}", "",
           f"Task **{task}** ({task_kind}); budget matched on **{cfg.budget.match}** "
           f"(typical example {shape.src_len:.1f} + {shape.tgt_len:.1f} tokens); "
-          f"{len(cfg.seeds)} seed(s) per entry; {steps_txt} of "
+          f"{len(cfg.seeds)} seed(s) per entry{_largest_seeds(cfg, scale_list)}; {steps_txt} of "
           f"{cfg.train.tokens_per_batch} padded tokens; decoding with beam {cfg.decode.num_beams}; "
           f"total wall time {wall_time_s / 60:.1f} min.", "",
           "## Verdict", "", *[f"- {v}" for v in verdict_lines], "",
