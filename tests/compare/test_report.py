@@ -366,7 +366,10 @@ def test_three_budgets_get_no_fit_even_when_seeds_differ_in_flops(tmp_path):
     rows = [_row(tmp_path, "decoder", seed, _noisy(refs, 0.3, seed), refs, scale=scale,
                  train_flops=1e13 * scale * (1 + 0.01 * seed), val_loss=2.0 + 30 * (1e13 * scale) ** -0.1)
             for scale in (0.5, 1.0, 2.0) for seed in (0, 1)]  # six distinct FLOPs, three budgets
-    assert _write(tmp_path, rows, [0, 1])["fits"] == {}
+    doc = _write(tmp_path, rows, [0, 1])
+    assert doc["fits"] == {}
+    assert "Scaling fits: a saturating power law per entry needs at least 4 budgets; this run has 3" in \
+        " ".join(doc["verdict"])
 
 
 def test_sweep_flags_the_planted_loss_spike_only(sweep):

@@ -100,6 +100,37 @@ def test_two_ranks_equal_one_process_ddp_and_fsdp(tmp_path, arch):
     assert _losses(tmp_path / "ref1") != _losses(tmp_path / "ref2")
 
 
+@pytest.mark.parametrize("arch,objective,kinds", [("encoder", "masked-lm", ("ddp", "fsdp")),
+                                                  ("encoder-decoder", "span-corruption", ("ddp",)),
+                                                  ("decoder", "classification", ("ddp", "fsdp"))])
+def test_other_objectives_match_one_process(tmp_path, arch, objective, kinds):
+    """Masking drawn once for every rank (masked-LM, span corruption), and a classification
+    head that leaves the LM head without gradients (DDP looks for unused parameters)."""
+    rng = random.Random(1)
+    words = "the a of and to in is was for on that with as by at from his her it".split()
+    data = tmp_path / "data.jsonl"
+    label = objective == "classification"
+    data.write_text("\n".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(rng.randint(6, 20))),
+                                          **({"label": i % 3} if label else {})}) for i in range(300)))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"""
+model: {{arch: {arch}, d_model: 32, n_heads: 2, n_layers: {1 if arch == "encoder-decoder" else 2}, d_ff: 64,
+        dropout: 0.0, max_seq_len: 64}}
+data: {{task: file, path: {data}{", text_field: text" if not label else ""}}}
+tokenizer: {{vocab_size: 300, n_sentinels: 8}}
+objective: {{name: {objective}}}
+train: {{steps: 10, lr: 3.0e-3, warmup_steps: 2, tokens_per_batch: 400, max_len: 48, save_every: 5,
+         log_every: 1, seed: 4, threads: 1}}
+eval: {{every: 5, max_examples: 16, decode_examples: 0}}
+""")
+    ref = tmp_path / "ref"
+    _train(cfg, ref, "train.grad_accum=2")
+    for kind in kinds:
+        out = tmp_path / kind
+        _train(cfg, out, f"train.parallel={kind}", "--nproc", "2")
+        _assert_same_run(ref, out)
+
+
 def test_mamba_moe_hybrid_with_bias_balancing_matches_across_world_sizes(tmp_path):
     """Mamba and attention layers with sigmoid-bias MoE feed-forwards: the routers' expert load
     is summed over ranks before each bias update, so both ranks (and one process) move the

@@ -997,6 +997,10 @@ def write_report(
         (out / f"{name}.png").write_bytes(data)
     tune_metric = getattr(getattr(cfg, "tune", None), "metric", None) or "val_loss"
     verdict_lines = verdict(agg, task_kind, rows, spike_list=spike_list, tuning=tuning, tune_metric=tune_metric)
+    n_budgets = len({a["scale"] for a in agg})
+    if 1 < n_budgets < 4:  # (a saturating power law has 3 free parameters)
+        verdict_lines.append(f"Scaling fits: a saturating power law per entry needs at least 4 budgets; this "
+                             f"run has {n_budgets}, so none is fitted (add budget.scales).")
     if getattr(cfg, "note", None):
         verdict_lines.append(f"Note: {cfg.note}")
     key, label, _ = primary_metric(rows, task_kind)

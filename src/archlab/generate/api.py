@@ -106,10 +106,12 @@ class _Decoding:
     the reference path that recomputes the whole sequence at every step."""
 
     def __init__(self, model: Any, prompts: list[Prompt], pad: int, max_new: int,
-                 use_cache: bool) -> None:
+                 use_cache: bool, compiled: bool = False) -> None:
         self.model = model
         dev = model.embed_tokens.weight.device
         self.use_cache = use_cache
+        # compiled: fixed-shape steps over a StaticKVCache (generate.backends.compiled_step)
+        self.compiled = compiled and use_cache
         B = len(prompts)
         P = max(len(p.decoder) for p in prompts)
         ids = torch.full((B, P), pad, dtype=torch.long)
@@ -119,9 +121,11 @@ class _Decoding:
             mask[i, P - len(p.decoder):] = True
         self.ids, self.mask = ids.to(dev), mask.to(dev)
         self.padded = not bool(mask.all())
-        # positions count real tokens: a left-padded row starts at 0 like an unpadded one
-        self.pos = (self.mask.long().cumsum(-1) - 1).clamp(min=0) if self.padded else None
-        self.last_pos = self.pos[:, -1:] if self.padded else None
+        # positions count real tokens: a left-padded row starts at 0 like an unpadded one (a
+        # static cache is always given them: its steps read no Python length)
+        self.pos = ((self.mask.long().cumsum(-1) - 1).clamp(min=0) if self.padded or self.compiled
+                    else None)
+        self.last_pos = self.pos[:, -1:] if self.pos is not None else None
         self.prefix = (torch.full((B,), P, dtype=torch.long, device=dev)
                        if any(p.prefix for p in prompts) else None)
         self.enc_out = self.enc_mask = None
@@ -135,7 +139,12 @@ class _Decoding:
             src, smask = src.to(dev), smask.to(dev)
             self.enc_out = model.encode(src, smask)  # (B, S, C)
             self.enc_mask = smask
-        self.cache = model.new_cache(B, P + max_new) if use_cache else None
+        self.cache = model.new_cache(B, P + max_new, static=self.compiled) if use_cache else None
+        self._step = None
+        if self.compiled:
+            from archlab.generate.backends import compiled_step
+
+            self._step = compiled_step(dev)
         self.prompt_len = P
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -156,6 +165,8 @@ class _Decoding:
         tok = tokens[:, None]
         if self.last_pos is not None:
             self.last_pos = self.last_pos + 1
+        if self._step is not None:
+            return self._step(self.model, self.cache, tok, self.last_pos, self.enc_mask)
         if self.use_cache:
             hidden = self.model.decode(tok, None, encoder_mask=self.enc_mask,
                                        position_ids=self.last_pos, cache=self.cache)
@@ -251,8 +262,8 @@ def generate(model: Any, inputs: Sequence[Sequence[int]], config: GenerationConf
     was_training = model.training
     model.eval()
     try:
-        with decoding_backend(model, cfg.backend):  # the weight products (generate.backends)
-            dec = _Decoding(model, prompts, pad, max_new, cfg.use_cache)
+        with decoding_backend(model, cfg.backend) as backend:  # the weight products (generate.backends)
+            dec = _Decoding(model, prompts, pad, max_new, cfg.use_cache, compiled=backend == "compiled")
             if cfg.strategy == "beam":
                 out = _beam_search(dec, cfg, len(prompts), max_new, eos, pad)
             else:

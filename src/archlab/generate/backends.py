@@ -60,6 +60,17 @@ def resolve_backend(model: nn.Module, name: str) -> str:
     if name == "auto":
         fits = on_cpu and torch.get_num_threads() > 1 and all(p.dtype == torch.float32 for p in params)
         return "cpu-blocked" if fits else "eager"
+    if name == "compiled":
+        from archlab.model.moe import MoE
+        from archlab.model.ssm import Mamba, Mamba2  # (a static cache holds attention layers only)
+
+        kinds = {type(m) for m in model.modules()}
+        why = ("Mamba layers" if kinds & {Mamba, Mamba2} else "mixture-of-experts layers" if MoE in kinds
+               else "a sliding attention window" if getattr(getattr(model, "cfg", None), "attn_window", None)
+               else None)
+        if why:
+            raise ArchlabError(f"generate.backend=compiled: the fixed-shape decoding step does not support "
+                               f"{why} yet; use auto or eager")
     if name == "cpu-blocked" and not on_cpu:
         dev = next(p.device for p in params if not p.is_cpu)
         raise ArchlabError(f"generate.backend=cpu-blocked: the model is on {dev}; the blocked "
@@ -244,6 +255,30 @@ def cpu_blocked(model: nn.Module) -> Iterator[None]:
                     # the instance attribute shadowing the class's method
                     object.__delattr__(obj, name)
                 del _APPLIED[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled step
+# ---------------------------------------------------------------------------------------------
+_COMPILED: dict[str, Any] = {}
+
+
+def _static_step(model: nn.Module, cache: Any, tokens: torch.Tensor, positions: torch.Tensor,
+                 encoder_mask: torch.Tensor | None) -> torch.Tensor:
+    """One decoding step over a StaticKVCache: (N, 1) tokens at (N, 1) positions -> (N, V)
+    float logits. Every call has the same shapes, so one compiled graph serves every step."""
+    hidden = model.decode(tokens, None, encoder_mask=encoder_mask, position_ids=positions, cache=cache)
+    return model.lm_logits(hidden[:, -1]).float()
+
+
+def compiled_step(device: torch.device) -> Any:
+    """``torch.compile`` of :func:`_static_step`, made once per process: CUDA graphs on a GPU
+    (``mode="reduce-overhead"``: the step replays as one graph launch), the default
+    (inductor) elsewhere. ``dynamic=False``: the shapes never change within a call."""
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    if mode not in _COMPILED:
+        _COMPILED[mode] = torch.compile(_static_step, mode=mode, dynamic=False)
+    return _COMPILED[mode]
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from archlab.errors import ConfigError
 
 STRATEGIES = ("greedy", "sample", "beam")
 LAYOUTS = ("seq2seq", "lm", "raw")
-BACKENDS = ("auto", "eager", "cpu-blocked")  # see archlab.generate.backends
+BACKENDS = ("auto", "eager", "cpu-blocked", "compiled")  # see archlab.generate.backends
 
 
 @dataclass

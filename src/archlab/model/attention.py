@@ -19,14 +19,17 @@ from archlab.model.masks import AttnMask
 
 
 class KVCache:
-    """Preallocated ("static") key/value cache for all layers of one decoder stack.
+    """Preallocated key/value cache for all layers of one decoder stack.
 
     Storage is allocated once for ``max_len`` slots; each step writes its keys and values in
     place and attention reads a view of the filled slots, so the decoding loop never
     reallocates. The cache also keeps per-slot positions and padding (so position biases and
     padding masks cover cached keys), and the cross-attention keys/values of each layer,
-    computed once per source.
+    computed once per source. :class:`StaticKVCache` is the fixed-shape variant for compiled
+    decoding steps.
     """
+
+    static = False
 
     def __init__(
         self,
@@ -47,8 +50,8 @@ class KVCache:
         self.key_valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)
         self.has_padding = False
         self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
-        self.length = 0
         self.max_len = max_len
+        self.length = 0
 
     def _layer_views(self) -> None:
         # per-layer views of the storage, made once: a decoding step then slices one 4-d
@@ -122,6 +125,73 @@ class KVCache:
             None if kv is None else (kv[0].repeat_interleave(n, dim=0), kv[1].repeat_interleave(n, dim=0))
             for kv in self.cross
         ]
+
+
+class StaticKVCache(KVCache):
+    """A KV cache whose every decoding step has the same shapes: the step writes its slot at a
+    position held in a tensor (``index_copy_``) and attention reads the whole buffer, with the
+    slots not yet written masked out (:meth:`valid_keys`). Nothing a step does depends on a
+    Python integer, so ``torch.compile`` traces one graph for all steps and CUDA graphs can
+    replay it (Hugging Face's ``StaticCache`` plays the same role). Storage addresses never
+    change after construction (beam reordering copies in place), and on CUDA they are marked
+    static for the compiler."""
+
+    static = True
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.fill = torch.zeros((), dtype=torch.long, device=self.k.device)  # slots written
+        self._slots = torch.arange(self.max_len, device=self.k.device)
+        self._idx = self.fill.reshape(1)
+        self._mark_static()
+
+    def _mark_static(self) -> None:
+        if self.k.is_cuda:
+            for t in (self.k, self.v, self.positions, self.key_valid, self.fill):
+                torch._dynamo.mark_static_address(t)
+
+    @property
+    def length(self) -> int:  # type: ignore[override]  # read outside the compiled step only
+        return int(self.fill)
+
+    @length.setter
+    def length(self, value: int) -> None:
+        if hasattr(self, "fill"):
+            self.fill.fill_(value)
+
+    def begin(self, positions: torch.Tensor, key_valid: torch.Tensor | None) -> None:
+        n = positions.shape[1]
+        self._idx = self.fill + torch.arange(n, device=self.fill.device)  # (T,) slots of this step
+        self.positions.index_copy_(1, self._idx, positions)
+        self.key_valid.index_copy_(1, self._idx, key_valid if key_valid is not None
+                                   else torch.ones_like(positions, dtype=torch.bool))
+
+    def valid_keys(self, n: int) -> torch.Tensor:
+        """(B, max_len): real keys among the slots written so far and by this step."""
+        return self.key_valid & (self._slots < self.fill + n)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kl, vl = self.k_layers[layer], self.v_layers[layer]
+        kl.index_copy_(2, self._idx, k)
+        vl.index_copy_(2, self._idx, v)
+        return kl, vl  # (B, Hkv, max_len, hd): every slot; valid_keys masks the rest
+
+    def advance(self, n: int) -> None:
+        self.fill.add_(n)
+
+    def reorder(self, index: torch.Tensor, *, cross: bool = False) -> None:
+        # in place over the whole buffer: the addresses a compiled step captured stay valid
+        self.k.copy_(self.k.index_select(1, index))
+        self.v.copy_(self.v.index_select(1, index))
+        if cross:
+            self.positions.copy_(self.positions.index_select(0, index))
+            self.key_valid.copy_(self.key_valid.index_select(0, index))
+            self.cross = [None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
+                          for kv in self.cross]
+
+    def repeat_interleave(self, n: int) -> None:
+        super().repeat_interleave(n)
+        self._mark_static()
 
 
 class Attention(nn.Module):

@@ -84,7 +84,9 @@ def build_mask(
         device = key_padding.device
         if key_padding.shape[-1] != k_len:
             raise ValueError(f"key_padding has {key_padding.shape[-1]} slots, expected {k_len}")
-        if bool(key_padding.all()):
+        # no padding: drop the mask (a faster kernel path); not while compiling, where the
+        # data-dependent test would break the graph and an all-true mask is the same mask
+        if not torch.compiler.is_compiling() and bool(key_padding.all()):
             key_padding = None
     elif prefix_lengths is not None:
         device = prefix_lengths.device

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archlab.config import ModelConfig
-from archlab.model.attention import Attention, KVCache
+from archlab.model.attention import Attention, KVCache, StaticKVCache
 from archlab.model.cache import StackCache
 from archlab.model.layers import (
     MLP,
@@ -240,6 +240,21 @@ class Stack(nn.Module):
                                           cache.length if cache is not None else 0, x.device)
         q_offset = 0
         k_pos = positions
+        if cache is not None and cache.static:
+            # every slot is a key, those not yet written masked out; a one-token step sees all
+            # earlier slots (what causal and prefix masks give the newest token), so its mask
+            # needs no offset; a longer input is the prompt, written from slot 0
+            if key_padding is not None and key_padding.shape[1] != T:
+                key_padding = key_padding[:, -T:]
+            cache.begin(positions, key_padding)
+            k_pos, key_padding = cache.positions, cache.valid_keys(T)
+            if T == 1:
+                mask_kind, prefix_lengths = "bidirectional", None
+            mask = rope = None
+            if self.has_attn:
+                mask, rope = self._attn_inputs(x, mask_kind, positions, k_pos, key_padding,
+                                               prefix_lengths, 0, T, cache.max_len)
+            return self._run_blocks(x, mask, rope, T, context, context_padding, cache, None, None)
         if cache is not None:
             q_offset = cache.length
             if key_padding is not None and key_padding.shape[1] != T:
@@ -252,6 +267,11 @@ class Stack(nn.Module):
         if self.has_attn:
             mask, rope = self._attn_inputs(x, mask_kind, positions, k_pos, key_padding,
                                            prefix_lengths, q_offset, T, k_len)
+        return self._run_blocks(x, mask, rope, T, context, context_padding, cache, valid, bwd)
+
+    def _run_blocks(self, x: torch.Tensor, mask: AttnMask | None, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                    T: int, context: torch.Tensor | None, context_padding: torch.Tensor | None,
+                    cache: KVCache | None, valid: torch.Tensor | None, bwd: torch.Tensor | None) -> torch.Tensor:
         context_mask = None
         cached_cross = cache is not None and cache.cross[0] is not None
         if context is not None or cached_cross:
@@ -542,9 +562,15 @@ class Transformer(nn.Module):
         ):
             raise ValueError("encoder-decoder decoding needs encoder_out")
         B, T = input_ids.shape
-        offset = cache.length if cache is not None else 0
-        self._check_length(offset + T, position_ids)
-        pos = position_ids if position_ids is not None else default_positions(B, T, offset, input_ids.device)
+        if cache is not None and cache.static:
+            # a fixed-shape step reads no Python length: the caller numbers the positions
+            if position_ids is None:
+                raise ValueError("decoding with a StaticKVCache needs position_ids")
+            pos = position_ids
+        else:
+            offset = cache.length if cache is not None else 0
+            self._check_length(offset + T, position_ids)
+            pos = position_ids if position_ids is not None else default_positions(B, T, offset, input_ids.device)
         x = self._embed(self.decoder_embed, input_ids, pos)
         kind: MaskKind = "prefix" if self.cfg.arch == "prefix-lm" and prefix_lengths is not None else "causal"
         pad = attention_mask.bool() if attention_mask is not None else None
@@ -574,12 +600,20 @@ class Transformer(nn.Module):
 
     def new_cache(
         self, batch: int, max_len: int, *, dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
+        device: torch.device | str | None = None, static: bool = False,
     ) -> KVCache:
-        """A preallocated KV cache for the decoder stack."""
+        """A preallocated KV cache for the decoder stack; ``static``: the fixed-shape
+        :class:`StaticKVCache` of compiled decoding steps (attention-only dense stacks)."""
         if self.decoder is None:
             raise ValueError(f"arch {self.cfg.arch} has no decoder to cache")
         p = self.embed_tokens.weight
+        if static:
+            why = ("Mamba layers" if self.decoder.has_ssm else "mixture-of-experts layers" if self.decoder.has_moe
+                   else f"attn_window={self.cfg.attn_window}" if self.cfg.attn_window else None)
+            if why:
+                raise ValueError(f"a static (compiled) decoding step does not support {why} yet")
+            return StaticKVCache(self.cfg.decoder_layers, batch, self.cfg.kv_heads, self.cfg.dim_head,
+                                 max_len, dtype=dtype or p.dtype, device=device or p.device)
         if self.decoder.has_ssm:  # KV for attention layers, recurrent states for Mamba layers
             return StackCache(self.decoder.mixers, batch, self.cfg.kv_heads, self.cfg.dim_head,
                               max_len, dtype=dtype or p.dtype, device=device or p.device)
