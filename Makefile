@@ -29,7 +29,7 @@ install: $(STAMP)
 data: $(STAMP)
 	$(VENV)/bin/archlab data install
 
-# the main job: encoder-decoder vs decoder-only vs prefix-LM on en->de, budget-matched (~20 min)
+# the main job: encoder-decoder vs decoder-only vs prefix-LM on en->de, budget-matched (~24 min)
 demo: $(STAMP)
 	$(VENV)/bin/archlab compare --preset demo --out runs/demo
 

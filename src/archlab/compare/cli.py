@@ -12,7 +12,7 @@ def _add(p: argparse.ArgumentParser) -> None:
                    help="optional YAML merged over the preset, then dotted overrides "
                         "(e.g. train.steps=500 seeds=[0,1,2] budget.match=params)")
     p.add_argument("--preset", default=None,
-                   help="demo (default: en-de translation sized for a 2-core CPU, ~20 min), "
+                   help="demo (default: en-de translation sized for a 2-core CPU, ~24 min), "
                         "sweep (tuned per entry at each of three budgets, 3 seeds at the largest; 2-core CPU, see README), "
                         "smoke (~2 min end-to-end check), t5-table2 (the T5 paper's grid; for GPUs)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/compare-<name>); "

@@ -146,7 +146,7 @@ class CompareConfig:
 _THREE = [{"arch": "encoder-decoder"}, {"arch": "decoder"}, {"arch": "prefix-lm"}]
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The default: sized for a 2-core CPU in about 20 minutes (see README for the measured run).
+    # The default: sized for a 2-core CPU, about 24 minutes (README: the measured run).
     "demo": {
         "name": "demo",
         "data": {"task": "translation-en-de", "max_source_chars": 100, "test_fraction": 0.05},
