@@ -11,31 +11,14 @@ from pathlib import Path
 import pytest
 
 from archlab.compare import runner
-from archlab.compare.config import load_compare_config
 from archlab.compare.report import verdict
 from archlab.compare.runner import build_jobs, choose_tuned, resolved_entries
 from archlab.compare.worker import _take_over
 from archlab.config import save_yaml
 from archlab.errors import ArchlabError, ConfigError
+from tests.compare.test_engine import _cfg, _stand_in
 
 FULL = "tune={lr: [0.001, 0.002, 0.004], horizon: full}"
-
-
-def _cfg(tmp_path: Path, *overrides: str):
-    return load_compare_config(None, [f"out_dir={tmp_path / 'cmp'}", *overrides], "smoke")
-
-
-def _stand_in(cfg, entries):
-    class Tok:
-        from archlab.objectives import SpecialTokens
-
-        vocab_size = 600
-        special = SpecialTokens()
-
-    models = [runner.base_model_config(cfg, e, Tok, 0) for e in entries]
-    return {sc: [{"model": m, "params": 1.0, "flops_per_example": 100.0, "rule": "r", "deviation": 0.0,
-                  "value": 1.0, "target": 1.0, "entry": e.label} for m, e in zip(models, entries)]
-            for sc in {*cfg.budget.scales, 1.0}}
 
 
 def _jobs(cfg, phase, tuned=None, reuse_dirs=None):

@@ -560,17 +560,16 @@ def run_jobs(items: list[tuple[str, JobSpec, Path]], slots: list[str | None]) ->
     """Run jobs (``(log line, job, job file)``), one per slot at a time, results in order. A
     distilled job starts after its teacher's job (same list) has finished."""
     if len(slots) <= 1:
+        slot = slots[0] if slots else None
         out = []
         for line, job, path in items:
             log(line)
-            out.append(run_job(job, path) if slots == [None] or not slots else run_job(job, path, slots[0]))
+            out.append(run_job(job, path) if slot is None else run_job(job, path, slot))
         return out
-    import threading
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     results: dict[int, dict[str, Any]] = {}
-    free = list(slots)
-    lock = threading.Lock()
+    free = list(slots)  # (only this thread takes and returns slots)
     pending = list(range(len(items)))
     dirs = {items[i][1].run_dir: i for i in pending}
     running: dict[Any, tuple[int, str | None]] = {}
@@ -581,8 +580,7 @@ def run_jobs(items: list[tuple[str, JobSpec, Path]], slots: list[str | None]) ->
             while ready and free:
                 i = ready.pop(0)
                 pending.remove(i)
-                with lock:
-                    slot = free.pop(0)
+                slot = free.pop(0)
                 line, job, path = items[i]
                 log(f"{line} (devices {slot})")
                 running[pool.submit(run_job, job, path, slot)] = (i, slot)
@@ -592,8 +590,7 @@ def run_jobs(items: list[tuple[str, JobSpec, Path]], slots: list[str | None]) ->
             for f in done:
                 i, slot = running.pop(f)
                 results[i] = f.result()  # a failed job raises here; the running ones finish first
-                with lock:
-                    free.append(slot)
+                free.append(slot)
     return [results[i] for i in range(len(items))]
 
 

@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
         if parallel is None:
             overrides.append("train.parallel=ddp")
             raw = apply_overrides(raw, ["train.parallel=ddp"])
-        run_config_from_dict(raw, where=args.config)  # bad input: one line here, not once per rank
-        return _launch(args, overrides)
+        checked = run_config_from_dict(raw, where=args.config)  # bad input: one line here, not once per rank
+        return _launch(args, overrides, checked.run_dir)
     cfg = run_config_from_dict(raw, where=args.config)
     model_keys = set((raw.get("model") or {}).keys()) if isinstance(raw.get("model"), dict) else set()
     tune_malloc()
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch(args: argparse.Namespace, overrides: list[str]) -> int:
+def _launch(args: argparse.Namespace, overrides: list[str], run_dir: Any) -> int:
     """``--nproc N``: start N copies of this command through torch.distributed's elastic
     launcher (what torchrun runs, standalone rendezvous on a free local port). If a rank dies
     the launcher stops the others; this prints one line naming it and the last checkpoint."""
@@ -86,7 +86,6 @@ def _launch(args: argparse.Namespace, overrides: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from archlab.train.config import run_config_from_dict
     from archlab.train.parallel import rank_died_message
 
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # our one line instead
@@ -102,8 +101,6 @@ def _launch(args: argparse.Namespace, overrides: list[str]) -> int:
             os.environ["OMP_NUM_THREADS"] = "1"
         elastic_launch(config, sys.executable)(*child)
     except ChildFailedError as e:
-        raw = apply_overrides(load_yaml(args.config), overrides)
-        run_dir = run_config_from_dict(raw, where=args.config).run_dir
         raise ArchlabError(f"{rank_died_message(e)}; the other ranks were stopped. "
                            + _checkpoint_note(run_dir)) from None
     finally:
