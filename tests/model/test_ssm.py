@@ -10,6 +10,7 @@ import torch
 from archlab import build_model
 from archlab.config import ModelConfig, SSMConfig, model_config_from_dict
 from archlab.errors import ConfigError
+from archlab.model import ssm
 from archlab.model.ssm import (
     Mamba,
     Mamba2,
@@ -78,6 +79,39 @@ def test_mamba1_chunked_is_exact_for_large_steps():
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y.double(), ref[0], **TOL[torch.float32])
     torch.testing.assert_close(h.double(), ref[1], **TOL[torch.float32])
+
+
+# one block per chunk; or blocks of 2 of the 6 channels (2 x 8 x 5 state elements per
+# channel in a chunk of 8), so the blocked forward and the hand-written backward cross blocks
+@pytest.mark.parametrize("tile", [10**9, 2 * 8 * 5 * 2], ids=["one-block", "channel-blocks"])
+def test_mamba1_scan_gradients_equal_autograd_of_reference(monkeypatch, tile):
+    """The chunked scan's hand-written backward (adjoint scan, states recomputed per block)
+    gives the gradients autograd takes through the sequential reference, for every input
+    (h0 included) and both outputs, in fp64, over 5 chunks (37 = 4*8 + 5)."""
+    monkeypatch.setattr(ssm, "_TILE_ELEMS", tile)
+    ins = [t.requires_grad_(True) for t in _mamba1_inputs(torch.float64, 37, dt_scale=0.3)]
+    g = torch.Generator().manual_seed(1)
+    y, h = selective_scan_chunked(*ins, chunk_size=8)
+    wy = torch.randn(y.shape, generator=g, dtype=y.dtype)
+    wh = torch.randn(h.shape, generator=g, dtype=h.dtype)
+    got = torch.autograd.grad((y * wy).sum() + (h * wh).sum(), ins)
+    y0, h0 = selective_scan_ref(*ins)
+    want = torch.autograd.grad((y0 * wy).sum() + (h0 * wh).sum(), ins)
+    torch.testing.assert_close(y, y0, atol=1e-10, rtol=1e-10)
+    for name, a, b in zip(("u", "delta", "A", "B", "C", "D", "h0"), got, want):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9, msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+def test_mamba1_scan_keeps_no_state_sized_tensor_for_backward():
+    """Autograd keeps the scan's inputs and one state per chunk, not the (B, T, D, N) states
+    (what lets a training step at T=4096 fit): the saved tensors of the graph are counted."""
+    ins = [t.requires_grad_(True) for t in _mamba1_inputs(torch.float32, 64)]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        y, h = selective_scan_chunked(*ins, chunk_size=16)
+    B, T, D = ins[0].shape
+    N = ins[2].shape[1]
+    assert max(saved) == B * T * D  # the largest saved tensors are the (B, T, D) inputs
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])

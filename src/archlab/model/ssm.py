@@ -26,7 +26,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 
 from archlab.config import SSMConfig
@@ -74,52 +73,133 @@ def selective_scan_chunked(
     """The selective scan as cumulative sums over chunks (same arguments as
     :func:`selective_scan_ref`).
 
-    Inside a chunk, with S_t = sum_{s<=t} dt_s A (<= 0, from the chunk start),
-    ``h_t = exp(S_t) * (h_start + cumsum_s(exp(-S_s) * dt_s B_s x_s))``: two cumsums and
+    Inside a chunk, with Lambda_t = sum_{s<=t} dt_s (from the chunk start) and S_t =
+    Lambda_t A (<= 0; A is constant in time, so one small cumsum gives every decay),
+    ``h_t = exp(S_t) * (h_start + cumsum_s(exp(-S_s) * dt_s B_s x_s))``: cumsums and
     elementwise products, no loop over time. exp(-S) grows along the chunk, so the chunk is
     cut short enough that |S| stays within a budget (fp32: 50, so exp(50) ~ 5e21 and the
     weights exp(S_t - S_s) keep a relative error about 1e-5 or better); the bound is taken
     from the largest dt*|A| of this call, so any dt, however large, is exact (shorter chunks).
+
+    Speed and memory on CPU: each chunk is cut further into blocks of channels of about
+    ``_TILE_ELEMS`` (B, q, d, N) elements, so the state-sized intermediates stay in cache
+    (a fresh 80 MB tensor per elementwise op costs more in page faults than the arithmetic).
+    With autograd the scan is one :class:`torch.autograd.Function` that keeps only its
+    inputs and the state at each chunk start, and recomputes a block's states in backward
+    (as mamba-ssm's fused kernel does): a training step holds (B, T, D)-sized tensors, not
+    the (B, T, D, N) ones autograd (and HF's slow path) would keep for the whole sequence.
     """
     Bsz, T, Dn = u.shape
     N = A.shape[1]
-    h = h0 if h0 is not None else u.new_zeros(Bsz, Dn, N)
     if T == 0:
-        return u.new_zeros(Bsz, 0, Dn), h
+        y = u.new_zeros(Bsz, 0, Dn)
+        return y, (h0 if h0 is not None else u.new_zeros(Bsz, Dn, N))
     # largest one-step decay |dt * A| of this call: bounds |S| over a chunk
     max_step = float((delta.detach().amax(dim=(0, 1)) * (-A.detach()).amax(-1)).max())
     budget = _DECAY_BUDGET.get(u.dtype, _DECAY_BUDGET_DEFAULT)
     Q = int(max(1, min(chunk_size, budget // max(max_step, 1e-30))))
     du = delta * u  # (B, T, D)
-    # With autograd, each chunk is recomputed in the backward pass (activation checkpointing)
-    # instead of keeping its (B, q, D, N) intermediates: the memory of a training step then
-    # holds (B, T, D)-sized tensors and one chunk's state tensors, not the (B, T, D, N) ones
-    # the plain form (and HF's slow path) keep alive for the whole sequence.
-    recompute = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (u, delta, A, B, C) + ((h0,) if h0 is not None else ()))
-    ys = []
-    for s in range(0, T, Q):
-        e = min(s + Q, T)
-        args = (delta[:, s:e], du[:, s:e], A, B[:, s:e], C[:, s:e], h)
-        if recompute:
-            yc, h = torch.utils.checkpoint.checkpoint(_scan_chunk, *args, use_reentrant=False)
-        else:
-            yc, h = _scan_chunk(*args)
-        ys.append(yc)
-    y = torch.cat(ys, 1) if len(ys) > 1 else ys[0]
+    h = h0 if h0 is not None else u.new_zeros(Bsz, Dn, N)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (du, delta, A, B, C, h)):
+        y, h = _SelectiveScan.apply(delta, du, A, B, C, h, Q)
+    else:
+        y, h, _ = _scan_forward(delta, du, A, B, C, h, Q)
     if D is not None:
         y = y + u * D
     return y, h
 
 
-def _scan_chunk(delta: torch.Tensor, du: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                C: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One chunk of :func:`selective_scan_chunked`: delta, du (B, q, D); B, C (B, q, N); h the
-    state before the chunk (B, D, N) -> y (B, q, D) without the D skip, state after."""
-    S = (delta[..., None] * A).cumsum(1)  # (B, q, D, N), <= 0, from the chunk start
-    dBu = du[..., None] * B[:, :, None, :]  # (B, q, D, N)
-    hs = torch.exp(S) * (h[:, None] + (torch.exp(-S) * dBu).cumsum(1))  # (B, q, D, N)
-    return (hs * C[:, :, None, :]).sum(-1), hs[:, -1]
+# Elements of one (B, q, d, N) block of the Mamba-1 scan (4 MB in fp32): measured on a 2-core
+# EPYC, one Mamba decoder training step took 8.5 s unblocked, 2.8 s at 2^20, 3.0 s at 2^22
+# and 4.6 s at 2^18 (more Python overhead per element).
+_TILE_ELEMS = 1 << 20
+
+
+def _blocks(Bsz: int, T: int, Dn: int, N: int, Q: int):
+    """(chunk start, end, [(channel start, end), ...]) over the time chunks of length Q."""
+    for s in range(0, T, Q):
+        e = min(s + Q, T)
+        d = max(1, min(Dn, _TILE_ELEMS // max(1, Bsz * (e - s) * N)))
+        yield s, e, [(c, min(c + d, Dn)) for c in range(0, Dn, d)]
+
+
+def _scan_forward(delta: torch.Tensor, du: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                  C: torch.Tensor, h: torch.Tensor, Q: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """The scan without autograd: y (B, T, D) without the D skip, final state (B, D, N), and
+    the state before each chunk (for the backward pass)."""
+    Bsz, T, Dn = du.shape
+    N = A.shape[1]
+    y = du.new_empty(Bsz, T, Dn)
+    starts = []
+    with torch.no_grad():
+        for s, e, chans in _blocks(Bsz, T, Dn, N, Q):
+            starts.append(h)
+            h_next = h.new_empty(h.shape)
+            for c0, c1 in chans:
+                H, _, _ = _block_states(delta[:, s:e, c0:c1], du[:, s:e, c0:c1], A[c0:c1], B[:, s:e], h[:, c0:c1])
+                y[:, s:e, c0:c1] = (H * C[:, s:e, None, :]).sum(-1)
+                h_next[:, c0:c1] = H[:, -1]
+            h = h_next
+    return y, h, starts
+
+
+def _block_states(delta: torch.Tensor, du: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                  h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One block: delta, du (B, q, d); A (d, N); B (B, q, N); h (B, d, N) the state before
+    the chunk -> states H (B, q, d, N), decays E = exp(S) and inputs b = dt B x (same shape)."""
+    E = (delta.cumsum(1)[..., None] * A).exp_()  # (B, q, d, N), in (0, 1]
+    b = du[..., None] * B[:, :, None, :]  # (B, q, d, N)
+    H = (b / E).cumsum_(1).add_(h[:, None]).mul_(E)
+    return H, E, b
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """The chunked scan with a hand-written backward pass (the adjoint is the same scan run
+    backwards in time). With a_t = exp(dt_t A), h_t = a_t h_{t-1} + b_t, y_t = <h_t, C_t>:
+    the adjoint of h_t is g_t = C_t gy_t + a_{t+1} g_{t+1}; then grad b_t = g_t,
+    grad C_t = sum_d h_t gy_t, grad dt_t = sum_n A g_t (h_t - b_t) (since a_t h_{t-1} =
+    h_t - b_t) and grad A = sum_{b,t} dt_t g_t (h_t - b_t)."""
+
+    @staticmethod
+    def forward(ctx, delta, du, A, B, C, h0, Q):  # noqa: D102
+        y, h, starts = _scan_forward(delta, du, A, B, C, h0, Q)
+        ctx.Q = Q
+        ctx.save_for_backward(delta, du, A, B, C, *starts)
+        return y, h
+
+    @staticmethod
+    def backward(ctx, gy, gh):  # noqa: D102
+        delta, du, A, B, C, *starts = ctx.saved_tensors
+        Bsz, T, Dn = du.shape
+        N = A.shape[1]
+        gy = gy if gy is not None else du.new_zeros(Bsz, T, Dn)
+        g_delta, g_du = torch.empty_like(delta), torch.empty_like(du)
+        g_A = torch.zeros_like(A)
+        g_B, g_C = torch.zeros_like(B), torch.zeros_like(C)
+        blocks = list(_blocks(Bsz, T, Dn, N, ctx.Q))
+        # gh: adjoint of the state after the chunk being processed (None: zero)
+        for (s, e, chans), h in zip(reversed(blocks), reversed(starts)):
+            g_prev = h.new_empty(h.shape)
+            for c0, c1 in chans:
+                H, E, b = _block_states(delta[:, s:e, c0:c1], du[:, s:e, c0:c1], A[c0:c1], B[:, s:e],
+                                        h[:, c0:c1])
+                gyb = gy[:, s:e, c0:c1]
+                # g_t = sum_{u>=t} (E_u / E_t) C_u gy_u + (E_q / E_t) gh: a reverse cumsum,
+                # flipped so it accumulates from the end (E_u / E_t <= 1 for u >= t)
+                G = (gyb[..., None] * C[:, s:e, None, :]).mul_(E).flip(1).cumsum_(1).flip(1)
+                if gh is not None:
+                    G.add_(E[:, -1:] * gh[:, None, c0:c1])
+                G.div_(E)
+                g_prev[:, c0:c1] = G[:, 0] * E[:, 0]  # adjoint of the chunk's start state
+                g_C[:, s:e] += (H * gyb[..., None]).sum(2)
+                g_du[:, s:e, c0:c1] = (G * B[:, s:e, None, :]).sum(-1)
+                g_B[:, s:e] += (G * du[:, s:e, c0:c1, None]).sum(2)
+                M = H.sub_(b).mul_(G)  # g_t (h_t - b_t) = g_t a_t h_{t-1}
+                g_delta[:, s:e, c0:c1] = (M * A[c0:c1]).sum(-1)
+                g_A[c0:c1] += (M * delta[:, s:e, c0:c1, None]).sum((0, 1))
+            gh = g_prev
+        return g_delta, g_du, g_A, g_B, g_C, gh, None
 
 
 def selective_scan_step(
@@ -197,7 +277,8 @@ def ssd_chunked(
     decay 1 and no input, so the final state is unchanged)."""
     Bsz, T, H, P = x.shape
     N = B.shape[-1]
-    Q = chunk_size
+    # a chunk no longer than the sequence: padding 47 tokens to a 64-chunk would waste a third
+    Q = max(1, min(chunk_size, T))
     pad = (-T) % Q
     xd = x * dt[..., None]  # (B, T, H, P)
     a = dt * A  # (B, T, H)
