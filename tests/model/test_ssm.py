@@ -110,7 +110,6 @@ def test_mamba1_scan_keeps_no_state_sized_tensor_for_backward():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         y, h = selective_scan_chunked(*ins, chunk_size=16)
     B, T, D = ins[0].shape
-    N = ins[2].shape[1]
     assert max(saved) == B * T * D  # the largest saved tensors are the (B, T, D) inputs
 
 
