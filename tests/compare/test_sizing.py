@@ -74,9 +74,9 @@ def test_ssm_preset_entries_size_within_tolerance():
         assert abs(s.deviation) <= 0.10, (e.label, s.rule)
         kinds[e.label] = s.cfg
         curve = decode_memory_curve(s.cfg, [10, 100], SHAPE.src_len)
-        if e.label == "mamba decoder":
+        if e.label == "mamba-2 decoder":
             assert curve[0]["total"] == curve[1]["total"] > 0  # constant in length
         else:
             assert curve[1]["kv"] > curve[0]["kv"] > 0
-    assert {m for m, _ in kinds["mamba decoder"].layer_kinds("decoder")} == {"mamba"}
-    assert {m for m, _ in kinds["hybrid decoder"].layer_kinds("decoder")} == {"mamba", "attention"}
+    assert {m for m, _ in kinds["mamba-2 decoder"].layer_kinds("decoder")} == {"mamba2"}
+    assert {m for m, _ in kinds["hybrid decoder"].layer_kinds("decoder")} == {"mamba2", "attention"}

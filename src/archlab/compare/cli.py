@@ -14,6 +14,8 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None,
                    help="demo (default: en-de translation sized for a 2-core CPU, ~24 min), "
                         "sweep (tuned per entry at each of three budgets, 3 seeds at the largest; 2-core CPU, see README), "
+                        "ssm (transformers vs Mamba-2 and hybrid decoders; 2-core CPU, see README), "
+                        "moe (dense vs mixture-of-experts; 2-core CPU, see README), "
                         "smoke (~2 min end-to-end check), t5-table2 (the T5 paper's grid; for GPUs)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/compare-<name>); "
                    "running again with the same DIR resumes")
