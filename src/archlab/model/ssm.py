@@ -274,45 +274,51 @@ def ssd_chunked(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SSD in its chunked matrix form (Dao & Gu 2024, Sec. 7 / ``ssd_minimal``); arguments
     as :func:`ssd_ref`. The length is zero-padded to a multiple of the chunk (dt = 0 there:
-    decay 1 and no input, so the final state is unchanged)."""
+    decay 1 and no input, so the final state is unchanged).
+
+    Computed per B/C group, not per head: the heads of a group share B and C, so C_l . B_s
+    and the products with B and C are formed once per group (heads h = g * H/G + j, the
+    repeat_interleave layout), not H/G times as with B and C repeated to every head."""
     Bsz, T, H, P = x.shape
-    N = B.shape[-1]
+    G, N = B.shape[2], B.shape[-1]
+    J = H // G  # heads per group
     # a chunk no longer than the sequence: padding 47 tokens to a 64-chunk would waste a third
     Q = max(1, min(chunk_size, T))
     pad = (-T) % Q
     xd = x * dt[..., None]  # (B, T, H, P)
     a = dt * A  # (B, T, H)
-    Bh, Ch = _heads(B, H), _heads(C, H)
+    Bp, Cp = B, C
     if pad:
         xd = F.pad(xd, (0, 0, 0, 0, 0, pad))
         a = F.pad(a, (0, 0, 0, pad))
-        Bh = F.pad(Bh, (0, 0, 0, 0, 0, pad))
-        Ch = F.pad(Ch, (0, 0, 0, 0, 0, pad))
+        Bp = F.pad(Bp, (0, 0, 0, 0, 0, pad))
+        Cp = F.pad(Cp, (0, 0, 0, 0, 0, pad))
     nc = (T + pad) // Q
-    xd = xd.view(Bsz, nc, Q, H, P)
-    Bh = Bh.view(Bsz, nc, Q, H, N)
-    Ch = Ch.view(Bsz, nc, Q, H, N)
-    a = a.view(Bsz, nc, Q, H).permute(0, 3, 1, 2)  # (B, H, c, l)
+    xd = xd.view(Bsz, nc, Q, G, J, P)
+    Bp = Bp.reshape(Bsz, nc, Q, G, N)
+    Cp = Cp.reshape(Bsz, nc, Q, G, N)
+    a = a.view(Bsz, nc, Q, G, J).permute(0, 3, 4, 1, 2)  # (B, G, J, c, l)
     a_cum = a.cumsum(-1)
     # 1. within chunks: a masked "attention" C_l . B_s exp(sum_{s<k<=l} a_k)
-    L = torch.exp(_segsum(a))  # (B, H, c, l, s)
-    G = torch.einsum("bclhn,bcshn->bhcls", Ch, Bh)
-    y = torch.einsum("bhcls,bcshp->bclhp", G * L, xd)
+    L = torch.exp(_segsum(a))  # (B, G, J, c, l, s)
+    CB = torch.einsum("bclgn,bcsgn->bgcls", Cp, Bp)  # (B, G, c, l, s), once per group
+    y = torch.einsum("bgjcls,bcsgjp->bclgjp", L * CB[:, :, None], xd)
     # 2. state at the end of each chunk from its own inputs
-    decay = torch.exp(a_cum[..., -1:] - a_cum)  # (B, H, c, l)
-    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bh, decay, xd)
+    decay = torch.exp(a_cum[..., -1:] - a_cum)  # (B, G, J, c, l)
+    states = torch.einsum("bclgn,bclgjp->bcgjpn", Bp, xd * decay.permute(0, 3, 4, 1, 2)[..., None])
     # 3. states passed across chunks (a segsum over chunk totals)
-    init = h0[:, None] if h0 is not None else states.new_zeros(Bsz, 1, H, P, N)
-    states = torch.cat([init, states], 1)  # (B, c+1, H, P, N)
-    chunk_decay = torch.exp(_segsum(F.pad(a_cum[..., -1], (1, 0))))  # (B, H, c+1, c+1)
-    states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)
+    init = (h0.view(Bsz, 1, G, J, P, N) if h0 is not None else states.new_zeros(Bsz, 1, G, J, P, N))
+    states = torch.cat([init, states], 1)  # (B, c+1, G, J, P, N)
+    chunk_decay = torch.exp(_segsum(F.pad(a_cum[..., -1], (1, 0))))  # (B, G, J, c+1, c+1)
+    states = torch.einsum("bgjzc,bcgjpn->bzgjpn", chunk_decay, states)
     prev, final = states[:, :-1], states[:, -1]
     # 4. each position reads its chunk's start state
-    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", Ch, prev, torch.exp(a_cum))
+    y_off = torch.einsum("bclgn,bcgjpn->bclgjp", Cp, prev)
+    y = y + y_off * torch.exp(a_cum).permute(0, 3, 4, 1, 2)[..., None]
     y = y.reshape(Bsz, nc * Q, H, P)[:, :T]
     if D is not None:
         y = y + x * D[:, None]
-    return y, final
+    return y, final.reshape(Bsz, H, P, N)
 
 
 # ---------------------------------------------------------------------------------------------
