@@ -189,7 +189,7 @@ def _row(entry, scale=1.0, **kw):
 def test_label_table_leaves_out_decoding_columns_and_shows_truncation():
     rows = [_row("encoder"), _row("decoder", examples_truncated=30, truncated_fraction=0.25)]
     head, body = _main_table(aggregate(rows), "label", rows)
-    for col in ("KV/ex", "len ratio", "repeat", "dec tok/s"):
+    for col in ("state/ex", "len ratio", "repeat", "dec tok/s"):
         assert col not in head
     assert "trunc" in head and body[1][head.index("trunc")] == "0.250"
 

@@ -419,7 +419,7 @@ def test_label_task_bootstraps_accuracy_and_drops_decoding_columns(tmp_path):
     assert by["decoder"]["p_value"] < 0.01 and "per example" in by["decoder"]["test"]
     assert doc["verdict"][0].startswith("Quality: **encoder** wins on accuracy")
     head, _ = _md_table((tmp_path / "report.md").read_text(), "Results (mean ± sd over seeds)")
-    assert "accuracy" in head and not {"KV/ex", "len ratio", "repeat", "dec tok/s"} & set(head)
+    assert "accuracy" in head and not {"state/ex", "len ratio", "repeat", "dec tok/s"} & set(head)
 
 
 def test_results_without_the_new_fields_still_report(tmp_path):
@@ -534,3 +534,12 @@ def test_moe_entry_reports_active_parameters_and_expert_load(tmp_path):
     doc = _write(dense, [_row(dense, "decoder", 0, _noisy(refs, 0.3, 1), refs)], [0])
     assert not any(v.startswith("Mixture of experts") for v in doc["verdict"])
     assert "active params" not in (dense / "report.md").read_text() and not (dense / "expert_load.png").exists()
+
+
+def test_smallest_decoding_state_counts_the_ssm_state():
+    """A Mamba decoder keeps no K/V but a fixed state: the verdict ranks entries by K/V plus
+    SSM state, not by K/V alone (which would call the Mamba decoder's 0 B the smallest)."""
+    mamba = {**_agg("mamba decoder", 40.0), "kv_cache_bytes_per_example": 0.0,
+             "ssm_state_bytes_per_example": 5000.0, "decode_state_bytes_per_example": 5000.0}
+    line = _latency_line([_agg("decoder", 30.0), mamba])
+    assert "smallest decoding state (KV cache + SSM state) per example is decoder's (1.00kB)" in line

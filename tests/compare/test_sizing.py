@@ -80,3 +80,27 @@ def test_ssm_preset_entries_size_within_tolerance():
             assert curve[1]["kv"] > curve[0]["kv"] > 0
     assert {m for m, _ in kinds["mamba-2 decoder"].layer_kinds("decoder")} == {"mamba2"}
     assert {m for m, _ in kinds["hybrid decoder"].layer_kinds("decoder")} == {"mamba2", "attention"}
+
+
+def test_decoding_state_in_results_counts_kv_only_for_attention_layers():
+    """The compare results' decoding state: K/V for the decoder's attention layers only and
+    the Mamba layers' fixed states (a pure Mamba decoder keeps no K/V; a hybrid keeps K/V in
+    its one attention layer of three), equal to model.flops.decode_memory per beam."""
+    from archlab.compare.worker import kv_cache_bytes, ssm_state_bytes
+    from archlab.model.flops import decode_memory
+
+    base = dict(arch="decoder", vocab_size=500, d_model=64, n_heads=4, n_layers=3, d_ff=128)
+    att, mamba = ModelConfig(**base), ModelConfig(**base, layers="MMM")
+    hybrid = ModelConfig(**base, layers="MMA")
+    src, tgt, beams = 10.0, 7.0, 2
+    length = int(src + 2 + tgt + 1)
+    for cfg in (att, mamba, hybrid):
+        want = decode_memory(cfg, length)
+        assert kv_cache_bytes(cfg, src, tgt, beams) == want.kv * beams
+        assert ssm_state_bytes(cfg, beams) == want.ssm_state * beams
+    assert kv_cache_bytes(mamba, src, tgt, beams) == 0 < ssm_state_bytes(mamba, beams)
+    assert kv_cache_bytes(hybrid, src, tgt, beams) * 3 == kv_cache_bytes(att, src, tgt, beams)
+    assert ssm_state_bytes(att, beams) == 0
+    ed = ModelConfig(**{**base, "arch": "encoder-decoder"}, layers="AAA/MMA")
+    want = decode_memory(ed, int(tgt + 1), src_len=int(src + 1))
+    assert kv_cache_bytes(ed, src, tgt, 1) == want.kv + want.cross_kv

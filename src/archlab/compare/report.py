@@ -61,7 +61,8 @@ CSV_FIELDS = [
     "train_flops", "tune_flops", "tuned", "lr", "train_time_s", "peak_memory_bytes", "val_loss", "bleu", "chrf",
     "rouge1", "rouge2", "rougeL", "accuracy", "macro_f1", "ppl", "bpb", "ablation_bleu", "ablation_chrf",
     "ablation_rougeL", "len_ratio", "repetition_rate", "decode_tokens_per_s", "latency_ms_per_example",
-    "kv_cache_bytes_per_example", "num_beams", "examples_truncated", "truncated_fraction", "outputs_path",
+    "kv_cache_bytes_per_example", "ssm_state_bytes_per_example", "decode_state_bytes_per_example", "num_beams",
+    "examples_truncated", "truncated_fraction", "outputs_path",
 ]
 _GROUP_KEYS = ("entry", "arch", "objective", "pretrain_objective", "layers", "d_model", "d_ff", "num_beams")
 
@@ -100,6 +101,13 @@ def normalize(r: dict[str, Any], tokens_per_example: float | None = None) -> dic
     if isinstance(out.get("tuned"), dict):
         out["tuned"] = out["tuned"] or None
     return out
+
+
+def decode_state_bytes(a: dict[str, Any]) -> float | None:
+    """Decoding state per example: attention K/V (cross-attention included) plus the Mamba
+    layers' states; results written before the SSM state was recorded hold K/V only."""
+    v = a.get("decode_state_bytes_per_example")
+    return v if _num(v) else a.get("kv_cache_bytes_per_example")
 
 
 def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -409,7 +417,7 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
     if lat:
         ranked = sorted(lat, key=lambda a: a["latency_ms_per_example"])
         f = ranked[0]
-        kv = min(lat, key=lambda a: a.get("kv_cache_bytes_per_example") or float("inf"))
+        kv = min(lat, key=lambda a: decode_state_bytes(a) or float("inf"))
         if task_kind == "label":  # no decoding: the pooled head's batched time per example
             line = (f"Inference cost: **{f['entry']}** classifies fastest "
                     f"({_fmt(f['latency_ms_per_example'], 2)} ms per example, batched)")
@@ -425,8 +433,8 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
             else:
                 line += f"; {second['entry']}, the next, takes {rel + 1:.2f}x as long"
         if task_kind != "label":
-            line += (f"; the smallest KV cache per example is {kv['entry']}'s "
-                     f"({_human(kv.get('kv_cache_bytes_per_example'), 'B')})")
+            line += (f"; the smallest decoding state (KV cache + SSM state) per example is {kv['entry']}'s "
+                     f"({_human(decode_state_bytes(kv), 'B')})")
         lines.append(line + ".")
     return lines
 
@@ -784,10 +792,10 @@ def make_plots(results: list[dict[str, Any]], agg: list[dict[str, Any]], task_ki
         else:
             axes[0].set_ylabel("ms per example (batch 1)")
             axes[0].set_title(f"Decoding latency, beam {lat[0]['num_beams']}")
-            axes[1].bar(names, [(a.get("kv_cache_bytes_per_example") or 0) / 1024 for a in lat],
+            axes[1].bar(names, [(decode_state_bytes(a) or 0) / 1024 for a in lat],
                         color=[color[n] for n in names])
             axes[1].set_ylabel("KiB per example")
-            axes[1].set_title("KV cache incl. cross-attention")
+            axes[1].set_title("Decoding state: KV (incl. cross) + SSM")
         for ax in axes:
             ax.tick_params(axis="x", rotation=20, labelsize=8)
             ax.grid(alpha=0.3, axis="y")
@@ -887,7 +895,7 @@ def _main_table(agg: list[dict[str, Any]], task_kind: str,
     if any(a.get("test") for a in agg):  # a paired test ran
         head += [f"Δ{label} vs best", "p vs best"]
     head += ["val loss", *(["trunc"] if has["truncated_fraction"] else []), "train s",
-             *(["dec tok/s"] if decoding else []), "ms/ex", *(["KV/ex", "len ratio", "repeat"] if decoding else [])]
+             *(["dec tok/s"] if decoding else []), "ms/ex", *(["state/ex", "len ratio", "repeat"] if decoding else [])]
     rows = []
     for a in agg:
         obj = a["objective"] if not a.get("pretrain_objective") else f"{a['pretrain_objective']} → {a['objective']}"
@@ -910,7 +918,7 @@ def _main_table(agg: list[dict[str, Any]], task_kind: str,
         row += [_pm(a, "val_loss", 3), *([_fmt(a.get("truncated_fraction"), 3)] if has["truncated_fraction"] else []),
                 _fmt(a.get("train_time_s"), 1), *([_fmt(a.get("decode_tokens_per_s"), 0)] if decoding else []),
                 _fmt(a.get("latency_ms_per_example"), 1),
-                *([_human(a.get("kv_cache_bytes_per_example"), "B"), _fmt(a.get("len_ratio"), 2),
+                *([_human(decode_state_bytes(a), "B"), _fmt(a.get("len_ratio"), 2),
                    _fmt(a.get("repetition_rate"), 3)] if decoding else [])]
         rows.append(row)
     return head, rows
@@ -1050,8 +1058,9 @@ def write_report(
           "## Results (mean ± sd over seeds)", "", _md_table(head, table), "",
           "Params: all parameters (embeddings included). FLOPs/ex: forward FLOPs of a typical example "
           "(training is 3x). train FLOPs: total FLOPs of the training run; tune FLOPs: spent on "
-          "the entry's tuning runs. KV/ex: K/V cache bytes per example while decoding (fp32, at the beam "
-          "size), cross-attention included. len ratio: output words / reference words; "
+          "the entry's tuning runs. state/ex: decoding state bytes per example (fp32, at the beam size): "
+          "K/V of the attention layers, cross-attention included, plus the Mamba layers' conv and SSM "
+          "states (constant in length). len ratio: output words / reference words; "
           "repeat: share of word 3-grams that repeat an earlier one in the same output (looping). "
           "src swapped: the score when every test source is replaced by another test example's "
           "(source ablation).", "",
@@ -1144,8 +1153,9 @@ img {{ max-width: 100%; }}
 <h2>Verdict</h2><ul class="verdict">{''.join(f'<li>{bold(v)}</li>' for v in verdict_lines)}</ul>
 <h2>Results (mean ± sd over seeds)</h2><div class="wide">{table(head, rows)}</div>
 <p class="note">Params: all parameters. FLOPs/ex: forward FLOPs of a typical example (training is 3x).
-train FLOPs: total FLOPs of the training run; tune FLOPs: spent on the entry's tuning runs. KV/ex: K/V
-cache bytes per example while decoding, cross-attention included. len ratio: output/reference
+train FLOPs: total FLOPs of the training run; tune FLOPs: spent on the entry's tuning runs. state/ex: decoding
+state bytes per example: K/V of the attention layers, cross-attention included, plus the Mamba
+layers' conv and SSM states (constant in length). len ratio: output/reference
 length; repeat: share of word 3-grams that repeat an earlier one in the same output (looping).
 src swapped: the score when every test source is replaced by another test example's (source ablation).</p>
 <p class="note">{e(note).replace('`', '')}</p>

@@ -78,17 +78,31 @@ def _eval_curve(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def kv_cache_bytes(cfg: Any, src_len: float, tgt_len: float, beams: int, bytes_per: int = 4) -> float:
-    """Bytes of K/V cached per example while decoding, cross-attention included.
+    """Bytes of K/V cached per example while decoding, cross-attention included; only the
+    decoder's attention layers keep self-attention K/V (a Mamba layer keeps a fixed state,
+    :func:`ssm_state_bytes`).
 
     Decoder-only / prefix-LM models keep K/V of the whole prompt (source) and the output in
-    every layer; an encoder-decoder keeps the output's self-attention K/V and the encoder's
-    cross-attention K/V in every decoder layer (computed once, Vaswani et al. 2017)."""
+    every attention layer; an encoder-decoder keeps the output's self-attention K/V in its
+    attention layers and the encoder's cross-attention K/V in every decoder layer (computed
+    once, Vaswani et al. 2017)."""
+    kinds = cfg.layer_kinds("decoder")
+    n_attn = sum(m == "attention" for m, _ in kinds)
     per_tok_layer = 2 * cfg.kv_heads * cfg.dim_head * bytes_per
     if cfg.arch == "encoder-decoder":
-        own = cfg.decoder_layers * per_tok_layer * (tgt_len + 1) * beams
-        cross = cfg.decoder_layers * per_tok_layer * (src_len + 1) * beams
+        own = n_attn * per_tok_layer * (tgt_len + 1) * beams
+        cross = len(kinds) * per_tok_layer * (src_len + 1) * beams
         return own + cross
-    return cfg.decoder_layers * per_tok_layer * (src_len + 2 + tgt_len + 1) * beams
+    return n_attn * per_tok_layer * (src_len + 2 + tgt_len + 1) * beams
+
+
+def ssm_state_bytes(cfg: Any, beams: int, bytes_per: int = 4) -> float:
+    """Bytes of the decoder's Mamba layers' decoding state (conv window + SSM state) per
+    example at ``beams`` beams: the same at every length."""
+    from archlab.model.flops import ssm_state_numbers
+
+    kinds = cfg.layer_kinds("decoder")
+    return sum(ssm_state_numbers(cfg, m) for m, _ in kinds if m != "attention") * bytes_per * beams
 
 
 def evaluate_job(job: Any, ds: Any) -> dict[str, Any]:
@@ -223,7 +237,11 @@ def run(job_path: str) -> None:
         **scores,
     }
     if job.task_kind == "pair":  # decoding state; a classifier keeps no cache
-        result["kv_cache_bytes_per_example"] = kv_cache_bytes(mcfg, shape["src_len"], shape["tgt_len"], beams)
+        kv = kv_cache_bytes(mcfg, shape["src_len"], shape["tgt_len"], beams)
+        state = ssm_state_bytes(mcfg, beams)
+        result["kv_cache_bytes_per_example"] = kv
+        result["ssm_state_bytes_per_example"] = state
+        result["decode_state_bytes_per_example"] = kv + state
     _write(run_dir, result)
 
 
