@@ -78,31 +78,26 @@ def _eval_curve(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def kv_cache_bytes(cfg: Any, src_len: float, tgt_len: float, beams: int, bytes_per: int = 4) -> float:
-    """Bytes of K/V cached per example while decoding, cross-attention included; only the
-    decoder's attention layers keep self-attention K/V (a Mamba layer keeps a fixed state,
-    :func:`ssm_state_bytes`).
+    """Bytes of K/V cached per example while decoding, cross-attention included
+    (:func:`archlab.model.flops.decode_memory`: only attention layers keep self-attention K/V).
 
-    Decoder-only / prefix-LM models keep K/V of the whole prompt (source) and the output in
-    every attention layer; an encoder-decoder keeps the output's self-attention K/V in its
-    attention layers and the encoder's cross-attention K/V in every decoder layer (computed
-    once, Vaswani et al. 2017)."""
-    kinds = cfg.layer_kinds("decoder")
-    n_attn = sum(m == "attention" for m, _ in kinds)
-    per_tok_layer = 2 * cfg.kv_heads * cfg.dim_head * bytes_per
+    Decoder-only / prefix-LM models keep K/V of the whole prompt (source) and the output;
+    an encoder-decoder keeps the output's self-attention K/V and the encoder's
+    cross-attention K/V in every decoder layer (computed once, Vaswani et al. 2017)."""
+    from archlab.model.flops import decode_memory
+
     if cfg.arch == "encoder-decoder":
-        own = n_attn * per_tok_layer * (tgt_len + 1) * beams
-        cross = len(kinds) * per_tok_layer * (src_len + 1) * beams
-        return own + cross
-    return n_attn * per_tok_layer * (src_len + 2 + tgt_len + 1) * beams
+        m = decode_memory(cfg, tgt_len + 1, src_len=src_len + 1, bytes_per_number=bytes_per)
+        return (m.kv + m.cross_kv) * beams
+    return decode_memory(cfg, src_len + 2 + tgt_len + 1, bytes_per_number=bytes_per).kv * beams
 
 
 def ssm_state_bytes(cfg: Any, beams: int, bytes_per: int = 4) -> float:
     """Bytes of the decoder's Mamba layers' decoding state (conv window + SSM state) per
     example at ``beams`` beams: the same at every length."""
-    from archlab.model.flops import ssm_state_numbers
+    from archlab.model.flops import decode_memory
 
-    kinds = cfg.layer_kinds("decoder")
-    return sum(ssm_state_numbers(cfg, m) for m, _ in kinds if m != "attention") * bytes_per * beams
+    return decode_memory(cfg, 0, bytes_per_number=bytes_per).ssm_state * beams
 
 
 def evaluate_job(job: Any, ds: Any) -> dict[str, Any]:

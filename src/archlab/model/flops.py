@@ -373,8 +373,8 @@ def flops_by_layer_type(cfg: ModelConfig, src_len: int = 0, tgt_len: int = 0, *,
 class DecodeMemory:
     """Decoding state of one example after ``length`` decoder tokens, in bytes."""
 
-    kv: int  # self-attention keys/values: grows with length
-    cross_kv: int  # encoder-decoder cross-attention keys/values: grows with the source only
+    kv: float  # self-attention keys/values: grows with length
+    cross_kv: float  # encoder-decoder cross-attention keys/values: grows with the source only
     ssm_state: int  # Mamba conv + SSM states: constant in length
 
     @property
@@ -392,10 +392,10 @@ def ssm_state_numbers(cfg: ModelConfig, mixer: str) -> int:
     return (di + 2 * s.n_groups * N) * (K - 1) + s.heads(d) * s.head_dim * N
 
 
-def decode_memory(cfg: ModelConfig, length: int, *, src_len: int = 0,
+def decode_memory(cfg: ModelConfig, length: float, *, src_len: float = 0,
                   bytes_per_number: int = 4) -> DecodeMemory:
-    """Bytes a decoder holds per example to decode token ``length + 1``: KV of its attention
-    layers (2 x n_kv_heads x head_dim per layer and token), cross-attention KV over
+    """Bytes a decoder holds per example to decode token ``length + 1`` (lengths may be mean
+    lengths, then the bytes are means too): KV of its attention layers (2 x n_kv_heads x head_dim per layer and token), cross-attention KV over
     ``src_len`` source tokens, and the constant recurrent states of its Mamba layers."""
     if not cfg.decoder_layers:
         raise ValueError(f"arch {cfg.arch} has no decoder")
