@@ -154,11 +154,12 @@ def test_imported_entry_with_model_overrides_and_pretraining(tmp_path):
                           {"name": "imp", "init_from": str(ck), "model": {"dropout": 0.2},
                            "pretrain": {"objective": "causal-lm", "steps": 3}}], f"tokenizer.path={ck}")
     _, jobs = _jobs(cfg)
-    job = [j for j in jobs if j.entry == "imp"][0]
+    job = [j for j in jobs if j.entry == "imp" and j.kind == "main"][0]
+    pre = [j for j in jobs if j.entry == "imp" and j.kind == "pretrain"][0]
     assert job.run.model.dropout == 0.2 and job.run.model.d_model == 48
     # pretraining continues from the checkpoint, fine-tuning from the pretrained model
-    assert job.pretrain.train.init_from == str(ck.resolve())
-    assert job.run.train.init_from == str(Path(job.run_dir) / "pretrain" / "model")
+    assert pre.run.train.init_from == str(ck.resolve()) and pre.run.model.dropout == 0.2
+    assert job.run.train.init_from == str(Path(pre.run_dir) / "model") and job.depends_on == [pre.run_dir]
 
 
 @pytest.mark.parametrize("entries,extra,msg", [

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from archlab.compare.config import CompareConfig, DecodeConfig, EntryConfig
 from archlab.compare.sizing import Shape, _cyclic, measure, size_to_budget
 from archlab.config import ModelConfig, from_dict, save_yaml, to_dict
 from archlab.errors import ArchlabError, ConfigError
+from archlab.objectives.layout import TaskLayout
 from archlab.train.config import ObjectiveConfig, RunConfig
 
 NATURAL_OBJECTIVE = {"pair": "seq2seq", "label": "classification", "text": "causal-lm"}
@@ -46,11 +48,12 @@ def _config_fingerprint(cfg: CompareConfig) -> dict[str, Any]:
 
 @dataclass
 class JobSpec:
-    """One compare job, typed: a tuning run (``kind == "tune"``: train and report the
-    validation score) or a full run (train, decode and score the test split). Written once to
-    ``jobs/*.json`` for its worker process, which reads it back with :func:`job_from_dict`."""
+    """One compare job, typed: a pretraining run (``kind == "pretrain"``: train, report its
+    cost), a tuning run (``"tune"``: train and report the validation score) or a full run
+    (``"main"``: train, decode and score the test split). Written once to ``jobs/*.json`` for
+    its worker process, which reads it back with :func:`job_from_dict`."""
 
-    kind: str  # "tune" | "main"
+    kind: str  # "pretrain" | "tune" | "main"
     entry: str
     arch: str
     seed: int
@@ -60,29 +63,26 @@ class JobSpec:
     run_dir: str
     out_dir: str  # the compare's output directory (outputs_path is relative to it)
     run: RunConfig
-    pretrain: RunConfig | None
     raw_model_keys: list[str]
     sizing: dict[str, Any]
     decode: DecodeConfig
     task_kind: str
-    tokens_per_example: float  # layout tokens of a typical (truncated) example: FLOPs per token
+    tokens_per_example: float  # tokens the trainer counts per typical example: FLOPs per token
     tuned: dict[str, Any] = field(default_factory=dict)  # values chosen by tuning (main jobs)
     candidate: dict[str, Any] = field(default_factory=dict)  # the values tried (tune jobs)
     tune_metric: str = "val_loss"
-    count_pretrain: bool = True  # tuning runs share one pretraining: the first one counts its FLOPs
     # a distilled entry's teacher: forward FLOPs per example it adds to every training example
     teacher_flops_per_example: float = 0.0
     teacher_run_dir: str | None = None
-    # tune.horizon full: the chosen tuning run of this entry, budget and seed; the worker takes
-    # its trained model and logs over instead of training the same run again
-    reuse_run_dir: str | None = None
+    # the pretraining job this run starts from (its result holds the pretraining's cost)
+    pretrain_run_dir: str | None = None
+    # run directories of jobs that must have finished first (teacher, pretraining)
+    depends_on: list[str] = field(default_factory=list)
 
 
 def job_to_dict(job: JobSpec) -> dict[str, Any]:
     d = to_dict(job)
-    for k in ("run", "pretrain"):  # RunConfig.data is a DataConfig; keep it a plain mapping
-        if d[k] is not None:
-            d[k]["data"] = to_dict(getattr(job, k).data)
+    d["run"]["data"] = to_dict(job.run.data)  # RunConfig.data is a DataConfig; keep it a plain mapping
     return d
 
 
@@ -91,10 +91,8 @@ def job_from_dict(d: dict[str, Any], where: str = "job") -> JobSpec:
 
     d = dict(d)
     run = run_config_from_dict(d.pop("run"), where=f"{where}: run")
-    pre = d.pop("pretrain")
-    pre = run_config_from_dict(pre, where=f"{where}: pretrain") if pre is not None else None
     decode = from_dict(DecodeConfig, d.pop("decode"), prefix="decode")
-    return JobSpec(run=run, pretrain=pre, decode=decode, **d)
+    return JobSpec(run=run, decode=decode, **d)
 
 
 def resolved_entries(cfg: CompareConfig, kind: str) -> list[EntryConfig]:
@@ -118,14 +116,11 @@ def pair_budgets(cfg: CompareConfig, kind: str) -> tuple[int | None, int | None]
     return (None, None)
 
 
-def _context(arch: str, src: int | None, tgt: int | None, max_len: int) -> int:
-    """train.max_len of a run: the longest input of the shared budgets in the family's layout
-    (a decoder-only sequence holds source, target and three specials)."""
-    if src is None:
-        return max_len
-    if tgt is None:
-        return src + 2
-    return src + tgt + 2 if arch in ("decoder", "prefix-lm") else max(src, tgt) + 1
+def task_layout(cfg: CompareConfig, kind: str) -> TaskLayout:
+    """The compare's shared budgets as a :class:`~archlab.objectives.layout.TaskLayout`: each
+    family's context (``train.max_len`` of its runs) and the batching length of an example."""
+    src, tgt = pair_budgets(cfg, kind)
+    return TaskLayout(kind, cfg.train.max_len, src, tgt)
 
 
 def tune_candidates(cfg: CompareConfig) -> list[dict[str, Any]]:
@@ -164,8 +159,19 @@ def main_run_dir(cfg: CompareConfig, out: Path, label: str, scale: float, seed: 
     return out / "runs" / _slug(label) / (f"scale-{_tag(scale)}" if multi else "") / f"seed-{seed}"
 
 
+def reported_seeds(cfg: CompareConfig) -> list[int]:
+    """Every seed a reported (main) run is trained with, at any budget scale."""
+    return sorted({s for _, seeds in scale_seeds(cfg) for s in seeds})
+
+
 def tuning_seed(cfg: CompareConfig) -> int:
-    return cfg.tune.seed if cfg.tune and cfg.tune.seed is not None else cfg.seeds[0]
+    """The tuning runs' seed: ``tune.seed``, else 1000 + the largest reported seed. Never a
+    reported seed (checked in the config): a reported run with the chosen values and the
+    tuning seed would be the very run chosen as the best of the candidates on validation,
+    and mean +- sd over seeds would mix one selected run with unselected ones."""
+    if cfg.tune is not None and cfg.tune.seed is not None:
+        return cfg.tune.seed
+    return 1000 + max(reported_seeds(cfg))
 
 
 def tuned_values(tuned: dict[Any, dict[str, Any]] | None, label: str, scale: float) -> dict[str, Any]:
@@ -175,13 +181,14 @@ def tuned_values(tuned: dict[Any, dict[str, Any]] | None, label: str, scale: flo
     return dict(tuned.get((label, scale), tuned.get(label, {})))
 
 
-def tuning_teacher(cfg: CompareConfig) -> tuple[float, int]:
+def tuning_teacher(cfg: CompareConfig, scale: float | None = None) -> tuple[float, int]:
     """(scale, seed) of the teacher entry's full run that a distilled entry's tuning runs read:
-    scale 1 if swept (else the largest), the tuning seed if run there (else that scale's first)."""
+    at ``scale`` (full-horizon tuning tunes each budget against that budget's teacher), else
+    scale 1 if swept (else the largest); that scale's first reported seed."""
     plan = dict(scale_seeds(cfg))
-    scale = 1.0 if 1.0 in plan else max(plan)
-    seed = cfg.tune.seed if cfg.tune and cfg.tune.seed is not None else cfg.seeds[0]
-    return scale, seed if seed in plan[scale] else plan[scale][0]
+    if scale is None:
+        scale = 1.0 if 1.0 in plan else max(plan)
+    return scale, plan[scale][0]
 
 
 def waves(entries: list[EntryConfig]) -> list[list[str]]:
@@ -194,17 +201,25 @@ def waves(entries: list[EntryConfig]) -> list[list[str]]:
 
 
 def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float, list[dict[str, Any]]],
-               kind: str, out: Path, tokens_per_example: float, tokenizer_path: str,
-               tuned: dict[Any, dict[str, Any]] | None = None, *, phase: str = "main",
-               reuse_dirs: dict[tuple[str, float], str] | None = None) -> list[JobSpec]:
+               kind: str, out: Path, tokens_per_example: float | Mapping[str, float], tokenizer_path: str,
+               tuned: dict[Any, dict[str, Any]] | None = None, *, phase: str = "main") -> list[JobSpec]:
     """Typed job specs: ``phase="tune"``, one per entry and tuning candidate (at scale 1, or
-    at every scale with ``tune.horizon: full``); else one per scale x entry x seed with each
-    entry's tuned values (:func:`tuned_values`). ``reuse_dirs``: (entry, scale) -> the chosen
-    full-horizon tuning run, taken over by that budget's main job of the tuning seed."""
+    at every scale with ``tune.horizon: full``), all at the tuning seed; else one per scale x
+    entry x reported seed with each entry's tuned values (:func:`tuned_values`). Every
+    reported run is trained afresh and evaluated with the compare's ``eval`` settings, so the
+    seeds of an entry are judged alike (no reported run is a selected tuning run).
+
+    An entry with pretraining adds one ``pretrain`` job per (scale, seed) its runs start from,
+    listed before them: the tuning candidates of a budget share one (the same model, seed and
+    pretraining settings), and a job waits for the runs in its ``depends_on``.
+    ``tokens_per_example``: per entry label (or one number for all), the tokens the trainer
+    counts per example in the entry's layout (FLOPs per token)."""
     from archlab.train.config import RunConfig, TrainConfig
 
-    src_budget, tgt_budget = pair_budgets(cfg, kind)
+    layout = task_layout(cfg, kind)
+    src_budget, tgt_budget = layout.max_source, layout.max_target
     jobs: list[JobSpec] = []
+    pretrain_jobs: dict[str, JobSpec] = {}
     index = {e.label: i for i, e in enumerate(entries)}
     plan: list[tuple[float, int, dict[str, Any] | None]] = []
     full = cfg.tune is not None and cfg.tune.horizon == "full"
@@ -220,6 +235,7 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
         if e.arch not in TASK_KIND_ARCHS[kind]:
             raise ConfigError(f"entry {e.label}: arch {e.arch} cannot do a {kind} task; choose one of: "
                               f"{', '.join(TASK_KIND_ARCHS[kind])}")
+        tpe = float(tokens_per_example[e.label] if isinstance(tokens_per_example, Mapping) else tokens_per_example)
         for scale, seed, cand in plan:
             s = sized[scale][i]
             chosen = tuned_values(tuned, e.label, scale) if cand is None else cand
@@ -227,25 +243,24 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
             if chosen.get("dropout") is not None:
                 model = replace(model, dropout=chosen["dropout"])
             steps = _scaled_steps(cfg.train.steps, scale, cfg.budget.scale_model)
-            tr: dict[str, Any] = {"seed": seed, "steps": steps,
-                                  "max_len": _context(e.arch, src_budget, tgt_budget, cfg.train.max_len),
+            tr: dict[str, Any] = {"seed": seed, "steps": steps, "max_len": layout.context(e.arch),
                                   "max_source_len": src_budget, "max_target_len": tgt_budget}
             ev = cfg.eval
             tr.update(e.train)  # the entry's own optimiser settings (ENTRY_TRAIN_KEYS); tuning wins
             if cfg.gpus_per_job > 1 and cfg.train.parallel == "none":
                 tr["parallel"] = "ddp"  # one rank per GPU of the job's slot
+            base_train = from_dict(TrainConfig, {**to_dict(cfg.train), **tr}, prefix="train")  # before tuning
             if chosen.get("lr") is not None:
                 tr["lr"] = chosen["lr"]
             if chosen.get("warmup_steps") is not None:
                 tr["warmup_steps"] = chosen["warmup_steps"]
-            reuse = None
             if cand is not None:
                 assert cfg.tune is not None
                 task_metric = cfg.tune.metric == "task"
                 metric = ("bleu" if kind == "pair" else "accuracy") if task_metric else "loss"
                 decode_examples = cfg.tune.decode_examples if task_metric and kind == "pair" else 0
                 name = "-".join(f"{k[:2]}{_tag(v)}" for k, v in cand.items() if v is not None)
-                if full:  # the budget's own run (same steps, checkpoints and evaluations)
+                if full:  # the budget's own run length, checkpoints and evaluations
                     ev = _full_tune_eval(cfg, kind)
                     sub = f"scale-{_tag(scale)}" if len(cfg.budget.scales) > 1 else ""
                     run_dir = out / "tune" / _slug(e.label) / sub / name
@@ -256,65 +271,116 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
                     run_dir = out / "tune" / _slug(e.label) / name
             else:
                 run_dir = main_run_dir(cfg, out, e.label, scale, seed)
-                if full and seed == tuning_seed(cfg):
-                    ev = _full_tune_eval(cfg, kind)  # as its tuning run evaluated
-                    reuse = (reuse_dirs or {}).get((e.label, scale))
             train = from_dict(TrainConfig, {**to_dict(cfg.train), **tr}, prefix="train")
             tok_cfg = replace(cfg.tokenizer, path=tokenizer_path)
             if e.init_from:  # the checkpoint's weights (pretraining below then starts from them)
                 train = replace(train, init_from=str(Path(e.init_from).resolve()))
+                base_train = replace(base_train, init_from=train.init_from)
             run_objective = ObjectiveConfig(objective, dict(e.objective_options))
             teacher_dir, teacher_flops = None, 0.0
+            depends: list[str] = []
             if e.distill_from:
-                # the teacher entry's full run of this scale and seed (entry order runs it first);
-                # tuning runs read the one of tuning_teacher()
-                t_scale, t_seed = (scale, seed) if cand is None or (full and seed in dict(scale_seeds(cfg))[scale]) \
-                    else tuning_teacher(cfg)
+                # the teacher entry's full run of this scale and seed (entry order runs it
+                # first); tuning runs (their seed is no reported seed) read tuning_teacher()'s
+                t_scale, t_seed = (scale, seed) if cand is None else tuning_teacher(cfg, scale if full else None)
                 teacher_dir = main_run_dir(cfg, out, e.distill_from, t_scale, t_seed)
                 teacher_flops = float(sized[scale][index[e.distill_from]]["flops_per_example"])
                 run_objective = ObjectiveConfig("distillation", {
                     **e.distill, "teacher": str(teacher_dir), "base": objective,
                     **({"base_options": dict(e.objective_options)} if e.objective_options else {})})
+                depends.append(str(teacher_dir))
             run = RunConfig(name=f"{e.label}-seed{seed}", out_dir=str(run_dir), model=model,
                             data=from_dict(_data_cls(), cfg.data, prefix="data"), tokenizer=tok_cfg,
                             objective=run_objective, train=train, eval=ev)
-            pre = None
+            pre_dir = None
             if e.pretrain is not None:
                 p = e.pretrain
-                # pretraining keeps its own layout (no shared pair budgets)
-                pre_train = replace(train, steps=p.steps, lr=p.lr or train.lr, max_len=cfg.train.max_len,
-                                    max_source_len=None, max_target_len=None)
-                # tuning candidates fine-tune from one shared pretraining run (done once)
-                pre_dir = run_dir.parent / "pretrain" if cand is not None else run_dir / "pretrain"
-                pre = replace(run, name=run.name + "-pretrain", out_dir=str(pre_dir),  # (plain, no teacher)
-                              data=from_dict(_data_cls(), p.data or cfg.data, prefix="pretrain.data"),
-                              objective=ObjectiveConfig(p.objective, dict(p.options)), train=pre_train,
-                              eval=replace(cfg.eval, metric="loss", decode_examples=0))
+                # one pretraining per (entry, scale, seed): the sized model (no tuning dropout)
+                # at pretrain.lr or the entry's own rate, never a tuning candidate's, so every
+                # candidate fine-tunes from the same weights; pretraining keeps its own layout
+                # (no shared pair budgets)
+                pre_dir = pretrain_dir(cfg, out, e.label, scale, seed)
+                if str(pre_dir) not in pretrain_jobs:
+                    pre_train = replace(base_train, steps=p.steps, lr=p.lr or base_train.lr,
+                                        max_len=cfg.train.max_len, max_source_len=None, max_target_len=None)
+                    pre = RunConfig(name=f"{e.label}-seed{seed}-pretrain", out_dir=str(pre_dir),
+                                    model=s["model"], tokenizer=tok_cfg, train=pre_train,
+                                    data=from_dict(_data_cls(), p.data or cfg.data, prefix="pretrain.data"),
+                                    objective=ObjectiveConfig(p.objective, dict(p.options)),
+                                    eval=replace(cfg.eval, metric="loss", decode_examples=0))
+                    pretrain_jobs[str(pre_dir)] = JobSpec(
+                        kind="pretrain", entry=e.label, arch=e.arch, seed=seed, scale=scale,
+                        objective=p.objective, pretrain_objective=None, run_dir=str(pre_dir), out_dir=str(out),
+                        run=pre, raw_model_keys=sorted(to_dict(s["model"])), sizing=_jsonable(s),
+                        decode=cfg.decode, task_kind=kind, tokens_per_example=tpe)
+                    jobs.append(pretrain_jobs[str(pre_dir)])
                 run = replace(run, train=replace(train, init_from=str(pre_dir / "model")))
+                depends.append(str(pre_dir))
             decode = cfg.decode
             if kind == "pair":  # timed afterwards, all entries interleaved (measure_latency)
                 decode = replace(decode, latency_examples=0)
             jobs.append(JobSpec(
                 kind="tune" if cand is not None else "main", entry=e.label, arch=e.arch, seed=seed,
                 scale=scale, objective=objective, pretrain_objective=e.pretrain.objective if e.pretrain else None,
-                run_dir=str(run_dir), out_dir=str(out), run=run, pretrain=pre,
+                run_dir=str(run_dir), out_dir=str(out), run=run,
                 raw_model_keys=sorted(to_dict(model)), sizing=_jsonable(s), decode=decode, task_kind=kind,
-                tokens_per_example=tokens_per_example, tuned=chosen if cand is None else {},
+                tokens_per_example=tpe, tuned=chosen if cand is None else {},
                 candidate=cand or {}, tune_metric=cfg.tune.metric if cfg.tune else "val_loss",
-                count_pretrain=cand is None or (scale, seed, cand) == plan[0],
                 teacher_flops_per_example=teacher_flops,
                 teacher_run_dir=str(teacher_dir) if teacher_dir is not None else None,
-                reuse_run_dir=reuse))
+                pretrain_run_dir=str(pre_dir) if pre_dir is not None else None, depends_on=depends))
     if phase == "main":
         # budget by budget, seed by seed, every entry in turn: an interrupted sweep has whole
-        # comparisons at the budgets it finished (sort is stable: entry order kept)
+        # comparisons at the budgets it finished (sort is stable: entry order kept, and a
+        # pretraining job before the run that starts from it)
         jobs.sort(key=lambda j: (j.scale, j.seed))
     return jobs
 
 
+def pretrain_dir(cfg: CompareConfig, out: Path, label: str, scale: float, seed: int) -> Path:
+    """Directory of an entry's pretraining run at one budget scale and seed (shared by the
+    tuning candidates of that budget, which all run at the tuning seed)."""
+    multi = len(cfg.budget.scales) > 1
+    return out / "pretrain" / _slug(label) / (f"scale-{_tag(scale)}" if multi else "") / f"seed-{seed}"
+
+
+def entry_tokens_per_example(cfg: CompareConfig, entries: list[EntryConfig], ds: Any, tok: Any,
+                             kind: str, n: int = 2000) -> dict[str, float]:
+    """Per entry, the tokens the trainer counts per example (encoder and decoder inputs,
+    :func:`~archlab.objectives.layout.counted_tokens`) over the sample that sets the typical
+    example shape, built by the entry's own objective in its layout and context: FLOPs per
+    example / this is the FLOPs per counted token its training is charged at."""
+    from archlab.data import tokenize_examples
+    from archlab.objectives import make_objective
+    from archlab.objectives.layout import counted_tokens
+    from archlab.train.run import examples_for_objective
+
+    layout = task_layout(cfg, kind)
+    sample = tokenize_examples(ds.train[:n], tok)
+    out = {}
+    for e in entries:
+        name = e.objective or NATURAL_OBJECTIVE[kind]
+        obj = make_objective(name, tok.special, e.arch, layout.context(e.arch), max_source_len=layout.max_source,
+                             max_target_len=layout.max_target, **dict(e.objective_options))
+        out[e.label] = counted_tokens(obj, examples_for_objective(sample, name))
+    return out
+
+
+def selection_note(cfg: CompareConfig, job: JobSpec) -> str:
+    """How a reported run was chosen, for the report and results.json."""
+    t = cfg.tune
+    if t is None or not t.lr:
+        return "trained once per seed at the configured settings (not tuned)"
+    how = ("full-length runs at each budget" if t.horizon == "full" else f"{t.steps}-step runs at budget scale 1")
+    values = ", ".join(f"{k} {v:g}" for k, v in job.tuned.items()) or "the configured values"
+    return (f"trained afresh per seed at {values}, chosen among {len(tune_candidates(cfg))} candidates by "
+            f"{'validation loss' if t.metric == 'val_loss' else 'the validation task metric'} of {how} with "
+            f"tuning seed {tuning_seed(cfg)} (not a reported seed)")
+
+
 def _full_tune_eval(cfg: CompareConfig, kind: str) -> Any:
-    """Evaluation of a full-horizon tuning run, and of the main run that takes it over: the
-    compare's, tracking the tuning metric (task metric: decoding that many validation examples)."""
+    """Evaluation of a full-horizon tuning run: the compare's, tracking the tuning metric
+    (task metric: decoding that many validation examples). Reported runs keep ``eval``."""
     assert cfg.tune is not None
     if cfg.tune.metric != "task":
         return replace(cfg.eval, metric="loss")
@@ -348,21 +414,19 @@ def validate(cfg: CompareConfig, entries: list[EntryConfig], kind: str, n_classe
     jobs = build_jobs(cfg, entries, stand_in, kind, cfg.run_dir, 1.0, "tokenizer", phase="tune")
     jobs += build_jobs(cfg, entries, stand_in, kind, cfg.run_dir, 1.0, "tokenizer", phase="main")
     for job in jobs:
-        for rc, what in ((job.run, "run"), (job.pretrain, "pretraining")):
-            if rc is None:
-                continue
-            where = (f"entry {job.entry}" + (f" (tuning {job.candidate})" if job.candidate else "")
-                     + (f" at budget scale {job.scale:g}" if job.scale != 1.0 else "") + f", {what}")
-            d = job_to_dict(job)["run" if what == "run" else "pretrain"]
-            if what == "run" and job.teacher_run_dir is not None:
-                # the teacher's run is trained later: its options are checked here with a
-                # stand-in directory, the teacher itself when the student's job starts
-                d["objective"]["options"]["teacher"] = "."
-            typed = run_config_from_dict(d, where=where)
-            try:
-                check_objective(typed, job.arch)
-            except ConfigError as e:
-                raise ConfigError(f"{where}: {e}") from None
+        what = "pretraining" if job.kind == "pretrain" else "run"
+        where = (f"entry {job.entry}" + (f" (tuning {job.candidate})" if job.candidate else "")
+                 + (f" at budget scale {job.scale:g}" if job.scale != 1.0 else "") + f", {what}")
+        d = job_to_dict(job)["run"]
+        if job.teacher_run_dir is not None:
+            # the teacher's run is trained later: its options are checked here with a
+            # stand-in directory, the teacher itself when the student's job starts
+            d["objective"]["options"]["teacher"] = "."
+        typed = run_config_from_dict(d, where=where)
+        try:
+            check_objective(typed, job.arch)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
 
 
 def prepare(cfg: CompareConfig, ds: Any, kind: str) -> tuple[Path, Any, Shape]:
@@ -511,16 +575,15 @@ def run_job(job: JobSpec, job_path: Path, devices: str | None = None) -> dict[st
     what = f"[{job.entry} seed {job.seed}" + (f" scale {job.scale:g}" if job.scale != 1.0 else "") + "]"
     if job.kind == "tune":
         what = f"[{job.entry} tuning " + ", ".join(f"{k} {v:g}" for k, v in job.candidate.items() if v is not None) + "]"
+    elif job.kind == "pretrain":
+        what = what[:-1] + " pretraining]"
     if result_path.exists():
         log(f"{what} done earlier: {result_path}")
         return json.loads(result_path.read_text())
     job_path.parent.mkdir(parents=True, exist_ok=True)
     job_path.write_text(json.dumps(job_to_dict(job), indent=1))
-    if job.reuse_run_dir:
-        log(f"{what} the chosen tuning run is this run ({job.reuse_run_dir}): decoding and scoring it")
-    else:
-        log(f"{what} training {job.arch} with {job.objective} for {job.run.train.steps} steps"
-            + (f" after {job.pretrain_objective} pretraining" if job.pretrain_objective else ""))
+    log(f"{what} training {job.arch} with {job.objective} for {job.run.train.steps} steps"
+        + (f" after {job.pretrain_objective} pretraining" if job.pretrain_objective else ""))
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -528,7 +591,7 @@ def run_job(job: JobSpec, job_path: Path, devices: str | None = None) -> dict[st
     if devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = devices
         n = len(devices.split(","))
-        if n > 1 and not job.reuse_run_dir:  # torchrun: rank 0 decodes and scores after the ranks trained
+        if n > 1:  # torchrun: rank 0 decodes and scores after the ranks trained
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
                    "-m", "archlab.compare.worker", str(job_path)]
     proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL)
@@ -558,7 +621,14 @@ def job_slots(cfg: CompareConfig) -> list[str | None]:
 
 def run_jobs(items: list[tuple[str, JobSpec, Path]], slots: list[str | None]) -> list[dict[str, Any]]:
     """Run jobs (``(log line, job, job file)``), one per slot at a time, results in order. A
-    distilled job starts after its teacher's job (same list) has finished."""
+    job starts after the jobs of the same list in its ``depends_on`` (a distilled run's
+    teacher, the pretraining it starts from) have finished; those of earlier lists are done.
+    One at a time, the list's order is the order (:func:`build_jobs` lists a dependency first)."""
+    order = {job.run_dir: i for i, (_, job, _) in enumerate(items)}
+    for i, (_, job, _) in enumerate(items):
+        late = [d for d in job.depends_on if order.get(d, -1) >= i]
+        if late:
+            raise ArchlabError(f"compare: job {job.run_dir} is listed before {late[0]}, which it needs")
     if len(slots) <= 1:
         slot = slots[0] if slots else None
         out = []
@@ -575,8 +645,8 @@ def run_jobs(items: list[tuple[str, JobSpec, Path]], slots: list[str | None]) ->
     running: dict[Any, tuple[int, str | None]] = {}
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
         while pending or running:
-            ready = [i for i in pending if items[i][1].teacher_run_dir not in dirs
-                     or dirs[items[i][1].teacher_run_dir] in results]
+            ready = [i for i in pending if all(d not in dirs or dirs[d] in results
+                                               for d in items[i][1].depends_on)]
             while ready and free:
                 i = ready.pop(0)
                 pending.remove(i)
@@ -585,7 +655,7 @@ def run_jobs(items: list[tuple[str, JobSpec, Path]], slots: list[str | None]) ->
                 log(f"{line} (devices {slot})")
                 running[pool.submit(run_job, job, path, slot)] = (i, slot)
             if not running:
-                raise ArchlabError("compare: jobs wait on a teacher that is not scheduled")  # (not reachable)
+                raise ArchlabError("compare: jobs wait on a dependency that is not scheduled")  # (not reachable)
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for f in done:
                 i, slot = running.pop(f)
@@ -674,7 +744,7 @@ def compare(cfg: CompareConfig) -> Path:
     entries = resolved_entries(cfg, kind)
     validate(cfg, entries, kind, n_classes)  # before anything is written
     out, tok, shape = prepare(cfg, ds, kind)
-    tokens_per_example = shape.total + 2  # layout tokens the trainer counts per example
+    tokens_per_example = entry_tokens_per_example(cfg, entries, ds, tok, kind)
     sized = {sc: size_entries(cfg, entries, tok, shape, n_classes, sc if cfg.budget.scale_model else 1.0)
              for sc in sorted({*cfg.budget.scales, 1.0})}
     (out / "sizing.json").write_text(json.dumps(
@@ -685,7 +755,6 @@ def compare(cfg: CompareConfig) -> Path:
     tuning: list[dict[str, Any]] = []
     tuned: dict[Any, dict[str, Any]] = {}
     tune_flops: dict[Any, float] = {}  # per entry (per entry and scale with horizon full)
-    reuse_dirs: dict[tuple[str, float], str] = {}
     full = cfg.tune is not None and cfg.tune.horizon == "full"
     tune_jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, phase="tune")
     slots = job_slots(cfg)  # one job per GPU (or per gpus_per_job GPUs) at a time; on a CPU, one
@@ -693,6 +762,7 @@ def compare(cfg: CompareConfig) -> Path:
         log(f"compare: {len(slots)} job(s) at a time, on CUDA devices {' | '.join(str(x) for x in slots)}")
     jobs: list[JobSpec] = []
     results: list[dict[str, Any]] = []
+    pretrain_results: dict[str, dict[str, Any]] = {}
     # without tuning one pass (budget by budget, seed by seed; a teacher entry comes before its
     # students in each); with tuning, wave by wave, since a distilled entry is tuned against
     # its teacher's full run
@@ -701,6 +771,11 @@ def compare(cfg: CompareConfig) -> Path:
         todo = [(f"tuning job {i + 1}/{len(tune_jobs)}", job, out / "jobs" / f"tune-{i:03d}.json")
                 for i, job in enumerate(tune_jobs) if job.entry in wave]
         for (_, job, _), res in zip(todo, run_jobs(todo, slots)):
+            if job.kind == "pretrain":
+                # the candidates' shared pretraining: tuning cost of this entry (and budget), once
+                key = (job.entry, job.scale) if full else job.entry
+                tune_flops[key] = tune_flops.get(key, 0.0) + res["train_flops"]
+                continue
             wave_tuning.append({"entry": job.entry, "seed": job.seed, **job.candidate,
                                 **({"scale": job.scale} if full else {}),
                                 "steps": job.run.train.steps, "val_loss": res.get("val_loss"),
@@ -713,23 +788,21 @@ def compare(cfg: CompareConfig) -> Path:
                 what = key if isinstance(key, str) else f"{key[0]} at {_scaled_steps(cfg.train.steps, key[1], cfg.budget.scale_model)} steps"
                 log(f"tuned {what}: " + ", ".join(f"{k} {x:g}" for k, x in v.items()))
             tuned.update(chosen)
-            for row in wave_tuning:
-                # the tuning FLOPs an entry spent beyond its runs (horizon full: the chosen run is
-                # the budget's run, so only the other candidates count)
-                if not (full and row["chosen"]):
-                    k = _tune_key(row)
-                    tune_flops[k] = tune_flops.get(k, 0.0) + row["flops"]
-                if full and row["chosen"]:
-                    reuse_dirs[(row["entry"], row["scale"])] = str(out / row["run_dir"])
+            for row in wave_tuning:  # every candidate is tuning cost: no reported run is one
+                k = _tune_key(row)
+                tune_flops[k] = tune_flops.get(k, 0.0) + row["flops"]
             tuning += wave_tuning
             (out / "tuning.json").write_text(json.dumps(tuning, indent=1))
-        all_jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, tuned,
-                              reuse_dirs=reuse_dirs)
+        all_jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, tuned)
         todo = [(f"job {i + 1}/{len(all_jobs)}", job, out / "jobs" / f"job-{i:03d}.json")
                 for i, job in enumerate(all_jobs) if job.entry in wave]
         for (_, job, _), res in zip(todo, run_jobs(todo, slots)):
+            if job.kind == "pretrain":
+                pretrain_results[job.run_dir] = res
+                continue
             res["tune_flops"] = tune_flops.get((job.entry, job.scale), tune_flops.get(job.entry, 0.0))
             res["tuned"] = job.tuned
+            res["selection"] = selection_note(cfg, job)
             jobs.append(job)
             results.append(res)
     top = max(cfg.budget.scales)

@@ -1,5 +1,7 @@
-"""One ``archlab compare`` job (entry x seed) in its own process: optional pretraining,
-training, then decoding and scoring the held-out test examples. Writes ``result.json``.
+"""One ``archlab compare`` job in its own process: a pretraining run (its cost), a tuning run
+(its validation score), or an entry's full run at one seed: training (from its pretraining
+job's model, if any), then decoding and scoring the held-out test examples. Writes
+``result.json``.
 
     python -m archlab.compare.worker JOB.json
 """
@@ -10,7 +12,6 @@ import json
 import math
 import os
 import resource
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ def _train(cfg: Any, raw_model_keys: list[str], dataset: Any) -> dict[str, Any]:
     res = train_run(cfg, resume=_has_checkpoint(cfg.run_dir), raw_model_keys=set(raw_model_keys),
                     progress=None, dataset=dataset)
     summary = {"steps": res.step, "stopped": res.stopped, "train_time_s": res.train_time_s,
-               "tokens": res.tokens_seen, "last_eval": res.last_eval,
+               "tokens": res.tokens_seen, "examples": res.examples_seen, "last_eval": res.last_eval,
                "peak_memory_bytes": res.peak_memory_bytes, "examples_truncated": res.examples_truncated,
                "peak_memory_kind": "cuda_allocated" if str(cfg.train.device).startswith("cuda")
                or (cfg.train.device == "auto" and torch.cuda.is_available()) else "host_rss"}
@@ -154,7 +155,7 @@ def _train_flops(summary: dict[str, Any] | None, job: Any, distilled: bool = Tru
 
 def run(job_path: str) -> None:
     from archlab.compare.runner import job_from_dict
-    from archlab.config import ModelConfig, from_dict, to_dict
+    from archlab.config import ModelConfig, from_dict
     from archlab.data import load_dataset
 
     job = job_from_dict(json.loads(Path(job_path).read_text()), where=job_path)
@@ -166,15 +167,13 @@ def run(job_path: str) -> None:
     torch.set_num_threads(job.run.train.threads or torch.get_num_threads())
     t0 = time.perf_counter()
     ds = load_dataset(job.run.data)  # once per process: training and scoring share it
-    pre = None
-    if job.pretrain is not None:
-        same = to_dict(job.pretrain.data) == to_dict(job.run.data)
-        pre = _train(job.pretrain, job.raw_model_keys, ds if same else load_dataset(job.pretrain.data))
-    if job.kind == "tune":
-        _tune_result(job, ds, pre, run_dir)
+    if job.kind == "pretrain":
+        _pretrain_result(job, ds, run_dir)
         return
-    if job.reuse_run_dir:
-        _take_over(job, run_dir)
+    if job.kind == "tune":
+        _tune_result(job, ds, run_dir)
+        return
+    pre = _pretrain_summary(job)
     main = _train(job.run, job.raw_model_keys, ds)
     if _rank() != 0:
         return  # the other ranks only train; rank 0 decodes and scores
@@ -218,6 +217,7 @@ def run(job_path: str) -> None:
         "truncated_fraction": int(main.get("examples_truncated", 0)) / max(n_train, 1),
         "train_steps": main["steps"],
         "train_tokens": main["tokens"] + (pre["tokens"] if pre else 0),
+        "train_examples": main.get("examples"),  # fine-tuning only: the same for every entry
         "train_time_s": main["train_time_s"] + (pre["train_time_s"] if pre else 0.0),
         "pretrain_time_s": pre["train_time_s"] if pre else 0.0,
         "stopped": main["stopped"],
@@ -228,7 +228,8 @@ def run(job_path: str) -> None:
         "curve": _eval_curve(run_dir),
         "train_curve": _train_curve(run_dir),
         "job_wall_time_s": time.perf_counter() - t0,
-        "taken_over_from": os.path.relpath(job.reuse_run_dir, job.out_dir) if job.reuse_run_dir else None,
+        "pretrain_run": os.path.relpath(job.pretrain_run_dir, job.out_dir) if job.pretrain_run_dir else None,
+        "tokens_per_example": job.tokens_per_example,
         **scores,
     }
     if job.task_kind == "pair":  # decoding state; a classifier keeps no cache
@@ -240,34 +241,33 @@ def run(job_path: str) -> None:
     _write(run_dir, result)
 
 
-def _take_over(job: Any, run_dir: Path) -> None:
-    """Take a full-horizon tuning run over as this main run (``tune.horizon: full``): the same
-    run, so it is copied (weights, logs, summary; not the resumable checkpoints), not trained
-    again. Refused unless its saved run config equals this job's but for the names."""
-    from archlab.config import to_dict
-    from archlab.run import RunDir
-    from archlab.train.config import load_run_config
-
-    if (run_dir / "summary.json").exists():
-        return  # taken over earlier
-    src = Path(job.reuse_run_dir)
-    theirs = load_run_config(RunDir(src).config)
-    mine, other = to_dict(job.run), to_dict(theirs)
-    for d in (mine, other):  # the model section as saved is resolved by the trainer; its one
-        d.pop("name", None)  # tunable value is compared here, the rest comes from the same sizing
-        d.pop("out_dir", None)
-        d["model"] = {"dropout": d["model"]["dropout"], "arch": d["model"]["arch"]}
-    if mine != other or not (src / "summary.json").exists():
-        diff = sorted(k for k in set(mine) | set(other) if mine.get(k) != other.get(k)) or ["(not finished)"]
-        raise ArchlabError(f"{src}: the tuning run cannot stand in for {run_dir} (differs in {diff[0]}); "
-                           "delete the compare directory's tune/ runs and start again")
-    shutil.copytree(src, run_dir, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("checkpoints", "result.json", "result.json.tmp"))
-    (run_dir / "taken_over_from.txt").write_text(str(src) + "\n")
+def _pretrain_summary(job: Any) -> dict[str, Any] | None:
+    """The summary of the pretraining job this run starts from (scheduled before it)."""
+    if job.pretrain_run_dir is None:
+        return None
+    p = Path(job.pretrain_run_dir) / "summary.json"
+    if not p.exists():
+        raise ArchlabError(f"{job.pretrain_run_dir}: its pretraining has not finished (no summary.json); "
+                           "run the compare again to train it first")
+    return json.loads(p.read_text())
 
 
-def _tune_result(job: Any, ds: Any, pre: dict[str, Any] | None, run_dir: Path) -> None:
-    """A tuning run: train, keep the validation score (a run whose loss diverged scores None)."""
+def _pretrain_result(job: Any, ds: Any, run_dir: Path) -> None:
+    """A pretraining run: train on its own data and objective, keep what it cost (its
+    FLOPs are charged to the run that starts from it, or to tuning when candidates share it)."""
+    summary = _train(job.run, job.raw_model_keys, ds)  # (ds: the pretraining's own data)
+    if _rank() != 0:
+        return
+    _write(run_dir, {"entry": job.entry, "kind": "pretrain", "seed": job.seed, "scale": job.scale,
+                     "objective": job.objective, "train_steps": summary["steps"],
+                     "train_tokens": summary["tokens"], "train_time_s": summary["train_time_s"],
+                     "train_flops": _train_flops(summary, job, distilled=False),
+                     "peak_memory_bytes": summary.get("peak_memory_bytes", 0)})
+
+
+def _tune_result(job: Any, ds: Any, run_dir: Path) -> None:
+    """A tuning run: train, keep the validation score (a run whose loss diverged scores None).
+    Its pretraining (shared by the candidates) is charged by the compare, once."""
     try:
         main = _train(job.run, job.raw_model_keys, ds)
     except ArchlabError as e:
@@ -284,8 +284,7 @@ def _tune_result(job: Any, ds: Any, pre: dict[str, Any] | None, run_dir: Path) -
     metric = ev.get("bleu" if job.task_kind == "pair" else "accuracy")
     _write(run_dir, {"entry": job.entry, "candidate": job.candidate, "val_loss": ev.get("loss"),
                      "metric": metric, "train_steps": main["steps"], "train_tokens": main["tokens"],
-                     "train_flops": _train_flops(main, job) + (_train_flops(pre, job, distilled=False) if job.count_pretrain else 0.0),
-                     "train_time_s": main["train_time_s"]})
+                     "train_flops": _train_flops(main, job), "train_time_s": main["train_time_s"]})
 
 
 def _write(run_dir: Path, result: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ tokens = longest example x batch size), and the batch order is shuffled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -40,8 +40,13 @@ class Batcher:
         pack_len: int | None = None,
         eos: int | None = None,
         max_len: int | None = None,
+        length: Callable[[Example], int] | None = None,
     ) -> None:
-        """``max_len``: lengths are capped at this for budgeting (objectives truncate to it)."""
+        """``max_len``: lengths are capped at this for budgeting (objectives truncate to it).
+        ``length``: an example's length for budgeting, instead of :func:`example_length`
+        capped at ``max_len + 3``: the objective's :meth:`~archlab.objectives.Objective.
+        batch_length`, which with explicit source/target budgets is the same for every
+        family, so every family's run groups the same examples into the same batches."""
         if tokens_per_batch < 1:
             raise ValueError("tokens_per_batch must be >= 1")
         if pack:
@@ -56,8 +61,11 @@ class Batcher:
         self.shuffle = shuffle
         self.bucket = bucket
         cap = (max_len + 3) if max_len else None
-        self.lengths = np.array([min(example_length(e), cap) if cap else example_length(e) for e in self.examples])
-        self.truncated = int((np.array([example_length(e) for e in self.examples]) > cap).sum()) if cap else 0
+        if length is not None and not pack:
+            self.lengths = np.array([length(e) for e in self.examples], dtype=np.int64)
+        else:
+            self.lengths = np.array([min(example_length(e), cap) if cap else example_length(e)
+                                     for e in self.examples], dtype=np.int64)
 
     def _group(self, order: np.ndarray) -> list[list[int]]:
         batches, cur, longest = [], [], 0
@@ -75,7 +83,8 @@ class Batcher:
             batches.append(cur)
         return batches
 
-    def epoch_batches(self, epoch: int) -> list[list[Example]]:
+    def epoch_indices(self, epoch: int) -> list[list[int]]:
+        """The epoch's batches as example indices (into :attr:`examples`)."""
         n = len(self.examples)
         if n == 0:
             return []
@@ -94,7 +103,10 @@ class Batcher:
         if self.shuffle:
             perm = rng.permutation(len(batches))
             batches = [batches[i] for i in perm]
-        return [[self.examples[i] for i in b] for b in batches]
+        return batches
+
+    def epoch_batches(self, epoch: int) -> list[list[Example]]:
+        return [[self.examples[i] for i in b] for b in self.epoch_indices(epoch)]
 
     def __len__(self) -> int:
         return len(self.epoch_batches(0))

@@ -168,6 +168,14 @@ class Objective:
             return self.budget.truncated(self.arch, ex.src, ex.tgt or [])
         return len(ex.ids) > self.text_budget
 
+    def batch_length(self, ex: Example) -> int:
+        """Tokens ``ex`` is budgeted at when batched (:class:`~archlab.data.Batcher`): a pair
+        by :meth:`PairBudget.batch_length` (the same for every family with explicit budgets),
+        a text as cut plus two specials."""
+        if ex.src is not None and self.needs == "pair":
+            return self.budget.batch_length(len(ex.src), len(ex.tgt or []))
+        return min(len(ex.ids), self.text_budget) + 2
+
     @property
     def text_budget(self) -> int:
         """Tokens kept of a single text (the source budget when one is set)."""

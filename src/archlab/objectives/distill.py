@@ -195,6 +195,9 @@ class Distillation(Objective):
     def truncated(self, ex: Example) -> bool:
         return self.base.truncated(ex)  # the student's inputs are the base objective's
 
+    def batch_length(self, ex: Example) -> int:
+        return self.base.batch_length(ex)
+
     def build(self, examples: Sequence[Example], rng: np.random.Generator) -> Batch:
         if self.teacher is None:
             raise ArchlabError("distillation: no teacher attached (call prepare(tokenizer) or attach(model))")

@@ -86,6 +86,74 @@ class PairBudget:
             return self.max_source + self.max_target + 2  # <bos> src <sep> tgt (inputs drop <eos>)
         return max(self.max_source, self.max_target) + 1
 
+    def batch_length(self, src_len: int, tgt_len: int) -> int:
+        """Tokens a pair is budgeted at when batched: both sides as cut plus three specials.
+        With explicit budgets this is the same for every family (the cut is), so token-budget
+        batching puts the same examples into the same batches whatever the layout; without
+        them, the decoder-only cut (the longer layout) is used for every family too."""
+        if self.explicit:
+            assert self.max_source is not None and self.max_target is not None
+            return min(src_len, self.max_source) + min(tgt_len, self.max_target) + 3
+        s = min(src_len, self.source_budget("decoder"))
+        return s + min(tgt_len, max(self.max_len - 2 - s, 1)) + 3
+
+
+@dataclass(frozen=True)
+class TaskLayout:
+    """Lengths of one task's examples as each family runs them, defined once: the context a
+    run needs (``train.max_len``), and the length an example is budgeted at when batched,
+    which is the same for every family. ``archlab compare`` sizes contexts with it, the
+    trainer's batcher groups examples with it (through :meth:`Objective.batch_length`), and
+    :func:`counted_tokens` gives the tokens the trainer counts per example (FLOPs per token).
+
+    ``kind``: ``pair`` (source, target), ``label`` (a text and a class) or ``text``."""
+
+    kind: str
+    max_len: int
+    max_source: int | None = None
+    max_target: int | None = None
+
+    @property
+    def budget(self) -> PairBudget:
+        return PairBudget(self.max_len, self.max_source, self.max_target)
+
+    def context(self, arch: str) -> int:
+        """``train.max_len`` of a run of ``arch``: the longest model input of the shared
+        budgets in the family's layout (a decoder-only sequence holds source, target and
+        three specials, less the ``<eos>`` its inputs drop; a classified text ``<cls> text
+        <sep>``); without budgets, ``max_len``."""
+        if self.kind == "pair" and self.budget.explicit:
+            ctx = self.budget.context(arch)
+            assert ctx is not None
+            return ctx
+        if self.kind == "label" and self.max_source is not None:
+            return self.max_source + 2
+        return self.max_len
+
+
+def batch_tokens(batch: Any) -> int:
+    """Real (unpadded) tokens of a built batch, encoder and decoder inputs together: what the
+    trainer counts as tokens trained."""
+    n = int(batch["attention_mask"].sum())
+    if "decoder_attention_mask" in batch:
+        n += int(batch["decoder_attention_mask"].sum())
+    return n
+
+
+def counted_tokens(objective: Any, examples: Sequence[Any], seed: int = 0) -> float:
+    """Mean tokens the trainer counts per example of ``examples`` under ``objective`` (its
+    family's layout, budgets and framing tokens): built, not restated, so that FLOPs per
+    example / this is FLOPs per counted token for every objective, random ones included."""
+    import numpy as np
+
+    if not examples:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    total = 0
+    for i in range(0, len(examples), 256):
+        total += batch_tokens(objective.build(list(examples[i : i + 256]), rng))
+    return total / len(examples)
+
 
 @dataclass
 class PairLayout:

@@ -115,6 +115,8 @@ class TrainState:
     evals_without_improvement: int = 0
     train_time_s: float = 0.0
     teacher_flops: int = 0  # forward FLOPs of a distillation teacher so far
+    examples_seen: int = 0  # training examples read (every micro-batch of every step)
+    data_crc: int = 0  # running CRC-32 of those examples' token ids, in order (data_digest)
 
 
 def save_checkpoint(

@@ -161,7 +161,7 @@ def train_run(
     batcher = Batcher(train_ex, tokens_per_batch=cfg.train.tokens_per_batch,
                       max_batch=cfg.train.max_batch, seed=cfg.train.seed,
                       pack=cfg.train.pack, pack_len=cfg.train.max_len if cfg.train.pack else None,
-                      eos=tok.special.eos, max_len=cfg.train.max_len)
+                      eos=tok.special.eos, max_len=cfg.train.max_len, length=objective.batch_length)
 
     import torch
 

@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch
 from archlab.errors import ArchlabError
 from archlab.model.moe import collect_health, start_health, update_balancing_bias
 from archlab.objectives import Batch, Example, Objective
+from archlab.objectives.layout import batch_tokens
 from archlab.run import RunDir
 from archlab.train.checkpoint import (
     TrainState,
@@ -136,11 +138,18 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **kw)
 
 
-def batch_tokens(batch: Batch) -> int:
-    n = int(batch["attention_mask"].sum())
-    if "decoder_attention_mask" in batch:
-        n += int(batch["decoder_attention_mask"].sum())
-    return n
+def data_digest(examples: list[Example], crc: int = 0) -> int:
+    """CRC-32 of the examples' token ids, chained onto ``crc``: a fingerprint of which
+    examples a run read in which order, independent of the family's layout (two runs that
+    log the same digest at a step trained on the same examples up to it)."""
+    for ex in examples:
+        parts = (ex.ids,) if ex.src is None else (ex.src, [-1], ex.tgt or [])
+        for p in parts:
+            crc = zlib.crc32(np.asarray(p, dtype=np.int32).tobytes(), crc)
+        if ex.label is not None:
+            crc = zlib.crc32(np.int32(ex.label).tobytes(), crc)
+        crc = zlib.crc32(b"|", crc)
+    return crc
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -159,6 +168,7 @@ class TrainResult:
     peak_memory_bytes: int = 0
     examples_truncated: int = 0  # training examples the objective cuts (counted once per run)
     teacher_flops: int = 0  # forward FLOPs spent in a distillation teacher
+    examples_seen: int = 0  # training examples read, every micro-batch of every step
 
 
 class Trainer:
@@ -388,8 +398,11 @@ class Trainer:
                     g["lr"] = lr
                 # the step's global batch: grad_accum micro-batches per rank, built by every rank
                 # in one order (same masking draws); this rank runs micro-batches rank::world
-                micro = [self.objective.build(self._next_examples(st), self.data_rng)
-                         for _ in range(cfg.grad_accum * world)]
+                step_examples = [self._next_examples(st) for _ in range(cfg.grad_accum * world)]
+                micro = [self.objective.build(ex, self.data_rng) for ex in step_examples]
+                for ex in step_examples:  # which examples, logged: equal across families
+                    st.examples_seen += len(ex)
+                    st.data_crc = data_digest(ex, st.data_crc)
                 weights = [self._n_targets(b) for b in micro]
                 total_w = max(sum(weights), 1)
                 extra = getattr(self.objective, "teacher_flops", None)  # distillation's teacher
@@ -446,6 +459,7 @@ class Trainer:
                     t_window, tok_window = now, 0
                     row = {"step": st.step, "loss": loss, "lr": lr, "grad_norm": gnorm,
                            "tokens": st.tokens_seen, "tokens_per_s": tps,
+                           "examples": st.examples_seen, "data_crc": st.data_crc,
                            "epoch": st.epoch, "time_s": st.train_time_s}
                     if st.teacher_flops:
                         row["teacher_flops"] = st.teacher_flops
@@ -498,7 +512,8 @@ class Trainer:
         self._save_model_dir(self.final_dir)
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else _peak_rss()
         return TrainResult(self.run_dir, st.step, stopped, last_eval, st.best_metric,
-                           st.train_time_s, st.tokens_seen, peak, st.examples_truncated, st.teacher_flops)
+                           st.train_time_s, st.tokens_seen, peak, st.examples_truncated, st.teacher_flops,
+                           st.examples_seen)
 
     @staticmethod
     def _n_targets(batch: Batch) -> int:
