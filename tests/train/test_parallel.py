@@ -148,6 +148,7 @@ def test_mamba_moe_hybrid_with_bias_balancing_matches_across_world_sizes(tmp_pat
         _assert_same_run(ref, out)
 
 
+@pytest.mark.slow
 def test_dropout_two_ranks_equal_one_process(tmp_path):
     """Dropout (attention, feed-forward, MoE experts) and router jitter draw from torch's
     generator reseeded per micro-batch from (seed, step, its index in the global batch): a
@@ -167,6 +168,7 @@ def test_dropout_two_ranks_equal_one_process(tmp_path):
     assert all(abs(x - y) > 1e-4 for (_, x), (_, y) in zip(_losses(ref)[1:], _losses(quiet)[1:]))
 
 
+@pytest.mark.slow
 def test_prefix_lm_mamba_without_a_prefix_under_ddp_and_fsdp(tmp_path):
     """A prefix-LM with Mamba layers trained causally (no prefix): the backward scans get no
     gradient. DDP looks for unused parameters (it stopped at step 2 before), FSDP2 gathers
