@@ -354,8 +354,9 @@ class MoEConfig:
     router: Router = "topk-softmax"
     norm_topk: bool = True  # topk-softmax: renormalise the chosen k gates to sum 1 (Mixtral);
     # false: gate by the softmax probabilities themselves (Jamba)
-    capacity_factor: float | None = None  # None: dropless; else each expert takes at most
-    # ceil(capacity_factor * tokens * top_k / E) assignments per batch, the rest are dropped
+    capacity_factor: float | None = None  # None: dropless; else in training each expert takes
+    # at most ceil(capacity_factor * T * top_k / E) assignments per sequence of T real tokens,
+    # the rest are dropped; evaluation is dropless (model/moe.py)
     n_shared_experts: int = 0  # always-on experts of width d_ff_expert each (DeepSeek-MoE)
     d_ff_expert: int | None = None  # hidden width of one expert; None: model.d_ff
     aux_loss_coef: float | None = None  # Switch load balancing E*sum f_i P_i; None: 0.01

@@ -1,8 +1,12 @@
 """Mixture-of-experts feed-forward: one expert equals the dense MLP (forward and gradients);
-the grouped computation equals a per-token reference loop; permuting tokens permutes
-outputs; the balancing loss equals transformers' ``load_balancing_loss_func``; z-loss by
-hand; the sigmoid-bias router's bias moves selection only; capacity drops counted exactly;
-padding is not routed; bad options are one-line ConfigErrors."""
+the grouped computation equals a per-token reference loop, through the CPU loop and through
+``torch._grouped_mm`` (the CUDA path, forced on CPU, calls counted); the two expert paths give
+the same outputs and gradients and drop the same entries with dropout; permuting tokens
+permutes outputs; the balancing loss equals transformers' ``load_balancing_loss_func``;
+z-loss by hand; the sigmoid-bias router's bias moves selection only; capacity drops counted
+exactly, per sequence (an example's output does not depend on its batch-mates), in training
+only (evaluation is dropless: cached decoding equals teacher forcing); padding is not routed;
+bad options are one-line ConfigErrors."""
 
 from __future__ import annotations
 
@@ -14,10 +18,51 @@ import torch
 from archlab import build_model
 from archlab.config import ModelConfig, MoEConfig, model_config_from_dict
 from archlab.errors import ConfigError
+from archlab.model import moe as moe_module
 from archlab.model.layers import MLP
-from archlab.model.moe import MoE, collect_health, update_balancing_bias
+from archlab.model.moe import MoE, collect_health, start_health, update_balancing_bias
 
 C = 16
+
+
+def _grouped_mm_reference(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """torch._grouped_mm's 2-D x 3-D form in plain PyTorch: rows offs[g-1]:offs[g] of a
+    (M, K) times b[g] (K, N) -> (M, N)."""
+    out, start = [], 0
+    for g, end in enumerate(offs.tolist()):
+        out.append(a[start:end] @ b[g])
+        start = end
+    return torch.cat(out)
+
+
+def _cpu_grouped_mm_works() -> bool:
+    try:
+        a, b = torch.randn(6, 16), torch.randn(2, 24, 16).transpose(-2, -1)
+        offs = torch.tensor([2, 6], dtype=torch.int32)
+        return torch.allclose(torch._grouped_mm(a, b, offs=offs), _grouped_mm_reference(a, b, offs), atol=1e-5)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+@pytest.fixture
+def grouped_mm(monkeypatch):
+    """Sends fp32 MoE computations through the CUDA path's ``torch._grouped_mm`` on CPU (the
+    CPU kernel where this torch build has one, else the plain-PyTorch reference) and records
+    each call's (rows, groups)."""
+    calls = _Calls()
+    kernel = torch._grouped_mm if _cpu_grouped_mm_works() else _grouped_mm_reference
+
+    def spy(a, b, offs=None):  # noqa: ANN001, ANN202
+        calls.append((a.shape[0], b.shape[0]))
+        return kernel(a, b, offs=offs)
+
+    monkeypatch.setattr(moe_module, "_use_grouped_mm", lambda x: calls.on and x.dtype == torch.float32)
+    monkeypatch.setattr(torch, "_grouped_mm", spy, raising=False)
+    return calls
+
+
+class _Calls(list):
+    on = True  # False: the loop path, as on CPU
 
 
 def _cfg(activation="swiglu", bias=False, **moe):
@@ -76,33 +121,43 @@ def _reference(m: MoE, x: torch.Tensor) -> torch.Tensor:
             if m.router_kind == "topk-softmax":
                 w = w / w.sum()
         for e, we in zip(idx.tolist(), w):
-            h = m.w_in[e] @ x[t]
+            h = m.w_in[e] @ x[t] + (m.b_in[e] if m.b_in is not None else 0)
             if m.gated:
                 a, b = h.chunk(2)
                 h = m.act(a) * b
             else:
                 h = m.act(h)
-            out[t] += we * (m.w_out[e] @ h)
+            out[t] += we * (m.w_out[e] @ h + (m.b_out[e] if m.b_out is not None else 0))
         if m.shared is not None:
             out[t] += m.shared(x[t][None])[0]
     return out
 
 
-@pytest.mark.parametrize("kw", [dict(n_experts=4, top_k=2), dict(n_experts=5, top_k=1, router="switch"),
-                                dict(n_experts=6, top_k=3, router="sigmoid-bias"),
-                                dict(n_experts=4, top_k=2, n_shared_experts=1)],
-                         ids=["topk", "switch", "sigmoid", "shared"])
-def test_grouped_equals_per_token_loop_and_permutes(kw):
-    m = _moe(**kw)
+KINDS = [dict(n_experts=4, top_k=2), dict(n_experts=5, top_k=1, router="switch"),
+         dict(n_experts=6, top_k=3, router="sigmoid-bias"), dict(n_experts=4, top_k=2, n_shared_experts=1),
+         dict(n_experts=4, top_k=2, activation="gelu", bias=True)]
+KIND_IDS = ["topk", "switch", "sigmoid", "shared", "bias"]
+
+
+@pytest.mark.parametrize("path", ["loop", "grouped_mm"])
+@pytest.mark.parametrize("kw", KINDS, ids=KIND_IDS)
+def test_grouped_equals_per_token_loop_and_permutes(kw, path, request):
+    # the loop path in fp64; the CUDA path's torch._grouped_mm (fp32 / bf16 only) in fp32
+    calls = request.getfixturevalue("grouped_mm") if path == "grouped_mm" else None
+    dtype = torch.float32 if calls is not None else torch.float64
+    tol = dict(rtol=1e-5, atol=1e-5) if calls is not None else dict(rtol=1e-10, atol=1e-10)
+    m = _moe(dtype=dtype, **kw)
     if m.expert_bias is not None:
-        m.expert_bias.copy_(torch.randn(m.n_experts, dtype=torch.float64))
-    x = torch.randn(2, 9, C, dtype=torch.float64)
+        m.expert_bias.copy_(torch.randn(m.n_experts, dtype=dtype))
+    x = torch.randn(2, 9, C, dtype=dtype)
     y = m(x)
+    if calls is not None:  # the grouped kernel ran: both products, one group per expert
+        assert calls == [(18 * m.top_k, m.n_experts)] * 2
     ref = _reference(m, x.reshape(-1, C)).view_as(x)
-    torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(y, ref, **tol)
     perm = torch.randperm(18)
     yp = m(x.reshape(-1, C)[perm][None])[0]
-    torch.testing.assert_close(yp, y.reshape(-1, C)[perm], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(yp, y.reshape(-1, C)[perm], **tol)
     # several experts were used (the grouping is exercised, not one group)
     m.start_health()
     m(x)
@@ -228,12 +283,162 @@ def test_padding_is_not_routed():
     # real tokens as if the pads were not there at all
     torch.testing.assert_close(y[1], m(x[1:])[0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(y[0, :4], m(x[:1, :4])[0], rtol=1e-12, atol=1e-12)
-    # pads take no capacity: 10 real tokens, capacity from 10
-    mc = _moe(n_experts=4, top_k=2, capacity_factor=1.0)
+    # pads take no capacity: each sequence's capacity is from its own real tokens (4 and 6),
+    # so the batch drops what the two sequences drop alone, and gives their outputs
+    mc = _moe(n_experts=4, top_k=2, capacity_factor=0.5)
     mc.start_health()
-    mc(x, valid)
-    counts = mc.health["counts"]
-    assert int(mc.health["dropped"]) == int((counts - mc.capacity(10)).clamp(min=0).sum())
+    yc = mc(x, valid)
+    dropped = int(mc.health["dropped"])
+    alone = []
+    for xs in (x[:1, :4], x[1:]):
+        mc.start_health()
+        alone.append(mc(xs)[0])
+        dropped -= int(mc.health["dropped"])
+    assert dropped == 0 and int(mc.health["dropped"]) > 0
+    torch.testing.assert_close(yc[0, :4], alone[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(yc[1], alone[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kw", KINDS, ids=KIND_IDS)
+def test_grouped_mm_path_equals_loop_path_forward_and_grads(kw, grouped_mm):
+    """The CUDA path (torch._grouped_mm on stacked weights, bias by repeat_interleave) and the
+    CPU loop give the same outputs and gradients for every parameter and the input, with
+    padding and with a capacity that drops (training mode)."""
+    ref = _moe(dtype=torch.float32, capacity_factor=0.75, **kw)
+    fast = _moe(dtype=torch.float32, capacity_factor=0.75, **kw)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 8, C)
+    valid = torch.ones(3, 8, dtype=torch.bool)
+    valid[0, 5:] = False
+    g = torch.randn(3, 8, C)
+    outs = {}
+    for name, m in (("loop", ref), ("grouped", fast)):
+        xi = x.clone().requires_grad_()
+        m.start_health()
+        before, grouped_mm.on = len(grouped_mm), m is fast
+        y = m(xi, valid)
+        assert (len(grouped_mm) > before) == (m is fast)  # each module took its own path
+        (y * g).sum().backward()
+        outs[name] = (y, xi.grad, {n: p.grad for n, p in m.named_parameters()}, m.health["dropped"])
+    (y0, gx0, gp0, d0), (y1, gx1, gp1, d1) = outs["loop"], outs["grouped"]
+    assert float(d0) > 0 and float(d0) == float(d1)  # the capacity dropped, alike
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx1, gx0, rtol=1e-5, atol=1e-5)
+    assert sorted(gp0) == sorted(gp1)
+    for n in gp0:
+        assert gp0[n] is not None and float(gp0[n].abs().sum()) > 0, n
+        torch.testing.assert_close(gp1[n], gp0[n], rtol=1e-5, atol=1e-5, msg=n)
+
+
+def test_expert_dropout_is_the_same_on_both_paths(grouped_mm):
+    """With dropout in training, the grouped path drops what the loop path drops from the same
+    generator state (one mask over the grouped rows); the dropout is real: the outputs differ
+    from the dropless ones and from another draw, and about p of the hidden units are zero."""
+    cfg = _cfg(n_experts=4, top_k=2).replace(dropout=0.3)
+    torch.manual_seed(0)
+    loop, fast = MoE(cfg), MoE(cfg)
+    loop.reset_parameters(0.3, 0.3)
+    fast.load_state_dict(loop.state_dict())
+    x = torch.randn(2, 16, C)
+    torch.manual_seed(5)
+    grouped_mm.on = False
+    y_loop = loop(x)
+    n, grouped_mm.on = len(grouped_mm), True
+    assert n == 0
+    torch.manual_seed(5)
+    y_fast = fast(x)
+    assert len(grouped_mm) == n + 2  # the grouped kernel ran, the loop did not
+    torch.testing.assert_close(y_fast, y_loop, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(6)
+    assert (fast(x) - y_fast).abs().max() > 1e-2  # another draw drops other units
+    with torch.no_grad():
+        y_eval = fast.eval()(x)
+    assert (y_eval - y_fast).abs().max() > 1e-2
+    # the mask itself: about 30 % zeros, the rest 1 / 0.7
+    fast.train()
+    mask = fast._dropout_mask(torch.zeros(4000, C))
+    assert mask.shape == (4000, fast.d_ff)
+    assert abs(float((mask == 0).float().mean()) - 0.3) < 0.01
+    torch.testing.assert_close(mask[mask != 0], torch.full_like(mask[mask != 0], 1 / 0.7))
+
+
+def _skewed(m: MoE) -> MoE:
+    """A router that sends most tokens to expert 0, so that a capacity drops."""
+    with torch.no_grad():
+        m.router.weight[0] += 0.8 * m.router.weight[0].sign()
+    return m
+
+
+def test_capacity_is_per_sequence_an_example_does_not_depend_on_its_batch():
+    m = _skewed(_moe(n_experts=4, top_k=2, capacity_factor=1.0))
+    a = torch.randn(1, 6, C, dtype=torch.float64)
+    m.start_health()
+    y_a = m(a)[0]
+    assert int(m.health["dropped"]) > 0  # the capacity binds on a alone
+    for b_len in (9, 3):  # a longer and a shorter batch-mate, padding the shorter one
+        b = torch.randn(1, b_len, C, dtype=torch.float64)
+        T = max(6, b_len)
+        x = torch.zeros(2, T, C, dtype=torch.float64)
+        x[0, :6], x[1, :b_len] = a[0], b[0]
+        valid = torch.zeros(2, T, dtype=torch.bool)
+        valid[0, :6], valid[1, :b_len] = True, True
+        y = m(x, valid)
+        torch.testing.assert_close(y[0, :6], y_a, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(y[1, :b_len], m(b)[0], rtol=1e-12, atol=1e-12)
+    # without padding: each row is its own sequence
+    x = torch.cat([a, torch.randn(2, 6, C, dtype=torch.float64)])
+    torch.testing.assert_close(m(x)[0], y_a, rtol=1e-12, atol=1e-12)
+    # through a model: one example's logits alone and beside another (right padding)
+    cfg = ModelConfig(vocab_size=32, d_model=C, n_heads=2, n_layers=2, d_ff=24, ffn="E*", dropout=0.0,
+                      moe=MoEConfig(n_experts=4, top_k=1, router="switch", capacity_factor=0.5))
+    torch.manual_seed(1)
+    model = build_model(cfg).double().train()
+    ids = torch.randint(0, 32, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[0, 7:] = 0
+    start_health(model)
+    both = model(ids, mask).logits
+    assert collect_health(model)["dropped_fraction"] > 0  # the capacity binds
+    torch.testing.assert_close(both[0, :7], model(ids[:1, :7]).logits[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(both[1], model(ids[1:]).logits[0], rtol=1e-10, atol=1e-10)
+
+
+def test_capacity_applies_in_training_only_and_eval_counts_what_it_would_drop():
+    """Evaluation is dropless (capacity is a training-time device; NLLB-MoE / fairseq evaluate
+    at capacity fraction 1.0): eval outputs equal a dropless module's, while expert health
+    counts exactly what training's capacity drops on the same batch."""
+    m = _skewed(_moe(n_experts=4, top_k=2, capacity_factor=1.0))
+    free = _moe(n_experts=4, top_k=2)
+    free.load_state_dict(m.state_dict())
+    x = torch.randn(3, 8, C, dtype=torch.float64)
+    m.start_health()
+    y_train = m(x)
+    dropped = int(m.health["dropped"])
+    assert dropped > 0
+    m.eval()
+    m.start_health()
+    y_eval = m(x)
+    assert int(m.health["dropped"]) == dropped
+    torch.testing.assert_close(y_eval, free(x), rtol=0, atol=0)
+    assert (y_eval - y_train).abs().max() > 1e-3
+
+
+def test_capacity_model_cached_decoding_equals_teacher_forcing_in_eval():
+    """With a capacity that drops in training, the evaluated model's cached one-token steps
+    equal its full forward. (In training they cannot: per-sequence capacity looks at the whole
+    sequence, a decoding step at one token; the training forward differs, shown below.)"""
+    cfg = ModelConfig(vocab_size=32, d_model=C, n_heads=2, n_layers=2, d_ff=24, ffn="E*", dropout=0.0,
+                      moe=MoEConfig(n_experts=4, top_k=2, capacity_factor=0.5))
+    torch.manual_seed(2)
+    model = build_model(cfg).double().eval()
+    ids = torch.randint(0, 32, (2, 12))
+    full = model.decode(ids)
+    cache = model.new_cache(2, 16)
+    steps = [model.decode(ids[:, :4], cache=cache)]
+    for t in range(4, 12):
+        steps.append(model.decode(ids[:, t:t + 1], cache=cache))
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-10, atol=1e-10)
+    assert (model.train().decode(ids) - full).abs().max() > 1e-4  # training drops
 
 
 def test_model_families_return_aux_losses_and_all_experts_get_grads():

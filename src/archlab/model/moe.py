@@ -17,10 +17,21 @@ that received tokens, which measured faster than ``_grouped_mm`` there: 1.55-1.7
 gates and summed back per token with ``index_add_``. At batch 1 only the chosen experts'
 weights are read.
 
-With ``capacity_factor`` each expert takes at most ``ceil(cf * N * k / E)`` assignments of a
-batch of N tokens; first choices of all tokens have priority over second choices (GShard
-Sec. 2.2), then token order. Dropped assignments contribute nothing (the residual carries the
-token) and are counted.
+Capacity (``capacity_factor``) is a training-time device, applied per sequence: in training
+each expert takes at most ``ceil(cf * T_b * k / E)`` assignments from sequence b, T_b being
+that sequence's number of real tokens (pads take no slot and do not count in T_b); within a
+sequence first choices of all its tokens have priority over second choices (GShard Sec. 2.2:
+one sequence is one "group"), then token order. Dropped assignments contribute nothing (the
+residual carries the token) and are counted. Per sequence, an example's output does not
+depend on the other examples of its batch (nor on how a global batch is split into
+micro-batches or ranks). Evaluation and inference (``eval()``) are dropless, as NLLB-MoE and
+fairseq's MoE at their default ``moe_eval_capacity_token_fraction`` of 1.0 (an expert may take
+every token) and MegaBlocks / Mixtral always: per-sequence capacity over a sequence's length
+cannot be applied to cached decoding, which sees one token at a time and not the final length
+(HF SwitchTransformers keeps its fixed per-sequence ``expert_capacity`` at evaluation, so its
+cached decoding and teacher forcing differ whenever a sequence overflows). Dropless evaluation
+makes teacher forcing and cached decoding equal; expert health in evaluation still counts the
+assignments training's capacity would drop on those batches (``dropped_fraction``).
 
 Router in fp32. Auxiliary losses (the model returns them next to the logits; objectives add
 them to the loss): Switch load balancing ``E * sum_i f_i P_i`` (f_i: fraction of
@@ -32,6 +43,10 @@ are chosen; :func:`update_balancing_bias` moves it after each optimizer step.
 
 Padding tokens (``valid`` False) are not routed: they take no capacity, count in no statistic
 and get a zero output.
+
+Expert dropout (``model.dropout`` on the expert hidden activations, in training) draws one
+mask for all the (M, F) grouped rows, then the loop slices it per expert: the grouped-matmul
+path and the loop path drop the same entries from the same generator state.
 """
 
 from __future__ import annotations
@@ -124,9 +139,27 @@ class MoE(nn.Module):
         return logits, probs, gates, idx
 
     def capacity(self, n_tokens: int) -> int | None:
+        """Slots per expert for one sequence of ``n_tokens`` real tokens (None: dropless)."""
         if self.capacity_factor is None:
             return None
         return max(1, math.ceil(self.capacity_factor * n_tokens * self.top_k / self.n_experts))
+
+    def _within_capacity(self, expert: torch.Tensor, seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """expert, seq: (k*N,) expert and sequence of each assignment in slot-major order (all
+        first choices in token order, then all second choices, ...); lengths: (B,) real
+        tokens per sequence -> (k*N,) bool, True for the assignments each (sequence, expert)
+        pair keeps within its :meth:`capacity` of that sequence's length."""
+        E, B = self.n_experts, lengths.shape[0]
+        # capacity per sequence in float64, the same operations as capacity() on a Python int
+        cap = torch.ceil(self.capacity_factor * lengths.to(torch.float64) * self.top_k / E).clamp(min=1)
+        group = seq * E + expert  # (k*N,) one group per (sequence, expert)
+        # a stable sort keeps the slot-major priority within each group
+        order = torch.argsort(group, stable=True)
+        sizes = torch.bincount(group, minlength=B * E)
+        starts = torch.cumsum(sizes, 0) - sizes  # (B*E,) first sorted slot per group
+        rank = torch.empty_like(group)
+        rank[order] = torch.arange(group.shape[0], device=group.device) - starts[group[order]]
+        return rank < cap.to(rank.device)[seq]
 
     # ---- experts ----------------------------------------------------------------------------
     def _act(self, h: torch.Tensor) -> torch.Tensor:
@@ -135,16 +168,29 @@ class MoE(nn.Module):
             return self.act(gate) * up
         return self.act(h)
 
+    def _dropout_mask(self, xs: torch.Tensor) -> torch.Tensor | None:
+        """Training: the (M, F) expert-dropout mask of all grouped rows (0 or 1/(1-p)), drawn
+        in fp32 whatever the compute dtype, so both expert paths draw the same; else None."""
+        p = self.dropout.p
+        if not self.training or p == 0 or xs.shape[0] == 0:
+            return None
+        return F.dropout(torch.ones(xs.shape[0], self.d_ff, device=xs.device), p, training=True)
+
     def experts(self, xs: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """xs: (M, C) rows grouped by expert (counts[e] rows for expert e, in order) ->
         (M, C) expert outputs (before gating)."""
+        if xs.shape[0] == 0:
+            return xs.new_zeros(0, xs.shape[1])
+        mask = self._dropout_mask(xs)  # (M, F) or None
         if _use_grouped_mm(xs):
             offs = torch.tensor(counts, device=xs.device).cumsum(0).to(torch.int32)
             h = torch._grouped_mm(xs, self.w_in.transpose(-2, -1), offs=offs)
             if self.b_in is not None:
                 h = h + self.b_in.repeat_interleave(torch.tensor(counts, device=xs.device), dim=0,
                                                     output_size=xs.shape[0])
-            h = self._act(h)
+            h = self._act(h)  # (M, F)
+            if mask is not None:
+                h = h * mask.to(h.dtype)
             y = torch._grouped_mm(h, self.w_out.transpose(-2, -1), offs=offs)
             if self.b_out is not None:
                 y = y + self.b_out.repeat_interleave(torch.tensor(counts, device=xs.device), dim=0,
@@ -156,10 +202,10 @@ class MoE(nn.Module):
             if c == 0:
                 continue
             xe = xs[start:start + c]  # (c, C)
-            start += c
             h = self._act(self.expert_linear(xe, self.w_in[e], None if self.b_in is None else self.b_in[e]))
-            if self.training:
-                h = self.dropout(h)
+            if mask is not None:  # this expert's rows of the one mask the grouped path uses
+                h = h * mask[start:start + c].to(h.dtype)
+            start += c
             outs.append(self.expert_linear(h, self.w_out[e], None if self.b_out is None else self.b_out[e]))
         if not outs:
             return xs.new_zeros(0, xs.shape[1])
@@ -214,18 +260,23 @@ class MoE(nn.Module):
         expert = idx.t().reshape(-1)  # (k*N,)
         order = torch.argsort(expert, stable=True)
         counts_t = torch.bincount(expert, minlength=E)  # (E,) assignments per expert
-        cap = self.capacity(N)
-        if cap is not None:
-            starts = torch.cumsum(counts_t, 0) - counts_t  # (E,) first sorted slot per expert
-            rank = torch.arange(k * N, device=x.device) - starts[expert[order]]
-            keep = rank < cap
-            order = order[keep]
-            kept_t = counts_t.clamp(max=cap)
-        else:
-            kept_t = counts_t
+        kept_t = run_t = counts_t
+        # capacity drops in training; evaluation is dropless but its health counts what
+        # training's capacity would drop (module docstring)
+        if self.capacity_factor is not None and (self.training or self.health is not None):
+            if sel is not None:
+                seq, lengths = sel // T, valid.sum(1)  # (N,) sequence of each real token, (B,)
+            else:
+                seq = torch.arange(N, device=x.device) // T
+                lengths = torch.full((B,), T, device=x.device)
+            keep = self._within_capacity(expert, seq.repeat(k), lengths)  # (k*N,)
+            kept_t = torch.bincount(expert[keep], minlength=E)
+            if self.training:
+                order = order[keep[order]]
+                run_t = kept_t
         token = order % N if N else order  # (M,) token of each kept assignment
         gate = gates.t().reshape(-1)[order]  # (M,) fp32
-        counts = kept_t.tolist()
+        counts = run_t.tolist()
         y = self.experts(flat.index_select(0, token), counts)  # (M, C)
         y = y * gate[:, None].to(y.dtype)
         out = torch.zeros_like(flat).index_add_(0, token, y)  # (N, C)

@@ -12,9 +12,15 @@ This is the one place that imports ``torch.distributed`` for training (torchtita
   all-reduced gradient the global token-weighted mean, the same as one process accumulating
   every micro-batch (fp32 to rounding). Gradient sync runs on the last local micro-batch only
   (DDP ``no_sync``, FSDP2 ``set_requires_gradient_sync``).
-* **Per-rank randomness derived from the seed**: dropout and router jitter draw from torch's
-  generator reseeded every step from (seed, rank, step), so a resumed run at any world size
-  draws what it would have drawn; with dropout 0 runs match across world sizes exactly.
+* **Randomness keyed by micro-batch, not by rank**: dropout and router jitter draw from
+  torch's generator reseeded before every micro-batch from (seed, step, index of the
+  micro-batch in the step's global batch), in one process as on N ranks. A micro-batch then
+  gets the same dropout masks whichever rank runs it, so runs match across world sizes with
+  dropout too (to fp32 rounding), and a resumed run draws what it would have drawn.
+* **Parameters a step may leave unused**: DDP looks for them (``find_unused_parameters``)
+  only for models and objectives that can leave some without gradients
+  (:func:`may_leave_parameters_unused`); a parameter no rank used keeps ``grad`` None, so the
+  optimizer skips it as one process does.
 * **Checkpoints that do not depend on the world size**: rank 0 writes full (gathered) weights
   and optimizer state through the ordinary safetensors + SHA-256 manifest checkpoint
   (:mod:`archlab.train.checkpoint`; for FSDP2 through a host replica of the model that the
@@ -167,9 +173,27 @@ def grad_sync(model: nn.Module, env: DistEnv, sync: bool) -> Iterator[None]:
     yield
 
 
-def step_seed(seed: int, rank: int, step: int) -> int:
-    """torch's generator seed for one rank's optimizer step (dropout, router jitter)."""
-    return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1)
+def micro_seed(seed: int, step: int, micro: int) -> int:
+    """torch's generator seed for micro-batch ``micro`` (its index in the step's global batch,
+    0 .. grad_accum * world - 1) of optimizer step ``step`` (dropout, router jitter). No rank
+    in the key: the micro-batch draws the same masks on any rank and at any world size."""
+    import numpy as np
+
+    hi, lo = np.random.SeedSequence([seed, step, micro]).generate_state(2, np.uint32)
+    return ((int(hi) << 32) | int(lo)) & (2**63 - 1)
+
+
+def may_leave_parameters_unused(model: nn.Module, objective_name: str) -> bool:
+    """Whether a training step can leave parameters without gradients (DDP must then look for
+    them, ``find_unused_parameters``, or it stops at the next step): classification does not
+    use the LM head; a prefix-LM's bidirectional Mamba layers run their backward scan only over
+    a prefix, so a batch without one (causal-LM on a prefix-LM) leaves ``ssm_bwd`` unused.
+    Other models use every parameter in every step (MoE experts are stacked tensors), and
+    DDP's search for unused ones (a walk over the autograd graph each step) is not paid."""
+    if objective_name == "classification":
+        return True
+    decoder = getattr(model, "decoder", None)
+    return any(getattr(b, "ssm_bwd", None) is not None for b in getattr(decoder, "blocks", ()))
 
 
 def grad_norm_value(norm: torch.Tensor) -> float:
@@ -215,8 +239,7 @@ class HostReplica:
         if env.is_main:
             self.model.load_state_dict(msd)
             if osd is not None:
-                set_optimizer_state_dict(self.model, self.optimizer, osd,
-                                         options=StateDictOptions(full_state_dict=True))
+                set_optimizer_state_dict(self.model, self.optimizer, osd, options=_optim_load_options())
 
     def push(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Load the replica's full state (read from a checkpoint on every rank) into the
@@ -231,7 +254,16 @@ class HostReplica:
         opts = StateDictOptions(full_state_dict=True)
         set_model_state_dict(model, self.model.state_dict(), options=opts)
         osd = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
-        set_optimizer_state_dict(model, optimizer, osd, options=opts)
+        set_optimizer_state_dict(model, optimizer, osd, options=_optim_load_options())
+
+
+def _optim_load_options() -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # strict=False for the optimizer only: a parameter no step has used yet (a prefix-LM's
+    # backward Mamba scans under causal-LM, :func:`may_leave_parameters_unused`) has no AdamW
+    # state, as in one process; the model's weights still load strictly
+    return StateDictOptions(full_state_dict=True, strict=False)
 
 
 def check_supported(env: DistEnv, *, decode_metrics: bool) -> None:
@@ -257,5 +289,5 @@ def rank_died_message(error: Any) -> str:
 
 
 __all__ = ["DistEnv", "HostReplica", "blocks_of", "check_supported", "device_for", "grad_norm_value", "grad_sync",
-           "init_distributed", "parallelize", "rank_died_message", "reduce_moe_load", "shutdown_if_initialized",
-           "step_seed", "unwrap"]
+           "init_distributed", "may_leave_parameters_unused", "micro_seed", "parallelize", "rank_died_message",
+           "reduce_moe_load", "shutdown_if_initialized", "unwrap"]

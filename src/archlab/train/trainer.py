@@ -3,8 +3,10 @@ evaluation, early stopping, and checkpoints from which a killed run resumes bit-
 
 Bit-exact resume rests on three rules: (1) the data order is a pure function of
 (seed, epoch) and the position is saved as (epoch, micro-batch index); (2) every random draw
-(objective masking: one NumPy generator; dropout: torch's generator) is saved at optimizer
-step boundaries; (3) the learning rate is a pure function of the step. A resumed run then
+is saved at optimizer step boundaries (objective masking: one NumPy generator) or is a pure
+function of (seed, step, micro-batch index) (dropout, router jitter: torch's generator,
+reseeded before each micro-batch, the same at any world size); (3) the learning rate is a
+pure function of the step. A resumed run then
 executes exactly the same operations as an uninterrupted one.
 """
 
@@ -43,9 +45,10 @@ from archlab.train.parallel import (
     device_for,
     grad_norm_value,
     grad_sync,
+    may_leave_parameters_unused,
+    micro_seed,
     parallelize,
     reduce_moe_load,
-    step_seed,
 )
 
 MetricFn = Callable[[torch.nn.Module, int], dict[str, float]]
@@ -221,10 +224,11 @@ class Trainer:
         if env.kind == "fsdp":  # full state for checkpoints goes through an unsharded host copy
             self.replica = HostReplica(self.model, lambda m, dev: make_optimizer(m, train_cfg, dev))
         if env.active or train_cfg.compile:
-            classify = getattr(getattr(objective, "base", objective), "name", "") == "classification"
-            # classification leaves the LM head without gradients: DDP must look for unused ones
+            # classification leaves the LM head without gradients, a prefix-LM's backward Mamba
+            # scans go unused without a prefix: DDP must look for unused parameters then
+            name = getattr(getattr(objective, "base", objective), "name", "")
             self.model = parallelize(self.model, env, self.device, compile_blocks=train_cfg.compile,
-                                     find_unused=classify)
+                                     find_unused=may_leave_parameters_unused(self.model, name))
         self.optimizer = make_optimizer(self.module, train_cfg, self.device)
         self.data_rng = np.random.default_rng(train_cfg.seed)
         self._epoch_cache: tuple[int, list[list[Example]]] | None = None
@@ -412,14 +416,16 @@ class Trainer:
                     n_tok = batch_tokens(b)
                     st.tokens_seen += n_tok
                     tok_window += n_tok
-                if env.active:  # per-rank randomness, a pure function of (seed, rank, step)
-                    torch.manual_seed(step_seed(cfg.seed, rank, st.step))
-                mine = list(zip(micro, weights))[rank::world]
+                # this rank's micro-batches rank, rank + world, ... with their global index
+                mine = list(zip(range(len(micro)), micro, weights))[rank::world]
                 # losses accumulate on the device; read back only when logged, saved or
                 # evaluated (a CUDA run is not synchronised every step; a CPU run reads every step)
                 loss_t = torch.zeros((), dtype=torch.float64, device=self.device)
                 aux_t: dict[str, torch.Tensor] = {}
-                for j, (b, w) in enumerate(mine):
+                for j, (i, b, w) in enumerate(mine):
+                    # dropout / jitter keyed by the micro-batch, not the rank: the same masks
+                    # in one process and on any rank (2 ranks equal 1 process with dropout)
+                    torch.manual_seed(micro_seed(cfg.seed, st.step, i))
                     b = to_device(b, self.device)
                     with grad_sync(self.model, env, sync=j == len(mine) - 1):
                         with self._autocast():
