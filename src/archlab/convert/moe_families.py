@@ -17,6 +17,7 @@ either; export writes the on-disk layout.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -139,19 +140,51 @@ MOE_DEFAULT_ARCHITECTURE: dict[str, str] = {"mixtral": "MixtralForCausalLM"}
 
 
 def _switch_pattern(n: int, step: int) -> str:
-    """transformers' SwitchTransformersStack: layer i is sparse iff i % step == 1 (or step 1)."""
+    """transformers' SwitchTransformersStack: layer i of n is sparse iff ``i % step == 1 or
+    step == 1``, none for step <= 0."""
     return "".join("E" if step > 0 and (i % step == 1 or step == 1) else "D" for i in range(n))
 
 
-def _switch_step(n: int, num_sparse: int) -> int:
-    # SwitchTransformersConfig.__post_init__ (num_sparse 0 gives step n, its "no sparse" hack)
-    return n // num_sparse if num_sparse > 0 else n
+def _switch_step(hf: dict[str, Any], side: str, n: int) -> int:
+    """The ``{side}_sparse_step`` transformers builds the ``side`` stack (n layers) from.
+
+    SwitchTransformersConfig derives it from ``num_sparse_{side}_layers`` (n // num, or n for
+    num 0: its "no sparse layers" hack, which still makes layer 1 sparse when n > 1), then
+    sets the extra keys of config.json as attributes, so a saved ``{side}_sparse_step`` (every
+    ``save_pretrained`` writes it) overrides the derived one."""
+    key = f"{side}_sparse_step"
+    if key in hf:
+        step = hf[key]
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise ArchlabError(f"switch_transformers: {key}={step!r} is not an integer")
+        return step
+    nkey = f"num_sparse_{side}_layers"
+    num = hf.get(nkey, 3)
+    if not isinstance(num, int) or isinstance(num, bool):
+        raise ArchlabError(f"switch_transformers: {nkey}={num!r} is not an integer")
+    return n // num if num > 0 else n
+
+
+def _switch_export(kinds: list[str]) -> tuple[int, int] | None:
+    """(sparse step, num_sparse_*_layers) that make transformers build the layer pattern
+    ``kinds`` (ffn kinds of one stack), None if no step does. Where a num_sparse gives the step
+    (n // num) both agree, so a reader that derives the step from num_sparse builds the same
+    layers; otherwise num_sparse is the count of sparse layers and the step decides."""
+    n = len(kinds)
+    pattern = "".join("E" if f == "moe" else "D" for f in kinds)
+    for num in range(1, n + 1):
+        if _switch_pattern(n, n // num) == pattern:
+            return n // num, num
+    for step in range(n + 1):  # a step > n gives step n's pattern
+        if _switch_pattern(n, step) == pattern:
+            return step, pattern.count("E")
+    return None
 
 
 class SwitchTransformers(T5):
     """``SwitchTransformersForConditionalGeneration``: T5 v1.0 blocks (ReLU, relative buckets,
-    tied head scaled by d^-0.5) whose feed-forward is a top-1 switch MoE every ``step``-th
-    layer. HF caps each expert at ``expert_capacity`` tokens *per sequence* (drops the rest);
+    tied head scaled by d^-0.5) whose feed-forward is a top-1 switch MoE in the layers
+    ``{encoder,decoder}_sparse_step`` selects (see :func:`_switch_step`). HF caps each expert at ``expert_capacity`` tokens *per sequence* (drops the rest);
     archlab imports the router dropless, which equals HF while no sequence sends more than
     ``expert_capacity`` tokens to one expert (the tests check such inputs), and exports with
     ``expert_capacity`` = max_seq_len, where nothing drops."""
@@ -167,11 +200,13 @@ class SwitchTransformers(T5):
                                "router has no bias)")
         if str(hf.get("feed_forward_proj", "relu")).startswith("gated"):
             raise ArchlabError("switch_transformers: gated feed_forward_proj is not supported")
-        kw = super().model_config(hf, arch, ck)
+        # SwitchTransformersForConditionalGeneration scales the head by d_model^-0.5 iff
+        # tie_word_embeddings (it has no scale_decoder_outputs, which T5 reads first)
+        kw = super().model_config({k: v for k, v in hf.items() if k != "scale_decoder_outputs"}, arch, ck)
         n_enc = hf.get("num_layers", 12)
         n_dec = hf.get("num_decoder_layers") or n_enc
-        enc = _switch_pattern(n_enc, _switch_step(n_enc, int(hf.get("num_sparse_encoder_layers", 3))))
-        dec = _switch_pattern(n_dec, _switch_step(n_dec, int(hf.get("num_sparse_decoder_layers", 3))))
+        enc = _switch_pattern(n_enc, _switch_step(hf, "encoder", n_enc))
+        dec = _switch_pattern(n_dec, _switch_step(hf, "decoder", n_dec))
         if "E" in enc + dec:
             kw["ffn"] = f"{enc}/{dec}"
             kw["moe"] = {"n_experts": int(hf.get("num_experts", 8)), "top_k": 1, "router": "switch",
@@ -205,14 +240,6 @@ class SwitchTransformers(T5):
                                   op="experts"))
         return out
 
-    def _num_sparse(self, kinds: list[str]) -> int | None:
-        n = len(kinds)
-        pattern = "".join("E" if f == "moe" else "D" for f in kinds)
-        for k in range(1, n + 1):
-            if _switch_pattern(n, _switch_step(n, k)) == pattern:
-                return k
-        return None
-
     def problems(self, cfg):
         p = [x.replace("t5", "switch_transformers")
              for x in super().problems(cfg.replace(ffn=None, moe=None))]
@@ -225,9 +252,10 @@ class SwitchTransformers(T5):
             if not (cfg.encoder_layers if side == "encoder" else cfg.decoder_layers):
                 continue  # a decoder-only model (its arch is already a problem)
             kinds = [f for _, f in cfg.layer_kinds(side)]
-            if self._num_sparse(kinds) is None:
+            if _switch_export(kinds) is None:
                 p.append(f"{side} ffn pattern {''.join('E' if f == 'moe' else 'D' for f in kinds)} is not "
-                         "one transformers builds (layer i sparse iff i % step == 1)")
+                         "one transformers builds (layer i sparse iff i % step == 1, all for step 1, "
+                         "none for step 0)")
         m = cfg.moe_cfg
         if m.router != "switch":
             p.append(f"moe.router is {m.router} (switch_transformers routes top-1 by softmax: switch)")
@@ -240,17 +268,29 @@ class SwitchTransformers(T5):
             p.append(f"activation is {cfg.activation} (switch experts are not gated)")
         return p
 
+    def extra_tensors(self, cfg, arch, state):
+        out = super().extra_tensors(cfg, arch, state)
+        if cfg.lm_head_scale == 1.0:
+            # tie_word_embeddings=false (the only way to an unscaled head here): transformers
+            # then ties neither stack's embed_tokens to shared.weight, so both are written
+            for side in ("encoder", "decoder"):
+                out[f"{side}.embed_tokens.weight"] = state["embed_tokens.weight"]
+        return out
+
     def hf_config(self, cfg, arch):
         out = super().hf_config(cfg.replace(ffn=None, moe=None), arch)
-        out.pop("scale_decoder_outputs", None)
+        out.pop("scale_decoder_outputs", None)  # Switch scales the head iff tie_word_embeddings
         m = cfg.moe_cfg
-        enc = [f for _, f in cfg.layer_kinds("encoder")]
-        dec = [f for _, f in cfg.layer_kinds("decoder")]
+        enc_step, enc_num = _switch_export([f for _, f in cfg.layer_kinds("encoder")]) or (0, 0)
+        dec_step, dec_num = _switch_export([f for _, f in cfg.layer_kinds("decoder")]) or (0, 0)
         out.update({
             "num_experts": m.n_experts,
             "expert_capacity": cfg.max_seq_len,
-            "num_sparse_encoder_layers": self._num_sparse(enc),
-            "num_sparse_decoder_layers": self._num_sparse(dec),
+            # the steps are what transformers builds the stacks from (they override num_sparse)
+            "num_sparse_encoder_layers": enc_num,
+            "num_sparse_decoder_layers": dec_num,
+            "encoder_sparse_step": enc_step,
+            "decoder_sparse_step": dec_step,
             "router_bias": False,
             "router_jitter_noise": m.router_jitter,
             "router_dtype": "float32",
