@@ -133,8 +133,9 @@ def test_switch_transformers_explicit_sparse_steps(tmp_path, steps, pattern):
 
 def test_switch_transformers_exports_every_step_pattern(tmp_path):
     """A native model with a pattern only an explicit step gives (6 layers, step 4: layers 1
-    and 5) exports to a config transformers builds the same layers from; a pattern no step
-    gives is refused with the rule."""
+    and 5) exports to a config transformers builds the same layers and logits from (its head is
+    unscaled, so tie_word_embeddings is false and transformers ties neither embed_tokens to
+    shared: both must be written); a pattern no step gives is refused with the rule."""
     import transformers
 
     cfg = ModelConfig(arch="encoder-decoder", vocab_size=61, d_model=16, n_heads=2, n_layers=6,
