@@ -5,6 +5,7 @@ error or a tangle."""
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
 
@@ -56,8 +57,92 @@ def modules_under(package: str) -> list[str]:
             for p in sorted(root.rglob("*.py"))]
 
 
+def components(graph: Mapping[str, Iterable[str]]) -> list[set[str]]:
+    """The strongly connected components of ``graph`` with more than one module (Tarjan 1972):
+    each is a set of modules that all reach each other, i.e. an import cycle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    comps: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                comps.append(comp)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(comps, key=min)
+
+
+def cycle_in(graph: Mapping[str, Iterable[str]], comp: set[str]) -> list[str]:
+    """The shortest cycle ``[a, b, ..., a]`` from the first module of component ``comp`` back
+    to itself (breadth first inside the component)."""
+    start = min(comp)
+    paths = {start: [start]}
+    todo = [start]
+    while todo:
+        v = todo.pop(0)
+        for w in sorted(graph.get(v, ())):
+            if w == start and v != start:
+                return [*paths[v], start]
+            if w in comp and w not in paths:
+                paths[w] = [*paths[v], w]
+                todo.append(w)
+    raise AssertionError(f"{sorted(comp)} is not a cycle")
+
+
+def cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    return [cycle_in(graph, c) for c in components(graph)]
+
+
+
+
 def test_the_graph_sees_imports_inside_functions():
     assert "archlab.train.checkpoint" in imports("archlab.run")  # imported inside load_run
+
+
+def test_the_graph_counts_a_package_imported_from():
+    # ``from archlab.objectives import OBJECTIVES`` runs archlab/objectives/__init__.py: an
+    # edge to the package (a submodule importing its own package that way closes a cycle)
+    assert "archlab.objectives" in imports("archlab.train.run")
+
+
+def test_the_cycle_check_finds_cycles():
+    graph = {"a": {"b"}, "b": {"c", "d"}, "c": {"a"}, "d": set(), "e": {"f"}, "f": {"e"}, "g": {"a"}}
+    assert cycles(graph) == [["a", "b", "c", "a"], ["e", "f", "e"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    """No import cycle anywhere in src/archlab, counting every import statement (those inside
+    functions too: a cycle hidden in a function still ties the two modules together)."""
+    graph = {m: imports(m) for m in modules_under("archlab")}
+    assert len(graph) > 50 and graph["archlab.convert.core"]  # the graph sees the source tree
+    found = components(graph)
+    report = "\n".join(" -> ".join(cycle_in(graph, c)) + (
+        f"  (all of {', '.join(sorted(c))} reach each other)" if len(c) > 2 else "") for c in found)
+    if found:
+        print(f"import cycles in {SRC / 'archlab'}:\n{report}")
+    assert not found, f"import cycles in src/archlab:\n{report}"
 
 
 def test_checkpoints_do_not_know_run_directories():

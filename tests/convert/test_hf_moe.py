@@ -86,6 +86,77 @@ def test_switch_transformers_greedy_generate_equals_transformers(tmp_path):
     assert len(set(map(tuple, ours.tolist()))) > 1
 
 
+def _hf_sparse(hf) -> str:
+    """The layer pattern transformers built: E where a block's feed-forward is sparse."""
+    return "/".join("".join("E" if b.is_sparse else "D" for b in stack.block)
+                    for stack in (hf.encoder, hf.decoder))
+
+
+# (encoder_sparse_step, decoder_sparse_step) as a saved config carries them (the attributes
+# SwitchTransformersStack builds from; they override num_sparse_*_layers, which the spec sets
+# to 2 / 1, i.e. steps 2 / 2): 4 encoder and 2 decoder layers; layer i is sparse iff
+# i % step == 1 or step == 1, none for step 0
+@pytest.mark.parametrize("steps, pattern", [
+    ((2, 1), "DEDE/EE"),  # the issue's checkpoint: decoder all sparse, not DE
+    ((3, 0), "DEDD/DD"),  # a step no num_sparse gives (4 // k), and a dense decoder
+    ((1, 2), "EEEE/DE"),
+    ((0, 1), "DDDD/EE"),  # a dense encoder
+])
+def test_switch_transformers_explicit_sparse_steps(tmp_path, steps, pattern):
+    import transformers
+
+    enc, dec = steps
+    hf = make("switch", tmp_path / "switch", encoder_sparse_step=enc, decoder_sparse_step=dec)
+    assert _hf_sparse(hf) == pattern  # the combination is what transformers builds
+    imp = from_hf(tmp_path / "switch")
+    assert imp.cfg.ffn == pattern
+    ids, mask = batch(seed=3)
+    dec_ids = batch(seed=2, T=6)[0]
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec_ids).logits
+        ours = imp.model(ids, mask, decoder_input_ids=dec_ids).logits
+    torch.testing.assert_close(ours, ref)
+    # export (from the import and from the bare model, which has no HF config to start from):
+    # transformers rebuilds the same layers and logits, and the round trip is the identity
+    for src, out in ((imp, tmp_path / "a"), (imp.model, tmp_path / "b")):
+        to_hf(src, out)
+        hf2 = transformers.SwitchTransformersForConditionalGeneration.from_pretrained(out).eval()
+        assert _hf_sparse(hf2) == pattern, out
+        with torch.no_grad():
+            torch.testing.assert_close(hf2(input_ids=ids, attention_mask=mask,
+                                           decoder_input_ids=dec_ids).logits, ref)
+        back = from_hf(out)
+        assert back.cfg == imp.cfg
+        sd1, sd2 = imp.model.state_dict(), back.model.state_dict()
+        assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+
+
+def test_switch_transformers_exports_every_step_pattern(tmp_path):
+    """A native model with a pattern only an explicit step gives (6 layers, step 4: layers 1
+    and 5) exports to a config transformers builds the same layers and logits from (its head is
+    unscaled, so tie_word_embeddings is false and transformers ties neither embed_tokens to
+    shared: both must be written); a pattern no step gives is refused with the rule."""
+    import transformers
+
+    cfg = ModelConfig(arch="encoder-decoder", vocab_size=61, d_model=16, n_heads=2, n_layers=6,
+                      n_decoder_layers=1, d_ff=24, norm="rmsnorm", position="t5-relative", bias=False,
+                      activation="relu", attn_scale=1.0, rel_buckets=8, rel_max_distance=20,
+                      ffn="DEDDDE/E", moe=MoEConfig(n_experts=2, top_k=1, router="switch"),
+                      max_seq_len=32)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    out = to_hf(model, tmp_path / "x", family="switch_transformers")
+    hf = transformers.SwitchTransformersForConditionalGeneration.from_pretrained(out).eval()
+    assert _hf_sparse(hf) == "DEDDDE/E"
+    ids = torch.randint(3, 61, (2, 7))
+    dec = torch.randint(3, 61, (2, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids, decoder_input_ids=dec).logits,
+                                   model(ids, decoder_input_ids=dec).logits)
+    with pytest.raises(ArchlabError, match="encoder ffn pattern DEEDDD"):
+        hf_family_for(cfg.replace(ffn="DEEDDD/E"), "switch_transformers")
+
+
 def test_native_moe_decoder_exports_to_mixtral(tmp_path):
     cfg = ModelConfig(arch="decoder", vocab_size=61, d_model=32, n_heads=4, n_kv_heads=2, n_layers=2,
                       d_ff=24, tie_embeddings=False, ffn="E*", moe=MoEConfig(n_experts=4, top_k=2),

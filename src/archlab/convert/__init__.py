@@ -1,8 +1,10 @@
-"""Hugging Face interoperability: import and export BERT, RoBERTa, DistilBERT, GPT-2, Llama, Mistral, T5, BART and Marian.
+"""Hugging Face interoperability: import and export BERT, RoBERTa, DistilBERT, GPT-2, Llama,
+Mistral, T5, BART, Marian, Mamba, Mamba-2, Jamba, Mixtral and Switch Transformers.
 
 ``from_hf(dir)`` reads a local HF checkpoint directory into an archlab model (and tokenizer);
 ``to_hf(model_or_dir, out)`` writes one that ``transformers`` loads with the same logits. The
-HF key maps live in :mod:`archlab.convert.families` and nowhere else.
+HF key maps live in the package :mod:`archlab.convert.families` (one module per family) and
+nowhere else.
 """
 
 from archlab.convert.core import (

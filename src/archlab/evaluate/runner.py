@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+import archlab.evaluate.metrics as M  # the module itself: the package imports this one
 from archlab.errors import ArchlabError
-from archlab.evaluate import metrics as M
 from archlab.generate.config import default_from_generation
 
 # objectives whose models read a source and write a target (decoded with the seq2seq layout)

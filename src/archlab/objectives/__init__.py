@@ -19,12 +19,10 @@ from archlab.objectives.base import (
 from archlab.objectives.denoise import Denoising, SpanCorruption
 from archlab.objectives.distill import Distillation
 from archlab.objectives.lm import CausalLM, Classification, MaskedLM, PrefixLM, Seq2Seq
+from archlab.objectives.registry import BASE_OBJECTIVES
 
-OBJECTIVES: dict[str, type[Objective]] = {
-    cls.name: cls
-    for cls in (CausalLM, PrefixLM, MaskedLM, SpanCorruption, Denoising, Seq2Seq, Classification,
-                Distillation)
-}
+# the stand-alone objectives, then distillation (which wraps one of them)
+OBJECTIVES: dict[str, type[Objective]] = {**BASE_OBJECTIVES, Distillation.name: Distillation}
 
 
 def make_objective(name: str, special: SpecialTokens, arch: str, max_len: int = 512, **options: Any) -> Objective:

@@ -50,6 +50,7 @@ from archlab.objectives.base import (
     model_config,
     with_aux,
 )
+from archlab.objectives.registry import BASE_OBJECTIVES, make_base_objective
 
 KEY = "objective.options"
 _T = "teacher_"  # prefix of the teacher's batch tensors (when its layout differs)
@@ -109,16 +110,14 @@ class Distillation(Objective):
         max_source_len: int | None = None,
         max_target_len: int | None = None,
     ) -> None:
-        from archlab.objectives import OBJECTIVES, make_objective
-
         budget = {"max_source_len": max_source_len, "max_target_len": max_target_len}
         super().__init__(special, arch, max_len, decoder_start=decoder_start, label_smoothing=label_smoothing,
                          **budget)
-        choices = ", ".join(k for k in OBJECTIVES if k != self.name)
+        choices = ", ".join(BASE_OBJECTIVES)
         if teacher is None or teacher == "":
             raise ConfigError(f"{KEY}.teacher: distillation needs a teacher (an archlab run or model "
                               "directory, or a Hugging Face checkpoint directory)")
-        if base is None or base == self.name or base not in OBJECTIVES:
+        if base is None or base not in BASE_OBJECTIVES:
             raise ConfigError(f"{KEY}.base: {base!r} is not valid; the student's own objective, one of: {choices}")
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"{KEY}.alpha: must be in [0, 1] (weight of the KL term), got {alpha}")
@@ -132,8 +131,8 @@ class Distillation(Objective):
         self.teacher_source = teacher
         self.alpha, self.temperature, self.cosine = float(alpha), float(temperature), float(cosine)
         self.base_options = dict(base_options or {})
-        self.base = make_objective(base, special, arch, max_len, decoder_start=decoder_start,
-                                   label_smoothing=label_smoothing, **budget, **self.base_options)
+        self.base = make_base_objective(base, special, arch, max_len, decoder_start=decoder_start,
+                                        label_smoothing=label_smoothing, **budget, **self.base_options)
         self.needs = self.base.needs
         self.teacher: Any = None
         self.teacher_base: Objective | None = None
@@ -157,12 +156,11 @@ class Distillation(Objective):
 
     def attach(self, teacher: Any) -> None:
         """Use the model ``teacher`` (eval mode, no gradients)."""
-        from archlab.objectives import make_objective
-
         t_arch = teacher.cfg.arch
         try:
-            self.teacher_base = make_objective(self.base.name, self.special, t_arch, self.max_len,
-                                               decoder_start=teacher.cfg.start_token_id, **self.base_options)
+            self.teacher_base = make_base_objective(self.base.name, self.special, t_arch, self.max_len,
+                                                    decoder_start=teacher.cfg.start_token_id,
+                                                    **self.base_options)
         except ConfigError:
             raise ConfigError(f"{KEY}.teacher: a {t_arch} teacher cannot supply {self.base.name} targets "
                               f"(that objective runs on {', '.join(type(self.base).archs)})") from None
