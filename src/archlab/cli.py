@@ -42,13 +42,41 @@ def build_parser() -> argparse.ArgumentParser:
         help_text = (run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else None
         p = sub.add_parser(name, help=help_text, description=(run.__doc__ or "").strip())
         add_args(p)
-        p.set_defaults(_run=run)
+        p.set_defaults(_run=run, _parser=p)
+        _mark_overrides(p)
     return parser
+
+
+def _mark_overrides(p: argparse.ArgumentParser) -> None:
+    """Note on ``p`` (and its own subcommands) which positional list takes ``KEY=VALUE``
+    overrides, so that :func:`main` can add the ones given after an option to it."""
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _mark_overrides(child)
+        elif not action.option_strings and action.nargs == "*" and "KEY=VALUE" in str(action.metavar):
+            p.set_defaults(_overrides=action.dest, _parser=p)
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse with ``KEY=VALUE`` overrides allowed before or after options: argparse gives a
+    positional list only the words before the first option, so the rest come back unknown
+    and are appended, in order, to the subcommand's override list. Anything else unknown is
+    an error of that subcommand (exit 2), as plain ``parse_args`` would give."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        dest = getattr(args, "_overrides", None)
+        sub = getattr(args, "_parser", parser)
+        bad = [x for x in extra if dest is None or x.startswith("-") or "=" not in x]
+        if bad:
+            sub.error(f"unrecognized arguments: {' '.join(bad)}")
+        getattr(args, dest).extend(extra)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2

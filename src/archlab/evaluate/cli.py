@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory made by archlab train")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="changes to the run's data section, e.g. data.max_source_chars=200 (evaluate the "
+                        "trained model on other data of its task; recorded in the report)")
     p.add_argument("--split", default="test", choices=("test", "valid", "train"))
     p.add_argument("--which", default="auto", choices=("auto", "best", "final", "latest"),
                    help="which weights (default: best, else final)")
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
     opts = decode_options(args)
     report = evaluate_run(args.run_dir, split=args.split, which=args.which, opts=opts, out=args.out,
-                          outputs=args.outputs, progress=False if args.no_progress else None)
+                          outputs=args.outputs, progress=False if args.no_progress else None,
+                          data_overrides=list(args.overrides))
     shown = {k: v for k, v in report.items() if k not in ("samples", "decode")}
     print(json.dumps(shown, indent=1))
     return 0

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import archlab.evaluate.metrics as M  # the module itself: the package imports this one
-from archlab.errors import ArchlabError
+from archlab.errors import ArchlabError, ConfigError
 from archlab.generate.config import default_from_generation
 
 # objectives whose models read a source and write a target (decoded with the seq2seq layout)
@@ -237,11 +237,27 @@ def _public(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if not k.startswith("_")}
 
 
+def _override_data(data_cfg: Any, overrides: list[str]) -> Any:
+    """The run's data config with ``data.KEY=VALUE`` overrides applied (checked like the
+    training config: unknown keys and bad values are one-line errors)."""
+    from archlab.config import apply_overrides, from_dict, parse_override, to_dict
+
+    for text in overrides:
+        path, _ = parse_override(text)
+        if path[0] != "data" or len(path) < 2:
+            raise ConfigError(f"override {text!r}: evaluate takes data.KEY=VALUE (the run's data section); "
+                              "decoding is set with the --num-beams, --max-new-tokens, ... flags")
+    raw = apply_overrides({"data": to_dict(data_cfg)}, overrides)["data"]
+    return from_dict(type(data_cfg), raw, prefix="data")
+
+
 def evaluate_run(path: str | Path, *, split: str = "test", which: str = "auto",
                  opts: DecodeOptions | None = None, out: str | Path | None = None,
-                 outputs: str | Path | None = None, progress: bool | None = None) -> dict[str, Any]:
+                 outputs: str | Path | None = None, progress: bool | None = None,
+                 data_overrides: list[str] | None = None) -> dict[str, Any]:
     """Evaluate a run directory on its task's ``split`` and write ``eval.json`` (atomically)
-    in the run directory (or ``out``); ``outputs`` also writes the decoded texts, one a line."""
+    in the run directory (or ``out``); ``outputs`` also writes the decoded texts, one a line.
+    ``data_overrides``: dotted ``data.KEY=VALUE`` changes to the run's data section."""
     from archlab.data import load_dataset
     from archlab.run import load_run
 
@@ -258,7 +274,10 @@ def evaluate_run(path: str | Path, *, split: str = "test", which: str = "auto",
         opts = replace(opts, max_source_len=loaded.config.train.max_source_len)
     if loaded.tokenizer is None:
         raise ArchlabError(f"{loaded.model_path}: no tokenizer saved with the model")
-    ds = load_dataset(loaded.config.data)
+    data_cfg = loaded.config.data
+    if data_overrides:
+        data_cfg = _override_data(data_cfg, data_overrides)
+    ds = load_dataset(data_cfg)
     examples = getattr(ds, split)
     if opts.test_examples:
         examples = examples[: opts.test_examples]
@@ -275,7 +294,8 @@ def evaluate_run(path: str | Path, *, split: str = "test", which: str = "auto",
     hyps = res.pop("_outputs", None)
     report = {"run": str(Path(path)), "model": str(loaded.model_path), "task": ds.name,
               "split": split, "kind": ds.kind, "objective": loaded.config.objective.base_name,
-              "arch": loaded.model.cfg.arch, "decode": asdict(opts), **_public(res)}
+              "arch": loaded.model.cfg.arch, "decode": asdict(opts),
+              **({"data_overrides": list(data_overrides)} if data_overrides else {}), **_public(res)}
     dest = Path(out) if out else Path(path) / "eval.json"
     tmp = dest.with_name(dest.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=1))

@@ -35,7 +35,33 @@ def add_decoding_args(p: argparse.ArgumentParser) -> None:
                         "model on CPU with several threads, else eager)")
 
 
+def _apply_generation_overrides(args: argparse.Namespace) -> None:
+    """``KEY=VALUE`` overrides of the decoding flags by their GenerationConfig names
+    (``num_beams=4``); unknown keys are a one-line error naming the valid ones."""
+    from dataclasses import fields
+
+    from archlab.config import parse_override
+    from archlab.errors import ConfigError
+
+    names = sorted(f.name for f in fields(GenerationConfig) if hasattr(args, f.name))
+    defaults = GenerationConfig()
+    for text in getattr(args, "overrides", None) or []:
+        path, value = parse_override(text)
+        key = ".".join(path)
+        if key not in names:
+            raise ConfigError(f"override {text!r}: unknown decoding setting {key}; choose one of: "
+                              f"{', '.join(names)}")
+        default = getattr(defaults, key)
+        want = int if default is None else type(default)  # (seed: int or null)
+        ok = (value is None and default is None) or (isinstance(value, want) and not (want is int and isinstance(value, bool))) or \
+            (want is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"override {text!r}: {key} must be {want.__name__}, got {value!r}")
+        setattr(args, key, float(value) if want is float else value)
+
+
 def generation_config(args: argparse.Namespace, layout: str) -> GenerationConfig:
+    _apply_generation_overrides(args)
     beams = args.num_beams
     strategy = args.strategy or ("beam" if beams is not None and beams > 1 else decoding_default("strategy"))
     if beams is None:
@@ -50,6 +76,9 @@ def generation_config(args: argparse.Namespace, layout: str) -> GenerationConfig
 
 def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (archlab train) or model directory")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="decoding settings by their GenerationConfig names, e.g. num_beams=4 top_p=0.9 "
+                        "(over the flags)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="one input text")
     src.add_argument("--input", metavar="FILE", help="inputs, one example a line (batched)")
