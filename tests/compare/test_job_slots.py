@@ -61,7 +61,7 @@ def test_jobs_run_concurrently_one_per_slot_and_students_after_teachers(monkeypa
         return {"run": job.run_dir, "devices": devices}
 
     monkeypatch.setattr(runner, "run_job", fake_run_job)
-    jobs = [SimpleNamespace(run_dir=d, teacher_run_dir=t) for d, t in
+    jobs = [SimpleNamespace(run_dir=d, depends_on=[t] if t else []) for d, t in
             (("a", None), ("b", None), ("student-of-a", "a"), ("c", None))]
     items = [(f"job {i}", j, Path(f"{j.run_dir}.json")) for i, j in enumerate(jobs)]
     out = runner.run_jobs(items, ["0", "1"])
