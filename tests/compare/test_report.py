@@ -586,6 +586,28 @@ def test_text_task_without_outputs_decides_on_the_seeds_alone(tmp_path):
     assert "with one seed and no per-example outputs" in one["verdict"][0]
 
 
+def test_a_seed_missing_from_one_entry_pairs_the_common_seed_ids(tmp_path):
+    """prefix-lm has no seed 0. Paired by seed id (1 with 1, 2 with 2) the decoder is behind in
+    seed 1, so the order changes between seeds: no winner. Paired by position (decoder seeds
+    0, 1 against prefix-lm's 1, 2) the decoder would be ahead in both and win, its gap (1.07)
+    being above both seed spreads (0.58, 0.85)."""
+    ppl = {("decoder", 0): 20.0, ("decoder", 1): 21.0, ("decoder", 2): 20.0,
+           ("prefix-lm", 1): 20.8, ("prefix-lm", 2): 22.0}
+    rows = []
+    for (entry, seed), v in ppl.items():
+        r = _row(tmp_path, entry, seed, ["x"] * 3, ["x"] * 3, objective="causal-lm")
+        for k in ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "outputs_path", "samples"):
+            r.pop(k)
+        r.update(ppl=v, bpb=1.0)
+        rows.append(r)
+    doc = _write(tmp_path, rows, [0, 1, 2], kind="text")
+    w = doc["winners"][0]
+    assert (w["leader"], w["runner_up"], w["winner"]) == ("decoder", "prefix-lm", None)
+    assert w["reason"] == "the order changes between seeds"
+    assert doc["verdict"][0].startswith("Quality: no clear winner on perplexity: **decoder** leads")
+    assert [a["seeds"] for a in doc["entries"]] == [[0, 1, 2], [1, 2]]
+
+
 # ---------------------------------------------------------------------------------------------
 # inference-cost line
 # ---------------------------------------------------------------------------------------------

@@ -22,11 +22,11 @@ and of the entry's tuning), ``tuned`` (chosen hyper-parameters), ``curve`` (vali
 ``examples_truncated`` and ``truncated_fraction``.
 
 Significance: at each budget scale, every entry is compared with the best entry (best mean
-of the primary metric) by a paired bootstrap over the test examples, seed paired with seed
-(sacrebleu's own test for BLEU / chrF; per-example scores for accuracy and ROUGE-L,
+of the primary metric) by a paired bootstrap over the test examples, seed paired with seed by
+seed id (sacrebleu's own test for BLEU / chrF; per-example scores for accuracy and ROUGE-L,
 :mod:`archlab.compare.stats`); the largest p-value over the seed pairings is reported, and a
 winner is called only when it is below 0.05 and, with several seeds, the gap also exceeds
-the seed-to-seed spread and holds in every seed
+the seed-to-seed spread and holds in every seed both entries ran
 (:func:`archlab.compare.stats.pick_winner`).
 """
 

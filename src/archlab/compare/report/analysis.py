@@ -109,8 +109,9 @@ def winners(agg: list[dict[str, Any]], results: list[dict[str, Any]], task_kind:
         group = [a for a in agg if a["scale"] == scale and _num(a.get(key))]
         if not group:
             continue
-        scores = {a["entry"]: [r[key] for r in sorted(rows, key=lambda r: r["seed"])
-                               if r["entry"] == a["entry"] and r["scale"] == scale and _num(r.get(key))]
+        # each entry's score by seed id: pick_winner pairs seed s with seed s (never by position)
+        scores = {a["entry"]: {r["seed"]: r[key] for r in rows
+                               if r["entry"] == a["entry"] and r["scale"] == scale and _num(r.get(key))}
                   for a in group}
         pv = {a["entry"]: a.get("p_value") for a in group}
         out.append(S.pick_winner(scale, scores, higher_is_better=higher, p_values=pv))

@@ -28,10 +28,10 @@ from archlab.compare.report.tables import (
 SIGNIFICANCE_NOTE = (
     "Significance: at each budget every entry is compared with the best one on the same test "
     "examples by paired bootstrap resampling (Koehn 2004; {n} resamples; BLEU/chrF with sacrebleu's "
-    "own test, accuracy and ROUGE-L per example), seed paired with seed; `p vs best` is the "
+    "own test, accuracy and ROUGE-L per example), seed paired with seed (by seed id); `p vs best` is the "
     "largest p-value over the seed pairings, `95% CI` the bootstrap half-width of the entry's own score. "
     "A winner is called only at p < 0.05 and, with several seeds, a gap larger than the seed-to-seed "
-    "standard deviation in the same direction in every seed.")
+    "standard deviation in the same direction in every seed both entries ran.")
 
 # what a column of the results table means, for the legend under it (only the columns shown);
 # a key ending in a space matches every column whose name ends with the rest (e.g. "BLEU src swapped")
