@@ -1,5 +1,6 @@
 """The compare report on synthetic results (no data packages, no training): aggregation, CSV,
-markdown and HTML carry the numbers of results.json; significance and the verdict follow
+markdown and HTML carry the numbers of results.json and render one view model with the same
+sections, table rows, verdict lines and notes (HTML escaped); significance and the verdict follow
 planted differences (a planted tie is not called a win); sweeps get a winner per budget,
 crossings and power-law fits; diagnostics (source ablation, loss spikes, tuning) reach the
 verdict and the plots. Also the verdict's inference-cost line: a clear latency winner is
@@ -13,14 +14,17 @@ import html
 import json
 import random
 import statistics
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import archlab.compare.report as report
 from archlab.compare import stats as S
 from archlab.compare.config import CompareConfig
-from archlab.compare.report import LATENCY_TIE, verdict, write_report
+from archlab.compare.report import LATENCY_TIE, ReportView, verdict, write_report
+from archlab.compare.report.render import plain
 from archlab.compare.sizing import Shape
 from archlab.evaluate.metrics import translation_metrics
 from tests.helpers import tiny
@@ -87,9 +91,22 @@ def _sizing(entries: list[str]) -> list[dict[str, Any]]:
              "model": tiny(ARCH[e])} for e in entries]
 
 
-def _write(out: Path, rows: list[dict[str, Any]], seeds: list[int], kind: str = "pair", **kw: Any) -> dict[str, Any]:
+VIEWS: dict[Path, ReportView] = {}  # the view model each _write rendered, by output directory
+
+
+def _write(out: Path, rows: list[dict[str, Any]], seeds: list[int], kind: str = "pair", cfg: CompareConfig | None = None,
+           **kw: Any) -> dict[str, Any]:
     entries = list(dict.fromkeys(r["entry"] for r in rows))
-    write_report(out, _cfg(seeds), rows, sizing=_sizing(entries), shape=SHAPE, task_kind=kind, wall_time_s=60.0, **kw)
+    build = report.build_view
+
+    def keep(*a: Any, **k: Any) -> ReportView:
+        VIEWS[out] = view = build(*a, **k)
+        return view
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "build_view", keep)
+        write_report(out, cfg or _cfg(seeds), rows, sizing=_sizing(entries), shape=SHAPE, task_kind=kind,
+                     wall_time_s=60.0, **kw)
     return json.loads((out / "results.json").read_text())
 
 
@@ -168,6 +185,109 @@ def test_aggregation_csv_markdown_and_html_carry_results_json(clear):
             assert float(c[key]) == pytest.approx(r[key], rel=1e-12)
         assert float(c["ablation_bleu"] or "nan") == pytest.approx(r["ablation"].get("bleu", float("nan")), nan_ok=True)
         assert c["outputs_path"] == r["outputs_path"]
+
+
+class _Page(HTMLParser):
+    """What a reader of report.html sees: headings, list items, paragraphs and tables as text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headings: list[tuple[str, str]] = []
+        self.items: list[str] = []
+        self.paragraphs: list[str] = []
+        self.tables: list[list[list[str]]] = []  # rows of cells, header row first
+        self.images: list[str] = []
+        self._text: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("h1", "h2", "h3", "li", "p", "td", "th"):
+            self._text = []
+        elif tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag == "img":
+            self.images.append(dict(attrs)["alt"] or "")
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._text is None or tag not in ("h1", "h2", "h3", "li", "p", "td", "th"):
+            return
+        text, self._text = "".join(self._text), None
+        if tag in ("td", "th"):
+            self.tables[-1][-1].append(text)
+        elif tag == "li":
+            self.items.append(text)
+        elif tag == "p":
+            self.paragraphs.append(text)
+        else:
+            self.headings.append((tag, text))
+
+
+def _same_view(out: Path) -> None:
+    """report.md and report.html show every heading, table row, verdict line, note, plot and
+    sample of the view model that write_report rendered, each section and table once."""
+    view = VIEWS[out]
+    md = (out / "report.md").read_text()
+    page = _Page()
+    page.feed((out / "report.html").read_text())
+    lines = md.splitlines()
+    heads = view.headings()
+    assert heads[:2] == ["Verdict", "Results (mean ± sd over seeds)"] and "Sizing rule" in heads
+    assert len(set(heads)) == len(heads)
+    assert [ln[3:] for ln in lines if ln.startswith("## ")] == heads
+    assert [t for tag, t in page.headings if tag == "h2"] == heads
+    assert lines[0] == f"# {view.title}" and ("h1", view.title) in page.headings
+    for title, table in view.tables():
+        assert table.rows
+        assert _md_table(md, title) == (table.head, table.rows), title
+        assert lines.count("| " + " | ".join(table.head) + " |") == 1, title  # the table once
+        shown = [t for t in page.tables if t and t[0] == table.head]
+        assert shown == [[table.head, *table.rows]], title
+    for line in [*view.verdict, *view.method_notes]:
+        assert f"- {line}" in lines and plain(line) in page.items, line
+    for section in view.body():
+        for text in [*section.paragraphs, *section.notes]:
+            assert text in lines and plain(text) in page.paragraphs, text
+    assert view.intro in lines and plain(view.intro) in page.paragraphs
+    assert [p.name for p in view.plots] == page.images == [ln[2:].split("]")[0] for ln in lines if ln.startswith("![")]
+    assert all((out / p.file).read_bytes() == p.png for p in view.plots)
+    cells = {c for t in page.tables for r in t for c in r}
+    for group in view.samples:
+        assert f"**{group.entry}**" in lines and ("h3", group.entry) in page.headings
+        for smp in group.samples:
+            assert {smp["source"], smp["reference"], smp["output"]} <= cells
+            assert f"  - output: {smp['output']}" in lines
+
+
+def test_markdown_and_html_render_the_same_view(clear):
+    out, doc = clear
+    _same_view(out)
+    view = VIEWS[out]
+    assert view.verdict == doc["verdict"] and view.samples
+    assert [s.title for s in view.body()] == ["Verdict", "Results (mean ± sd over seeds)", "Method", "Sizing rule"]
+    # the results legend names only the columns shown, each once
+    legend = view.results.notes[0]
+    assert "src swapped: " in legend and legend.count("Params: ") == 1 and "trunc:" not in legend
+
+
+def test_html_escapes_what_the_runs_and_the_config_wrote(tmp_path):
+    refs = _refs(10)
+    hyps = [f"<script>alert({i})</script> & <b>x</b>" for i in range(10)]
+    row = _row(tmp_path, "decoder", 0, hyps, refs)
+    row["samples"] = [{"source": "<img src=x onerror=alert(1)>", "reference": refs[0], "output": hyps[0]}]
+    cfg = _cfg([0])
+    cfg.note = "see <script>alert('note')</script> & `budget.match`"
+    doc = _write(tmp_path, [row], [0], cfg=cfg)
+    page = (tmp_path / "report.html").read_text()
+    assert "<script" not in page and "<img src=x" not in page and "<b>x</b>" not in page
+    assert "&lt;script&gt;alert(0)&lt;/script&gt; &amp; &lt;b&gt;x&lt;/b&gt;" in page
+    assert "<li>Note: see &lt;script&gt;alert(&#39;note&#39;)&lt;/script&gt; &amp; <code>budget.match</code></li>" in page
+    assert f"- {doc['verdict'][-1]}" in (tmp_path / "report.md").read_text()  # Markdown keeps the text as is
+    _same_view(tmp_path)
 
 
 def test_significance_columns_equal_a_paired_bootstrap_of_the_outputs(clear):
@@ -391,6 +511,8 @@ def test_sweep_reports_tuning(sweep):
     assert (out / "lr_sensitivity.png").stat().st_size > 5000
     page = (out / "report.html").read_text()
     assert page.count("<img") == len(list(out.glob("*.png"))) >= 6
+    _same_view(out)  # fits, tuning runs and spikes: each table once in both formats
+    assert VIEWS[out].headings().count("Sizing rule") == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,6 +584,28 @@ def test_text_task_without_outputs_decides_on_the_seeds_alone(tmp_path):
     one = _write(tmp_path, rows([0], {"decoder": 20.0, "prefix-lm": 24.0}), [0], kind="text")
     assert one["verdict"][0].startswith("Quality: no clear winner on perplexity: **decoder** leads")
     assert "with one seed and no per-example outputs" in one["verdict"][0]
+
+
+def test_a_seed_missing_from_one_entry_pairs_the_common_seed_ids(tmp_path):
+    """prefix-lm has no seed 0. Paired by seed id (1 with 1, 2 with 2) the decoder is behind in
+    seed 1, so the order changes between seeds: no winner. Paired by position (decoder seeds
+    0, 1 against prefix-lm's 1, 2) the decoder would be ahead in both and win, its gap (1.07)
+    being above both seed spreads (0.58, 0.85)."""
+    ppl = {("decoder", 0): 20.0, ("decoder", 1): 21.0, ("decoder", 2): 20.0,
+           ("prefix-lm", 1): 20.8, ("prefix-lm", 2): 22.0}
+    rows = []
+    for (entry, seed), v in ppl.items():
+        r = _row(tmp_path, entry, seed, ["x"] * 3, ["x"] * 3, objective="causal-lm")
+        for k in ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "outputs_path", "samples"):
+            r.pop(k)
+        r.update(ppl=v, bpb=1.0)
+        rows.append(r)
+    doc = _write(tmp_path, rows, [0, 1, 2], kind="text")
+    w = doc["winners"][0]
+    assert (w["leader"], w["runner_up"], w["winner"]) == ("decoder", "prefix-lm", None)
+    assert w["reason"] == "the order changes between seeds"
+    assert doc["verdict"][0].startswith("Quality: no clear winner on perplexity: **decoder** leads")
+    assert [a["seeds"] for a in doc["entries"]] == [[0, 1, 2], [1, 2]]
 
 
 # ---------------------------------------------------------------------------------------------

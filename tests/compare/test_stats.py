@@ -187,8 +187,13 @@ def test_power_law_flags_a_shape_it_cannot_pin_down():
 # ---------------------------------------------------------------------------------------------
 # winners and crossings
 # ---------------------------------------------------------------------------------------------
+def _seeds(scores: dict[str, list[float]]) -> dict[str, dict[int, float]]:
+    """Scores per entry as lists of seeds 0, 1, ... -> {seed id: score}."""
+    return {e: dict(enumerate(v)) for e, v in scores.items()}
+
+
 def test_winner_needs_significance():
-    scores = {"enc-dec": [12.0, 12.4, 12.2], "decoder": [10.0, 10.3, 10.1]}
+    scores = _seeds({"enc-dec": [12.0, 12.4, 12.2], "decoder": [10.0, 10.3, 10.1]})
     w = S.pick_winner(1.0, scores, higher_is_better=True, p_values={"decoder": 0.004})
     assert w.entry == "enc-dec" and w.runner_up == "decoder" and w.gap == pytest.approx(2.0667, abs=1e-3)
     assert "p = 0.004" in w.reason
@@ -197,20 +202,38 @@ def test_winner_needs_significance():
 
 
 def test_winner_needs_the_gap_beyond_the_seed_spread():
-    spread = {"a": [10.0, 14.0, 12.0], "b": [11.0, 12.5, 11.0]}  # a's mean ahead; sd of a = 2
+    spread = _seeds({"a": [10.0, 14.0, 12.0], "b": [11.0, 12.5, 11.0]})  # a's mean ahead; sd of a = 2
     w = S.pick_winner(1.0, spread, higher_is_better=True, p_values={"b": 0.001})
     assert w.entry is None and "seed-to-seed spread" in w.reason
-    flips = {"a": [10.0, 10.9, 11.0], "b": [10.5, 10.0, 10.1]}  # a ahead on average, not in seed 0
+    flips = _seeds({"a": [10.0, 10.9, 11.0], "b": [10.5, 10.0, 10.1]})  # a ahead on average, not in seed 0
     w = S.pick_winner(1.0, flips, higher_is_better=True, p_values={"b": 0.001})
     assert w.entry is None
 
 
 def test_winner_for_a_loss_is_the_lowest_and_one_seed_without_a_test_is_a_tie():
-    scores = {"a": [3.1, 3.12], "b": [2.5, 2.52]}
+    scores = _seeds({"a": [3.1, 3.12], "b": [2.5, 2.52]})
     w = S.pick_winner(2.0, scores, higher_is_better=False)
     assert w.entry == "b" and "every seed" in w.reason
-    one = S.pick_winner(2.0, {"a": [3.1], "b": [2.5]}, higher_is_better=False)
+    one = S.pick_winner(2.0, _seeds({"a": [3.1], "b": [2.5]}), higher_is_better=False)
     assert one.entry is None and one.leader == "b"
+
+
+def test_seeds_are_paired_by_id_when_one_entry_misses_a_seed():
+    """b lacks seed 0. By seed id (1 with 1, 2 with 2) a is behind in seed 1: the order changes,
+    a tie. Paired by position (a's seeds 0, 1 against b's 1, 2) a would look ahead in both and
+    win; the gap (1.07) is above both seed spreads (0.58, 0.85) so only the pairing decides."""
+    scores = {"a": {0: 12.0, 1: 11.0, 2: 12.0}, "b": {1: 11.2, 2: 10.0}}
+    w = S.pick_winner(1.0, scores, higher_is_better=True, p_values={"b": 0.001})
+    assert w.leader == "a" and w.runner_up == "b" and w.gap == pytest.approx(11.6667 - 10.6, abs=1e-3)
+    assert w.entry is None and w.reason == "the order changes between seeds"
+    # the same scores ahead in both common seeds: a wins (the pairing, not the missing seed, decided)
+    ahead = {"a": {0: 12.0, 1: 11.0, 2: 12.0}, "b": {1: 10.8, 2: 10.0}}
+    assert S.pick_winner(1.0, ahead, higher_is_better=True, p_values={"b": 0.001}).entry == "a"
+    # one seed in common and no paired test: no seed criterion, a tie that says why
+    few = S.pick_winner(1.0, {"a": {0: 12.0, 1: 12.1}, "b": {1: 10.0, 2: 10.1}}, higher_is_better=True)
+    assert few.entry is None and few.reason == "fewer than two seeds in common and no paired test"
+    with pytest.raises(TypeError, match="seed id"):
+        S.pick_winner(1.0, {"a": [1.0, 2.0]}, higher_is_better=True)
 
 
 def test_crossings_skip_ties_and_report_where_the_winner_changes():

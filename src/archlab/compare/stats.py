@@ -269,17 +269,25 @@ class Winner:
     reason: str
 
 
-def pick_winner(budget: float, scores: Mapping[str, Sequence[float]], *, higher_is_better: bool,
+def pick_winner(budget: float, scores: Mapping[str, Mapping[Any, float]], *, higher_is_better: bool,
                 p_values: Mapping[str, float | None] | None = None, alpha: float = ALPHA) -> Winner:
-    """Winner among entries at one budget, given each entry's score per seed and the paired
-    p-value of each entry against the best (``p_values[entry]``).
+    """Winner among entries at one budget, given each entry's score per seed id
+    (``scores[entry][seed]``) and the paired p-value of each entry against the best
+    (``p_values[entry]``).
 
     The best mean wins only when its difference from the runner-up is significant in the
-    paired test (p < alpha) and, with two or more seeds, the gap is larger than either
-    entry's seed-to-seed standard deviation and has the same sign in every seed where both
-    ran (seed-paired); otherwise the budget is a tie. Without a paired test (no per-example
-    outputs) the seed criterion alone decides, and one seed is always a tie."""
-    means = {e: float(np.mean(v)) for e, v in scores.items() if len(v)}
+    paired test (p < alpha) and, with two or more seeds that both entries ran, the gap is
+    larger than either entry's seed-to-seed standard deviation and has the same sign in every
+    one of those common seeds: seed ``s`` of one entry is paired with seed ``s`` of the other
+    (same initialisation and data order), never by position, so a seed missing from one entry
+    drops that seed from the pairing instead of shifting the others. Otherwise the budget is a
+    tie. Without a paired test (no per-example outputs) the seed criterion alone decides, and
+    fewer than two common seeds is always a tie."""
+    for e, v in scores.items():
+        if not isinstance(v, Mapping):
+            raise TypeError(f"scores[{e!r}] must map seed id -> score (seeds are paired by id), "
+                            f"got {type(v).__name__}")
+    means = {e: float(np.mean(list(v.values()))) for e, v in scores.items() if len(v)}
     if not means:
         raise ValueError("no scores")
     ranked = sorted(means, key=lambda e: means[e], reverse=higher_is_better)
@@ -289,11 +297,12 @@ def pick_winner(budget: float, scores: Mapping[str, Sequence[float]], *, higher_
     second = ranked[1]
     gap = abs(means[leader] - means[second])
     p = (p_values or {}).get(second)
-    a, b = np.asarray(scores[leader], float), np.asarray(scores[second], float)
-    n = min(len(a), len(b))
+    lead_s, second_s = scores[leader], scores[second]
+    a, b = np.asarray(list(lead_s.values()), float), np.asarray(list(second_s.values()), float)
+    common = [s for s in lead_s if s in second_s]  # the seeds both entries ran, paired by id
     sd = max(float(np.std(a, ddof=1)) if len(a) > 1 else 0.0, float(np.std(b, ddof=1)) if len(b) > 1 else 0.0)
-    if n >= 2:
-        diffs = (a[:n] - b[:n]) * (1 if higher_is_better else -1)
+    if len(common) >= 2:
+        diffs = np.array([lead_s[s] - second_s[s] for s in common], float) * (1 if higher_is_better else -1)
         seeds_ok = gap > sd and bool(np.all(diffs > 0))
     else:
         seeds_ok = None
@@ -303,7 +312,8 @@ def pick_winner(budget: float, scores: Mapping[str, Sequence[float]], *, higher_
         why = "within the seed-to-seed spread" if gap <= sd else "the order changes between seeds"
         return Winner(budget, None, leader, second, gap, p, why)
     if p is None and seeds_ok is None:
-        return Winner(budget, None, leader, second, gap, p, "one seed and no paired test")
+        why = ("one seed" if min(len(a), len(b)) < 2 else "fewer than two seeds in common") + " and no paired test"
+        return Winner(budget, None, leader, second, gap, p, why)
     if p is None:
         return Winner(budget, leader, leader, second, gap, p, f"ahead in every seed, gap above the seed spread ({sd:.3g})")
     return Winner(budget, leader, leader, second, gap, p, f"p = {p:.3f}")
