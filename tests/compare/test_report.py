@@ -644,8 +644,8 @@ def test_tuning_line_names_the_metric_it_chose_on():
                "chosen": lr == 1e-3} for lr, m in ((1e-3, 12.0), (3e-3, 10.0))]
     line = next(v for v in verdict([_agg("decoder", 1.0)], "pair", [], tuning=tuning, tune_metric="task")
                 if v.startswith("Tuning"))
-    assert line.startswith("Tuning (per entry, on the task metric on validation; short runs, the choice used at "
-                           "every budget): decoder chose lr 0.001 of 2")
+    assert line.startswith("Tuning (per entry, on the task metric on validation; short runs at tuning seed 0, the "
+                           "choice used at every budget): decoder chose lr 0.001 of 2")
     line = next(v for v in verdict([_agg("decoder", 1.0)], "pair", [], tuning=tuning) if v.startswith("Tuning"))
     assert "on validation loss" in line and "(2.00G FLOPs of tuning)" in line
 
@@ -687,3 +687,18 @@ def test_smallest_decoding_state_counts_the_ssm_state():
              "ssm_state_bytes_per_example": 5000.0, "decode_state_bytes_per_example": 5000.0}
     line = _latency_line([_agg("decoder", 30.0), mamba])
     assert "smallest decoding state (KV cache + SSM state) per example is decoder's (1.00kB)" in line
+
+
+def test_the_method_says_how_the_reported_runs_were_chosen(tmp_path):
+    refs = _refs(20)
+    how = "trained afresh per seed at its tuned values, chosen among 4 candidates by validation loss"
+    rows = [_row(tmp_path, e, s, _noisy(refs, 0.3, s), refs) for e in ("decoder", "prefix-lm") for s in (0, 1)]
+    for r in rows:
+        r["selection"] = how
+    _write(tmp_path, rows, [0, 1])
+    want = f"Reported runs: every seed of every entry {how}."
+    assert want in (tmp_path / "report.md").read_text() and want in (tmp_path / "report.html").read_text()
+    rows[0]["selection"] = rows[1]["selection"] = "trained once per seed at the configured settings (not tuned)"
+    _write(tmp_path, rows, [0, 1])
+    md = (tmp_path / "report.md").read_text()
+    assert "Reported runs of decoder: trained once per seed" in md and f"Reported runs of prefix-lm: {how}." in md

@@ -217,7 +217,8 @@ def test_report_says_where_the_rates_came_from_and_flags_the_grid_edge():
     lines = verdict([_agg("a", None), _agg("b", None)], "pair", [], tuning=tuning)
     tl = next(v for v in lines if v.startswith("Tuning"))
     assert "at each budget, full-length runs" in tl and "a chose lr 0.004 at 10 steps, lr 0.002 at 20 steps" in tl
-    assert "(of 3 candidates per budget; 4.00G FLOPs beyond the chosen runs)" in tl
+    assert "at each budget, full-length runs at tuning seed 0; every reported seed then trained afresh" in tl
+    assert "(of 3 candidates per budget; 6.00G FLOPs of tuning)" in tl  # every candidate counts
     edge = next(v for v in lines if v.startswith("Edge of the grid"))
     assert "a at 10 steps: tuning chose the largest rate tried (0.004)" in edge
     assert "b at 20 steps: tuning chose the smallest rate tried (0.001)" in edge

@@ -367,16 +367,16 @@ def entry_tokens_per_example(cfg: CompareConfig, entries: list[EntryConfig], ds:
 
 
 def selection_note(cfg: CompareConfig, job: JobSpec) -> str:
-    """How a reported run was chosen, for the report and results.json."""
+    """How a reported run was chosen, for the report and results.json (the same words for
+    every entry chosen alike; the tuned values themselves are in ``tuned``)."""
     t = cfg.tune
     if t is None or not t.lr:
         return "trained once per seed at the configured settings (not tuned)"
-    how = ("full-length runs at each budget" if t.horizon == "full" else f"{t.steps}-step runs at budget scale 1")
-    values = ", ".join(f"{k} {v:g}" for k, v in job.tuned.items()) or "the configured values"
-    return (f"trained afresh per seed at {values}, chosen among {len(tune_candidates(cfg))} candidates by "
-            f"{'validation loss' if t.metric == 'val_loss' else 'the validation task metric'} of {how} with "
-            f"tuning seed {tuning_seed(cfg)} (not a reported seed)")
-
+    how = "full-length runs at each budget" if t.horizon == "full" else f"{t.steps}-step runs at budget scale 1"
+    by = "validation loss" if t.metric == "val_loss" else "the validation task metric"
+    return (f"trained afresh per seed at its tuned values, chosen among {len(tune_candidates(cfg))} candidates "
+            f"by {by} of {how} with tuning seed {tuning_seed(cfg)} (not a reported seed), every seed "
+            "evaluated alike")
 
 def _full_tune_eval(cfg: CompareConfig, kind: str) -> Any:
     """Evaluation of a full-horizon tuning run: the compare's, tracking the tuning metric

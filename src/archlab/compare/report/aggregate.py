@@ -32,11 +32,18 @@ _GROUP_KEYS = ("entry", "arch", "objective", "pretrain_objective", "layers", "d_
 
 
 def typical_tokens_per_example(shape: Any) -> float:
-    """Layout tokens of a typical example, the report's FLOPs-per-token divisor: training FLOPs
-    of rows that predate ``train_flops`` are estimated from it (:func:`normalize`) and the
-    loss-vs-FLOPs plot converts tokens to FLOPs with it. ``shape``: the compare's typical
-    example (``src_len``, ``tgt_len``)."""
-    return shape.src_len + shape.tgt_len + 3
+    """Tokens the trainer counts for a typical pair (``<bos> source <sep> target``, or the
+    encoder's ``source <eos>`` and the decoder's ``<start> target``: S + T + 2), the
+    FLOPs-per-token divisor for rows that do not carry their own ``tokens_per_example`` (the
+    compare measures it per entry in its layout: ``objectives.layout.counted_tokens``).
+    ``shape``: the compare's typical example (``src_len``, ``tgt_len``)."""
+    return shape.src_len + shape.tgt_len + 2
+
+
+def row_tokens_per_example(r: dict[str, Any], fallback: float | None) -> float | None:
+    """A row's own tokens per example (its layout's, as the compare charged it), else ``fallback``."""
+    v = r.get("tokens_per_example")
+    return float(v) if _num(v) and v > 0 else fallback
 
 
 def primary_metric(results: list[dict[str, Any]], task_kind: str) -> tuple[str, str, bool]:
@@ -66,9 +73,10 @@ def normalize(r: dict[str, Any], tokens_per_example: float | None = None) -> dic
     out["scale"] = float(r.get("scale") or 1.0)
     for k, v in (r.get("ablation") or {}).items():
         out[f"ablation_{k}"] = v
-    if out.get("train_flops") is None and tokens_per_example and _num(r.get("train_tokens")) \
+    tpe = row_tokens_per_example(r, tokens_per_example)
+    if out.get("train_flops") is None and tpe and _num(r.get("train_tokens")) \
             and _num(r.get("train_flops_per_example")):
-        out["train_flops"] = r["train_tokens"] * r["train_flops_per_example"] / max(tokens_per_example, 1e-9)
+        out["train_flops"] = r["train_tokens"] * r["train_flops_per_example"] / max(tpe, 1e-9)
         out["train_flops_estimated"] = True
     if isinstance(out.get("tuned"), dict):
         out["tuned"] = out["tuned"] or None

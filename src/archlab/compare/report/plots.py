@@ -8,7 +8,14 @@ import statistics
 from typing import Any
 
 from archlab.compare import stats as S
-from archlab.compare.report.aggregate import _moe_layers, _num, decode_state_bytes, normalize, primary_metric
+from archlab.compare.report.aggregate import (
+    _moe_layers,
+    _num,
+    decode_state_bytes,
+    normalize,
+    primary_metric,
+    row_tokens_per_example,
+)
 from archlab.compare.report.fmt import _scale
 
 
@@ -43,7 +50,7 @@ def make_plots(results: list[dict[str, Any]], agg: list[dict[str, Any]], task_ki
         # FLOPs per training token: the run's own total when recorded, else the sizing estimate
         fpt = (r["train_flops"] / r["train_tokens"] if not r.get("train_flops_estimated")
                and _num(r.get("train_flops")) and r.get("train_tokens") else
-               r["train_flops_per_example"] / max(tokens_per_example, 1e-9))
+               r["train_flops_per_example"] / max(row_tokens_per_example(r, tokens_per_example) or 1.0, 1e-9))
         xs = [t * fpt for t, _ in pts]
         first = r["seed"] == min(x["seed"] for x in rows if x["entry"] == r["entry"]) and r["scale"] == top
         ax.plot(xs, [v for _, v in pts], marker="o", ms=3, color=color[r["entry"]],

@@ -183,15 +183,14 @@ def _tuning_lines(agg: list[dict[str, Any]], tuning: list[dict[str, Any]] | None
     for e in entries:
         mine = [t for t in tuning if t["entry"] == e]
         chosen = sorted((t for t in mine if t.get("chosen")), key=lambda t: t.get("steps") or 0)
-        flops = sum(t.get("flops") or 0 for t in mine if not (per_scale and t.get("chosen")))
+        flops = sum(t.get("flops") or 0 for t in mine)  # every candidate: no reported run is one
         # name the knobs that were tuned (those that vary among the candidates)
         knobs = [k for k in ("lr", "warmup_steps", "dropout") if len({t.get(k) for t in mine}) > 1] or ["lr"]
         if per_scale:
             desc = ", ".join(f"{_tuned({k: t[k] for k in knobs if t.get(k) is not None})} at {t['steps']} steps"
                              for t in chosen) or "-"
             n = len({_cand(t) for t in mine if t.get("scale") == mine[0].get("scale")})
-            parts.append(f"{e} chose {desc} (of {n} candidates per budget; {_human(flops)} FLOPs beyond "
-                         "the chosen runs)")
+            parts.append(f"{e} chose {desc} (of {n} candidates per budget; {_human(flops)} FLOPs of tuning)")
         else:
             desc = " / ".join(sorted({_tuned({k: t[k] for k in knobs if t.get(k) is not None})
                                       for t in chosen})) or "-"
@@ -199,9 +198,12 @@ def _tuning_lines(agg: list[dict[str, Any]], tuning: list[dict[str, Any]] | None
                          f"({_human(flops)} FLOPs of tuning)")
     on = ("validation loss" if tune_metric in ("val_loss", "loss") else
           "the task metric on validation" if tune_metric == "task" else f"validation {tune_metric}")
-    how = ("at each budget, full-length runs; the chosen run is that budget's run" if per_scale else
+    seeds = sorted({t["seed"] for t in tuning if t.get("seed") is not None})
+    at = f" at tuning seed {seeds[0]}" if len(seeds) == 1 else ""
+    how = (f"at each budget, full-length runs{at}; every reported seed then trained afresh at the choice"
+           if per_scale else
            "short runs" + (f" of {tuning[0]['steps']} steps" if tuning[0].get("steps") else "")
-           + ", the choice used at every budget")
+           + f"{at}, the choice used at every budget")
     return [f"Tuning (per entry, on {on}; {how}): " + "; ".join(parts) + "."] + _edge_lines(tuning)
 
 

@@ -147,6 +147,20 @@ def _largest_seeds(cfg: Any, scales: Sequence[float]) -> str:
     return f" ({len(extra)} at the largest budget)"
 
 
+def selection_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """How the reported runs of each entry were chosen (the runs' ``selection``), one line when
+    every entry's are chosen alike. Rows from before it was recorded give none."""
+    by: dict[str, str] = {}
+    for r in rows:
+        if r.get("selection"):
+            by.setdefault(str(r["entry"]), str(r["selection"]))
+    if not by:
+        return []
+    if len(set(by.values())) == 1:
+        return [f"Reported runs: every seed of every entry {next(iter(by.values()))}."]
+    return [f"Reported runs of {e}: {v}." for e, v in by.items()]
+
+
 def build_view(cfg: Any, *, rows: list[dict[str, Any]], agg: list[dict[str, Any]], task_kind: str, shape: Any,
                sizing: list[dict[str, Any]], verdict_lines: list[str], plots: dict[str, bytes],
                scales: Sequence[float], wall_time_s: float, n_bootstrap: int,
@@ -185,6 +199,6 @@ def build_view(cfg: Any, *, rows: list[dict[str, Any]], agg: list[dict[str, Any]
         table=Table(*_sizing_table(sizing))))
     return ReportView(
         title=f"archlab compare: {cfg.name}", intro=intro, verdict=list(verdict_lines), results=results,
-        method_notes=[SIGNIFICANCE_NOTE.format(n=n_bootstrap)], sections=sections,
+        method_notes=[*selection_notes(rows), SIGNIFICANCE_NOTE.format(n=n_bootstrap)], sections=sections,
         plots=[Plot(n, b) for n, b in plots.items()],
         samples=[SampleGroup(e, ss) for e, ss in _samples(rows)])
