@@ -55,6 +55,7 @@ def test_router_choices_equal_transformers(mixtral):
         assert len(set(idx.flatten().tolist())) == 4  # every expert used: routing is exercised
 
 
+@pytest.mark.slow
 def test_greedy_and_beam_generate_equal_transformers(mixtral):
     path, hf = mixtral
     model = from_hf(path).model
@@ -73,6 +74,7 @@ def test_greedy_and_beam_generate_equal_transformers(mixtral):
     assert torch.equal(ours, ref), (ours, ref)
 
 
+@pytest.mark.slow
 def test_switch_transformers_greedy_generate_equals_transformers(tmp_path):
     hf = make("switch", tmp_path / "switch")
     imp = from_hf(tmp_path / "switch")

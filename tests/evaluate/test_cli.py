@@ -21,6 +21,10 @@ TINY = ["model.d_model=48", "model.n_heads=2", "model.n_layers=1", "model.d_ff=9
         "eval.decode_examples=8", "eval.max_new_tokens=12", "data.max_examples=600"]
 
 
+# every test here reads two runs trained end to end by the CLI (the module's fixture)
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = {}

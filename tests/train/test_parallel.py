@@ -85,6 +85,7 @@ def _assert_same_run(a: Path, b: Path, rel: float = 1e-5) -> None:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["decoder", "encoder-decoder"])
 def test_two_ranks_equal_one_process_ddp_and_fsdp(tmp_path, arch):
     cfg = _config(tmp_path, arch)
@@ -105,6 +106,7 @@ def test_two_ranks_equal_one_process_ddp_and_fsdp(tmp_path, arch):
 @pytest.mark.parametrize("arch,objective,kinds", [("encoder", "masked-lm", ("ddp", "fsdp")),
                                                   ("encoder-decoder", "span-corruption", ("ddp",)),
                                                   ("decoder", "classification", ("ddp", "fsdp"))])
+@pytest.mark.slow
 def test_other_objectives_match_one_process(tmp_path, arch, objective, kinds):
     """Masking drawn once for every rank (masked-LM, span corruption), and a classification
     head that leaves the LM head without gradients (DDP looks for unused parameters)."""
@@ -133,6 +135,7 @@ eval: {{every: 5, max_examples: 16, decode_examples: 0}}
         _assert_same_run(ref, out)
 
 
+@pytest.mark.slow
 def test_mamba_moe_hybrid_with_bias_balancing_matches_across_world_sizes(tmp_path):
     """Mamba and attention layers with sigmoid-bias MoE feed-forwards: the routers' expert load
     is summed over ranks before each bias update, so both ranks (and one process) move the
@@ -208,6 +211,7 @@ def test_find_unused_only_where_a_step_can_leave_parameters_unused():
         assert not may_leave_parameters_unused(model(arch, layers), "causal-lm"), (arch, layers)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_two_ranks_resumes_at_one_and_gives_the_same_logits(tmp_path):
     import numpy as np
 
@@ -265,6 +269,7 @@ def _rank_pid(launcher: int, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find a rank's process")
 def test_sigkill_of_one_rank_stops_the_job_with_one_line_and_resume_matches(tmp_path):
     cfg = _config(tmp_path, "decoder", steps=24)
@@ -304,6 +309,7 @@ class _Boom:
         return (Path.write_text, (self.marker, "executed"))
 
 
+@pytest.mark.slow
 def test_planted_pickles_in_a_checkpoint_are_never_executed(tmp_path):
     cfg = _config(tmp_path, "decoder")
     run = tmp_path / "run"
@@ -322,6 +328,7 @@ def test_planted_pickles_in_a_checkpoint_are_never_executed(tmp_path):
     assert marker.read_text() == "executed"
 
 
+@pytest.mark.slow
 def test_bad_parallel_setups_are_one_line_errors(tmp_path):
     cfg = _config(tmp_path, "decoder")
     r = subprocess.run([*TRAIN, str(cfg), "train.parallel=none", "--nproc", "2", "--out", str(tmp_path / "x")],

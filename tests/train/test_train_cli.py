@@ -79,6 +79,7 @@ def _losses(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in rows if "loss" in r and "eval" not in r]
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_is_bit_exact(tmp_path):
     corpus = tmp_path / "corpus.txt"
     _write_corpus(corpus)

@@ -91,6 +91,7 @@ def test_lr_schedule():
     assert lr_at(90, wsd) == pytest.approx(0.5) and lr_at(100, wsd) == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,objective", [("decoder", "causal-lm"), ("encoder", "masked-lm")])
 def test_crash_and_resume_is_bit_exact(tmp_path, arch, objective):
     ref_dir, crash_dir = tmp_path / "ref", tmp_path / "crash"
@@ -130,6 +131,7 @@ def test_accumulation_matches_bigger_batch(tmp_path):
     torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_refused_and_resume_falls_back(tmp_path, capsys):
     t = _trainer(tmp_path, steps=9)
     t.fit()
@@ -150,6 +152,7 @@ def test_truncated_checkpoint_is_refused_and_resume_falls_back(tmp_path, capsys)
         verify_checkpoint(cks[1][1])
 
 
+@pytest.mark.slow
 def test_crash_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     import archlab.train.checkpoint as ck
 
