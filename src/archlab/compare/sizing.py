@@ -16,6 +16,10 @@ source in one stack and the target in the other. Matching on ``params`` therefor
 decoder-only model about twice the depth (and compute) of a ``flops``-matched one; both views
 are reported.
 
+FLOPs are those of one typical example as the entry's objective runs it (its layout, mask,
+pooling and head: :func:`example_flop_count`), equal to the matrix products the executed
+forward computes (tests/model/test_flop_counter.py).
+
 Mixture-of-experts entries (ffn E): FLOPs count the k experts a token uses, so ``flops`` (the
 default) matches them on *active* compute against dense entries, the comparison MoE papers
 make; ``params`` matches total parameters (all experts). Both, and the active parameters, are

@@ -89,9 +89,10 @@ def band_blocks(kind: MaskKind, n: int, window: int | None) -> int | None:
     self-attention of ``n`` queries over ``n`` keys (from slot 0) under ``window``, else None.
 
     It runs when it computes at most half of the dense kernel's n^2 pairs: it computes
-    ceil(n / w) w x (2 + after) w. Measured on this 2-core CPU (bench/attention_window.py), the
-    banded kernel pays from about that point: causal T = 4w 0.8x the dense masked SDPA's time,
-    T = 8w 0.3x; bidirectional T = 4w (3/4 of the pairs) 1.0-1.1x, so dense stays there."""
+    ceil(n / w) w x (2 + after) w. Measured on a 2-core CPU at one thread (forward,
+    bench/attention_window.py), it pays from about that point: causal T = 4w 0.71-0.75x the
+    dense masked SDPA's time, T = 8w 0.32-0.34x; bidirectional T = 4w (3/4 of the pairs)
+    0.98-1.13x, so the dense kernel stays there."""
     if window is None or window >= n:
         return None
     after = 0 if kind == "causal" else 1
