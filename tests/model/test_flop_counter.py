@@ -130,6 +130,17 @@ def test_objective_flops_equal_flop_counter(arch, objective, variant):
         assert got == want
 
 
+@pytest.mark.parametrize("pooling", ["mean", "first", "decoder"])
+def test_encoder_decoder_classification_runs_the_decoder_only_to_pool_from_it(pooling):
+    """An encoder-decoder classifier pooling from the encoder never runs its decoder; pooling
+    from the decoder runs one decoder step over the encoded input: both counted as they run."""
+    cfg = cfg_for("encoder-decoder", pooling=pooling)
+    exs, shape = _examples("classification", 21, 0, B=2)
+    f = example_flop_count(cfg, shape, "classification")
+    assert (f.decoder > 0) == (pooling == "decoder")
+    assert loss_flops(cfg, "classification", exs) == 2 * f.matmul
+
+
 PADDED = [({}, "mha"), ({"n_kv_heads": 2, "position": "t5-relative"}, "gqa-t5"), ({"attn_window": 4}, "window"),
           ({"layers": "MS", "ssm": SSMConfig(d_state=4, head_dim=8, chunk_size=8)}, "mamba"),
           ({"layers": "SA", "ssm": SSMConfig(d_state=4, head_dim=8)}, "hybrid")]

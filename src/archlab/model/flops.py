@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from archlab.config import ModelConfig
-from archlab.model.masks import band_blocks
+from archlab.model.masks import MaskKind, band_blocks
 
 
 def _norm_params(cfg: ModelConfig) -> int:
@@ -286,7 +286,7 @@ def _ssm_elementwise(cfg: ModelConfig, mixer: str, n_tok: int) -> int:
     return ssm_flops(cfg, mixer, n_tok)["scan"] if mixer == "mamba" else 0
 
 
-def attention_pairs(cfg: ModelConfig, n: int, kind: str, prefix: int = 0) -> int:
+def attention_pairs(cfg: ModelConfig, n: int, kind: MaskKind, prefix: int = 0) -> int:
     """(query, key) pairs the attention kernel computes in a self-attention over one example of
     ``n`` tokens, following the choices of ``masks.build_mask`` (kind: causal, bidirectional or
     prefix with ``prefix`` bidirectional slots):
@@ -298,13 +298,17 @@ def attention_pairs(cfg: ModelConfig, n: int, kind: str, prefix: int = 0) -> int
       x (2 + after) w keys (``masks.band_blocks``);
     - every other case passes a mask tensor (prefix, a longer window, ALiBi / T5 biases,
       bidirectional): SDPA computes every pair, n^2, whatever the mask allows.
+
+    One backend exception is not modelled: attention dropout > 0 on a CPU sends SDPA to its
+    math kernel, which computes the full n^2 on the causal path too (GPU kernels apply dropout
+    in the fused kernel; the compare presets meant for a CPU train with dropout 0).
     """
     if n <= 0:
         return 0
     biased = cfg.position in ("alibi", "t5-relative")
     w = cfg.attn_window if cfg.attn_window is not None and cfg.attn_window < n else None
     if w is not None:
-        after = None if biased else band_blocks(kind, n, w)  # type: ignore[arg-type]
+        after = None if biased else band_blocks(kind, n, w)
         if after is not None:
             return -(-n // w) * w * (2 + after) * w
         return n * n
@@ -313,7 +317,7 @@ def attention_pairs(cfg: ModelConfig, n: int, kind: str, prefix: int = 0) -> int
     return n * n
 
 
-def _stack_flops(cfg: ModelConfig, side: str, n_tok: int, kind: str, prefix: int = 0,
+def _stack_flops(cfg: ModelConfig, side: str, n_tok: int, kind: MaskKind, prefix: int = 0,
                  src_len: int = 0, elementwise: list[int] | None = None) -> dict[str, int]:
     """Forward FLOPs of one stack over ``n_tok`` tokens, by layer type; the elementwise part
     (Mamba-1 scans) is also added to ``elementwise[0]``."""
@@ -414,7 +418,7 @@ def _flops_by_layer_type(cfg: ModelConfig, src_len: int, tgt_len: int, prefix_le
     if cfg.arch in ("encoder", "encoder-decoder"):
         enc = _stack_flops(cfg, "encoder", src_len, "bidirectional", elementwise=elementwise)
     if cfg.arch != "encoder":
-        kind = "prefix" if cfg.arch == "prefix-lm" and prefix_len else "causal"
+        kind: MaskKind = "prefix" if cfg.arch == "prefix-lm" and prefix_len else "causal"
         dec = _stack_flops(cfg, "decoder", tgt_len, kind, prefix_len,
                            src_len if cfg.arch == "encoder-decoder" else 0, elementwise)
     return {"encoder": enc, "decoder": dec}

@@ -197,8 +197,8 @@ def _windowed(kind: MaskKind, q_len: int, k_len: int, key_padding: torch.Tensor 
 
 def _band(kind: MaskKind, n: int, w: int, after: int, key_padding: torch.Tensor | None,
           prefix_lengths: torch.Tensor | None, device: torch.device) -> Band:
-    """The mask of :func:`_windowed` in blocks: entry (n, i, j) is query slot n w + i and key
-    slot (n - 1) w + j; key slots outside [0, T) (the zero padding of the blocks) are masked.
+    """The mask of :func:`_windowed` in blocks: entry (b, i, j) is query slot b w + i and key
+    slot (b - 1) w + j; key slots outside [0, n) (the zero padding of the blocks) are masked.
     Every row allows its own slot (the padding rule of :func:`_combine`; for real queries the
     band already does), so no row is empty, not even those of the padded last block."""
     nb, kw = -(-n // w), (2 + after) * w
