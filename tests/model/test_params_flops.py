@@ -81,11 +81,13 @@ def test_flops_hand_count():
 
 
 def test_flops_prefix_counts_bidirectional_prefix():
+    """A prefix-LM passes SDPA a mask tensor: every pair is computed, as in an encoder; a causal
+    decoder takes the triangular fast path."""
     cfg = tiny("prefix-lm")
     causal = flops_per_example(cfg, tgt_len=10)
     pre = flops_per_example(cfg, tgt_len=10, prefix_len=6)
     full = flops_per_example(cfg.replace(arch="encoder", mlm_transform=False), src_len=10)
-    assert causal.decoder < pre.decoder < full.encoder
+    assert causal.decoder < pre.decoder == full.encoder
 
 
 def test_encoder_decoder_flops_close_to_decoder_of_half_depth_per_token():
@@ -100,33 +102,43 @@ def test_encoder_decoder_flops_close_to_decoder_of_half_depth_per_token():
 
 
 @pytest.mark.parametrize("kind,prefix", [("causal", 0), ("bidirectional", 0), ("prefix", 5)])
-@pytest.mark.parametrize("window", [None, 1, 3, 7, 12, 40])
-def test_attended_keys_under_a_window_count_the_mask(kind, prefix, window):
-    """FLOPs count exactly the (query, key) pairs the mask builder allows."""
+@pytest.mark.parametrize("window", [None, 1, 2, 3, 7, 12, 40])
+@pytest.mark.parametrize("position", ["rope", "alibi"])
+@pytest.mark.parametrize("n", [12, 33])
+def test_attention_pairs_follow_the_kernel_build_mask_picks(kind, prefix, window, position, n):
+    """attention_pairs makes the choices of the mask builder (as Stack calls it): the banded
+    kernel's blocks when it returns a Band, the triangle on the causal fast path, every pair
+    when it returns a mask tensor (tests/model/test_flop_counter.py checks the counts
+    themselves against FlopCounterMode)."""
     import torch
 
-    from archlab.model.flops import _attended_keys
+    from archlab.model.flops import attention_pairs
     from archlab.model.masks import build_mask
 
-    n = 12
+    cfg = tiny("decoder", attn_window=window, position=position)
     m = build_mask(kind, n, n, prefix_lengths=torch.tensor([prefix]) if prefix else None,
-                   window=window)
-    if m.is_causal:
-        allowed = n * (n + 1) // 2
-    elif m.mask is None:
-        allowed = n * n
+                   window=window, banded=position == "rope")
+    if position == "alibi":
+        m = m.with_bias(torch.zeros(1, cfg.n_heads, n, n), n, n)
+    if m.band is not None:
+        computed = m.band.n_blocks * m.band.block * (2 + m.band.after) * m.band.block
+    elif m.is_causal:
+        computed = n * (n + 1) // 2
     else:
-        allowed = int(m.mask.expand(1, 1, n, n).sum())
-    assert _attended_keys(n, kind, prefix, window) == allowed
+        computed = n * n
+    assert attention_pairs(cfg, n, kind, prefix) == computed
 
 
 def test_window_flops_in_flops_per_example():
     cfg = tiny("decoder", attn_window=4)
     full, win = flops_per_example(cfg.replace(attn_window=None), tgt_len=32), flops_per_example(cfg, tgt_len=32)
     attn_unit = 4 * cfg.n_heads * cfg.dim_head
-    keys_full, keys_win = 32 * 33 // 2, 4 * 32 - 6  # query i sees min(i + 1, 4) keys
-    assert full.forward - win.forward == cfg.n_layers * attn_unit * (keys_full - keys_win)
+    # banded: 8 blocks of 4 queries x 8 keys (the own and the previous block) vs the triangle
+    assert full.forward - win.forward == cfg.n_layers * attn_unit * (32 * 33 // 2 - 8 * 4 * 8)
     enc = tiny("encoder-decoder", attn_window=4)
     f = flops_per_example(enc, src_len=32, tgt_len=8)
     g = flops_per_example(enc.replace(attn_window=None), src_len=32, tgt_len=8)
-    assert f.encoder < g.encoder and f.decoder < g.decoder  # both self-attentions are windowed
+    assert f.encoder < g.encoder  # 8 blocks x 12 keys < 32^2
+    # 8 tokens, window 4: the banded kernel would not pay; the dense masked kernel computes all
+    # 64 pairs, more than the causal triangle (36) the unwindowed decoder runs
+    assert f.decoder - g.decoder == cfg.n_layers * attn_unit * (64 - 36)

@@ -511,7 +511,7 @@ def entry_model_config(cfg: CompareConfig, entry: EntryConfig, tok: Any, n_class
 
 
 def size_entries(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape: Shape, n_classes: int,
-                 scale: float = 1.0) -> list[dict[str, Any]]:
+                 scale: float = 1.0, kind: str = "pair") -> list[dict[str, Any]]:
     """Sized model config per entry, plus the sizing record printed and saved. With
     ``budget.scale_model`` the target is multiplied by ``scale``."""
     b = cfg.budget
@@ -522,7 +522,7 @@ def size_entries(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape
         # the first entry of the reference arch, a sized one if any (else a checkpoint's size)
         ref_entry = min((e for e in entries if e.arch == b.reference), key=lambda e: e.init_from is not None)
         ref = entry_model_config(cfg, ref_entry, tok, n_classes)
-        target = measure(ref, b.match, shape)
+        target = measure(ref, b.match, shape, ref_entry.objective or NATURAL_OBJECTIVE[kind], ref_entry.objective_options)
         how = f"target = {b.reference} base model ({ref.n_layers}{'+' + str(ref.n_layers) if ref.arch == 'encoder-decoder' else ''} layers, d_model {ref.d_model})"
     if b.scale_model and scale != 1.0:
         target *= scale
@@ -531,18 +531,19 @@ def size_entries(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape
     for e in entries:
         base = entry_model_config(cfg, e, tok, n_classes)
         fixed_depth = any(k in e.model for k in ("n_layers", "n_encoder_layers", "n_decoder_layers", "d_ff"))
+        ob = (e.objective or NATURAL_OBJECTIVE[kind], e.objective_options)  # FLOPs of what it runs
         if e.init_from:
-            s_cfg, value, rule = base, measure(base, b.match, shape), "imported checkpoint (not sized)"
+            s_cfg, value, rule = base, measure(base, b.match, shape, *ob), "imported checkpoint (not sized)"
         elif fixed_depth:
-            s_cfg, value, rule = base, measure(base, b.match, shape), "as configured (entry sets depth/d_ff)"
+            s_cfg, value, rule = base, measure(base, b.match, shape, *ob), "as configured (entry sets depth/d_ff)"
         else:
             s = size_to_budget(base, target, b.match, shape, tolerance=b.tolerance,
-                               d_ff_multiple=b.d_ff_multiple)
+                               d_ff_multiple=b.d_ff_multiple, objective=ob[0], options=ob[1])
             s_cfg, value, rule = s.cfg, s.value, s.rule
         dev = value / target - 1
         sized.append({"entry": e.label, "arch": e.arch, "model": s_cfg, "value": value, "target": target,
                       "deviation": dev, "rule": rule, "params": measure(s_cfg, "params", shape),
-                      "flops_per_example": measure(s_cfg, "flops", shape), "scale": scale,
+                      "flops_per_example": measure(s_cfg, "flops", shape, *ob), "scale": scale,
                       "active_params": measure(s_cfg, "active_params", shape), "imported": bool(e.init_from)})
     log(f"budget: match {b.match}, {how}; typical example {shape.src_len:.1f} + {shape.tgt_len:.1f} tokens "
         "(as trained, after the shared source/target budgets)")
@@ -745,7 +746,7 @@ def compare(cfg: CompareConfig) -> Path:
     validate(cfg, entries, kind, n_classes)  # before anything is written
     out, tok, shape = prepare(cfg, ds, kind)
     tokens_per_example = entry_tokens_per_example(cfg, entries, ds, tok, kind)
-    sized = {sc: size_entries(cfg, entries, tok, shape, n_classes, sc if cfg.budget.scale_model else 1.0)
+    sized = {sc: size_entries(cfg, entries, tok, shape, n_classes, sc if cfg.budget.scale_model else 1.0, kind)
              for sc in sorted({*cfg.budget.scales, 1.0})}
     (out / "sizing.json").write_text(json.dumps(
         {"match": cfg.budget.match, "shape": shape.__dict__,
@@ -762,7 +763,6 @@ def compare(cfg: CompareConfig) -> Path:
         log(f"compare: {len(slots)} job(s) at a time, on CUDA devices {' | '.join(str(x) for x in slots)}")
     jobs: list[JobSpec] = []
     results: list[dict[str, Any]] = []
-    pretrain_results: dict[str, dict[str, Any]] = {}
     # without tuning one pass (budget by budget, seed by seed; a teacher entry comes before its
     # students in each); with tuning, wave by wave, since a distilled entry is tuned against
     # its teacher's full run
@@ -797,8 +797,7 @@ def compare(cfg: CompareConfig) -> Path:
         todo = [(f"job {i + 1}/{len(all_jobs)}", job, out / "jobs" / f"job-{i:03d}.json")
                 for i, job in enumerate(all_jobs) if job.entry in wave]
         for (_, job, _), res in zip(todo, run_jobs(todo, slots)):
-            if job.kind == "pretrain":
-                pretrain_results[job.run_dir] = res
+            if job.kind == "pretrain":  # (its cost is in the result of the run that starts from it)
                 continue
             res["tune_flops"] = tune_flops.get((job.entry, job.scale), tune_flops.get(job.entry, 0.0))
             res["tuned"] = job.tuned

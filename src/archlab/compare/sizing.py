@@ -16,6 +16,10 @@ source in one stack and the target in the other. Matching on ``params`` therefor
 decoder-only model about twice the depth (and compute) of a ``flops``-matched one; both views
 are reported.
 
+FLOPs are those of one typical example as the entry's objective runs it (its layout, mask,
+pooling and head: :func:`example_flop_count`), equal to the matrix products the executed
+forward computes (tests/model/test_flop_counter.py).
+
 Mixture-of-experts entries (ffn E): FLOPs count the k experts a token uses, so ``flops`` (the
 default) matches them on *active* compute against dense entries, the comparison MoE papers
 make; ``params`` matches total parameters (all experts). Both, and the active parameters, are
@@ -24,13 +28,14 @@ recorded for every entry. ``d_ff`` tuning widens the experts too (``moe.d_ff_exp
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from archlab.config import ModelConfig
 from archlab.errors import ConfigError
 from archlab.model import count_params, flops_per_example
-from archlab.model.flops import decode_memory
+from archlab.model.flops import FlopCount, decode_memory
 
 Match = Literal["params", "flops"]
 
@@ -47,25 +52,96 @@ class Shape:
         return self.src_len + self.tgt_len
 
 
-def example_flops(cfg: ModelConfig, shape: Shape, objective: str = "seq2seq") -> int:
-    """Forward FLOPs of one typical example in the layout the objective uses on ``cfg.arch``."""
+def example_flop_count(cfg: ModelConfig, shape: Shape, objective: str | None = None,
+                       options: Mapping[str, Any] | None = None) -> FlopCount:
+    """FLOPs of one typical example in the layout ``objective`` builds on ``cfg.arch``, with
+    the head that objective's forward runs (default: masked-LM on an encoder, else seq2seq):
+
+    - classification: ``<cls> text <sep>`` through the family's pooling path (an
+      encoder-decoder runs one decoder step when it pools from the decoder) and the
+      classification head; no LM head;
+    - masked-LM: ``<cls> text <sep>``, the MLM transform and LM head at the
+      max(1, round(rate x n)) masked positions only;
+    - causal-LM: ``<bos> text`` (an encoder-decoder encodes a lone ``<eos>``), LM head at
+      every position;
+    - seq2seq and the objectives that build a (source, target) pair (prefix-LM: split at a
+      uniform point, so half and half on average; span corruption and denoising: the corrupted
+      input and the target of a text of n tokens): ``source <eos>`` / ``<start> target``, or
+      ``<bos> source <sep> target`` with ``<bos> source <sep>`` as a prefix-LM's prefix, LM head
+      on the target's t + 1 positions.
+
+    ``shape`` is the task's (source, target) lengths; for a text or label task the text is
+    ``shape.src_len`` (+ ``tgt_len``, 0 there). Span corruption's lengths follow its
+    deterministic span counts (``random_spans_noise_mask``); denoising's number of masks is
+    its expectation (mask budget / Poisson mean), so that one is approximate.
+    """
+    o = dict(options or {})
+    objective = objective or ("masked-lm" if cfg.arch == "encoder" else "seq2seq")
     s, t = round(shape.src_len), round(shape.tgt_len)
-    if cfg.arch == "encoder-decoder":
-        return flops_per_example(cfg, src_len=s + 1, tgt_len=t + 1).forward
-    if cfg.arch == "encoder":
-        return flops_per_example(cfg, src_len=s + t + 2, predicted=max(1, round(0.15 * (s + t)))).forward
+    arch = cfg.arch
+    if objective == "classification":
+        n = s + t + 2
+        if arch == "encoder":
+            return flops_per_example(cfg, src_len=n, head="classification")
+        if arch == "encoder-decoder":
+            return flops_per_example(cfg, src_len=n, tgt_len=1 if cfg.pooling_mode == "decoder" else 0,
+                                     head="classification")
+        # a prefix-LM pools over its input read as one bidirectional prefix
+        return flops_per_example(cfg, tgt_len=n, prefix_len=n if arch == "prefix-lm" else 0,
+                                 head="classification")
+    if arch == "encoder" and objective != "masked-lm":
+        raise ValueError(f"objective {objective} does not run on arch encoder (masked-lm, classification do)")
+    n = s + t  # the text of a text task
+    if objective == "masked-lm":
+        k = max(1, round(float(o.get("rate", 0.15)) * n)) if n else 0
+        return flops_per_example(cfg, src_len=n + 2, predicted=k)
+    if objective == "causal-lm":
+        if arch == "encoder-decoder":
+            return flops_per_example(cfg, src_len=1, tgt_len=n + 1)
+        return flops_per_example(cfg, tgt_len=n + 1)  # no prefix: a prefix-LM runs causally
+    if objective == "prefix-lm":
+        s, t = n // 2, n - n // 2
+    elif objective == "span-corruption":
+        s, t = _span_corruption_lengths(n, float(o.get("noise_density", 0.15)),
+                                        float(o.get("mean_span_length", 3.0)))
+    elif objective == "denoising":
+        budget = round(n * float(o.get("mask_ratio", 0.3)))
+        masks = max(1, round(budget / float(o.get("poisson_lambda", 3.0)))) if budget else 0
+        s, t = n - budget + masks, n
+    elif objective != "seq2seq":
+        raise ValueError(f"objective {objective!r}: choose classification, masked-lm, causal-lm, "
+                         "prefix-lm, seq2seq, span-corruption or denoising")
+    if arch == "encoder-decoder":
+        return flops_per_example(cfg, src_len=s + 1, tgt_len=t + 1)
     # decoder-only layout: <bos> src <sep> tgt <eos>, loss (and LM head) on the target only
-    n = s + t + 2
-    return flops_per_example(cfg, tgt_len=n, prefix_len=s + 2 if cfg.arch == "prefix-lm" else 0,
-                             predicted=t + 1).forward
+    return flops_per_example(cfg, tgt_len=s + t + 2, prefix_len=s + 2 if arch == "prefix-lm" else 0,
+                             predicted=t + 1)
 
 
-def measure(cfg: ModelConfig, match: Match | Literal["active_params"], shape: Shape) -> float:
-    """The matched quantity: total parameters, forward FLOPs of a typical example (active
-    FLOPs for MoE), or (reported only) the parameters one token uses."""
+def _span_corruption_lengths(n: int, density: float, mean_span: float) -> tuple[int, int]:
+    """(input, target) lengths of T5 span corruption of n tokens: each noise span becomes one
+    sentinel in the input and a sentinel + the span in the target (objectives/denoise.py)."""
+    if n < 2:
+        return n, 0
+    noise = min(max(round(n * density), 1), n - 1)
+    spans = min(max(round(noise / mean_span), 1), noise, n - noise)
+    return n - noise + spans, noise + spans
+
+
+def example_flops(cfg: ModelConfig, shape: Shape, objective: str | None = None,
+                  options: Mapping[str, Any] | None = None) -> int:
+    """Forward FLOPs of one typical example of ``objective`` (see :func:`example_flop_count`)."""
+    return example_flop_count(cfg, shape, objective, options).forward
+
+
+def measure(cfg: ModelConfig, match: Match | Literal["active_params"], shape: Shape,
+            objective: str | None = None, options: Mapping[str, Any] | None = None) -> float:
+    """The matched quantity: total parameters, forward FLOPs of a typical example of the
+    entry's objective (active FLOPs for MoE), or (reported only) the parameters one token
+    uses."""
     if match == "active_params":
         return float(count_params(cfg).active)
-    return float(count_params(cfg).total if match == "params" else example_flops(cfg, shape))
+    return float(count_params(cfg).total if match == "params" else example_flops(cfg, shape, objective, options))
 
 
 def _cyclic(pattern: str | None) -> str | None:
@@ -119,14 +195,21 @@ def size_to_budget(
     tolerance: float = 0.05,
     d_ff_multiple: int = 32,
     max_depth: int = 64,
+    objective: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> SizedModel:
-    """Depth (each side of an encoder-decoder, balanced L+L), then d_ff, to hit ``target``."""
+    """Depth (each side of an encoder-decoder, balanced L+L), then d_ff, to hit ``target``
+    (FLOPs measured for ``objective``, see :func:`example_flop_count`)."""
+
+    def value(c: ModelConfig) -> float:
+        return measure(c, match, shape, objective, options)
+
     if target <= 0:
         raise ConfigError(f"budget target must be > 0, got {target}")
     best = None
     for depth in range(1, max_depth + 1):
         cfg = _with_depth(base, depth)
-        v = measure(cfg, match, shape)
+        v = value(cfg)
         err = abs(v / target - 1)
         if best is None or err < best[0]:
             best = (err, cfg, v)
@@ -139,7 +222,7 @@ def size_to_budget(
     if abs(v / target - 1) > tolerance and has_ffn:
         # fine-tune the feed-forward width: the matched quantity is monotone in d_ff
         lo, hi = d_ff_multiple, max(cfg.d_ff * 4, d_ff_multiple * 2)
-        while measure(replace(cfg, d_ff=hi), match, shape) < target and hi < 1 << 16:
+        while value(replace(cfg, d_ff=hi)) < target and hi < 1 << 16:
             hi *= 2
         best_ff = cfg.d_ff
         best_err = abs(v / target - 1)
@@ -147,7 +230,7 @@ def size_to_budget(
         while lo_k <= hi_k:
             mid = (lo_k + hi_k) // 2
             ff = mid * d_ff_multiple
-            val = measure(replace(cfg, d_ff=ff), match, shape)
+            val = value(replace(cfg, d_ff=ff))
             err = abs(val / target - 1)
             if err < best_err:
                 best_ff, best_err = ff, err
@@ -156,7 +239,7 @@ def size_to_budget(
             else:
                 hi_k = mid - 1
         cfg = replace(cfg, d_ff=best_ff)
-        v = measure(cfg, match, shape)
+        v = value(cfg)
         rule += f", d_ff {base.d_ff} -> {best_ff}"
     if abs(v / target - 1) > tolerance and cfg.has_ssm:
         # Mamba layers without feed-forwards: tune the mixers' inner width instead
@@ -166,7 +249,7 @@ def size_to_budget(
         lo_k, hi_k = 1, max(4 * d0 // step, 2)
         while lo_k <= hi_k:
             mid = (lo_k + hi_k) // 2
-            val = measure(_with_d_inner(cfg, mid * step), match, shape)
+            val = value(_with_d_inner(cfg, mid * step))
             err = abs(val / target - 1)
             if err < best_err:
                 best_di, best_err = mid * step, err
@@ -176,7 +259,7 @@ def size_to_budget(
                 hi_k = mid - 1
         if best_di != d0:
             cfg = _with_d_inner(cfg, best_di)
-            v = measure(cfg, match, shape)
+            v = value(cfg)
             rule += f", ssm d_inner {d0} -> {best_di}"
     return SizedModel(cfg, v, target, rule)
 

@@ -5,6 +5,11 @@ is only the mask handed in (see ``masks.py``). Attention itself is
 ``torch.nn.functional.scaled_dot_product_attention`` so that PyTorch picks the fused kernel
 (flash / memory-efficient on GPU, the flash CPU kernel here); when the mask is purely causal
 we pass ``is_causal=True`` instead of a mask tensor, the kernels' fastest path.
+
+Sliding windows much shorter than the sequence run banded (:func:`banded_attention`): SDPA
+over blocks of w queries and the 2w (causal) or 3w keys their band can reach, instead of all
+T^2 pairs under a mask tensor (the blocked local attention of Beltagy et al. 2020, Sec. 3.1,
+and of Longformer's "sliding chunks"). The result equals the masked dense SDPA to rounding.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from torch import nn
 
 from archlab.config import ModelConfig
 from archlab.model.layers import apply_rotary
-from archlab.model.masks import AttnMask
+from archlab.model.masks import AttnMask, Band
 
 
 class KVCache:
@@ -194,6 +199,31 @@ class StaticKVCache(KVCache):
         self._mark_static()
 
 
+def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, band: Band, *,
+                     dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
+    """Sliding-window self-attention by blocks. q (B, H, T, hd); k, v (B, Hkv, T, hd) ->
+    (B, T, H * hd).
+
+    Query block n (w slots) meets key blocks n - 1 .. n + band.after, taken as overlapping
+    windows of the zero-padded keys (``unfold``: a view, copied once into the blocks); every
+    block is then one row of a batch of B x n_blocks small attentions that SDPA runs with the
+    block mask. Shapes depend only on T and w, so ``torch.compile`` traces it like the rest."""
+    B, H, T, hd = q.shape
+    Hkv, w, nb = k.shape[1], band.block, band.n_blocks
+    kw = (2 + band.after) * w
+    tail = nb * w - T  # the last query block padded to w slots
+    qb = F.pad(q, (0, 0, 0, tail)).view(B, H, nb, w, hd).transpose(1, 2).reshape(B * nb, H, w, hd)
+
+    def windows(x: torch.Tensor) -> torch.Tensor:  # (B, Hkv, T, hd) -> (B * nb, Hkv, kw, hd)
+        xp = F.pad(x, (0, 0, w, tail + band.after * w))  # key slot -w .. (nb + after) w - 1
+        return xp.unfold(2, kw, w).permute(0, 2, 1, 4, 3).reshape(B * nb, Hkv, kw, hd)
+
+    mask = band.mask.expand(B, nb, w, kw).reshape(B * nb, 1, w, kw)
+    y = F.scaled_dot_product_attention(qb, windows(k), windows(v), attn_mask=mask, dropout_p=dropout_p,
+                                       scale=scale, enable_gqa=Hkv != H)  # (B * nb, H, w, hd)
+    return y.view(B, nb, H, w, hd).permute(0, 1, 3, 2, 4).reshape(B, nb * w, H * hd)[:, :T]
+
+
 class Attention(nn.Module):
     """Multi-head attention (Vaswani et al. 2017) with grouped key/value heads (Ainslie et al.
     2023: n_kv_heads < n_heads; 1 is multi-query attention, Shazeer 2019).
@@ -259,6 +289,10 @@ class Attention(nn.Module):
             if cache is not None:
                 k, v = cache.update(layer, k, v)
 
+        if mask.band is not None:  # a window much shorter than T: only the band's blocks
+            y = banded_attention(q, k, v, mask.band, dropout_p=self.dropout_p if self.training else 0.0,
+                                 scale=self.scale)
+            return self.o(y)
         y = F.scaled_dot_product_attention(
             q,
             k,

@@ -3,14 +3,17 @@
 Budget matching (``archlab compare``) sizes models without building them, so these formulas
 must agree exactly with the built modules; a unit test checks that for every option.
 
-FLOPs count a multiply-add as 2. Forward FLOPs of a token are 2 x (matrix parameters it
-passes through) plus attention's two batched products (QK^T and AV: 2 x 2 x H x hd per
-attended key), in the accounting of Kaplan et al. 2020 (Sec. 2.1) and Hoffmann et al. 2022
-(App. F). Causal attention is counted over the keys a token actually attends (on average
-(T+1)/2), which is what fused causal kernels compute; under a sliding window
-(``attn_window``) only the keys inside the window count. Training is 3x forward (the backward
-pass costs two forward passes). Norms, activations, softmax and embedding lookups are left
-out, as usual.
+FLOPs are those of what runs: the count for a forward pass equals the matrix products of the
+model's executed forward, as ``torch.utils.flop_counter.FlopCounterMode`` counts them (tests
+compare the two for every mixer, family, mask and head: tests/model/test_flop_counter.py). A
+multiply-add counts as 2. A token's projections and feed-forward cost 2 x the matrix
+parameters it passes through (Kaplan et al. 2020, Sec. 2.1; Hoffmann et al. 2022, App. F);
+attention adds QK^T and AV, 2 x 2 x H x hd per (query, key) pair *the kernel computes*
+(:func:`attention_pairs`): the lower triangle on SDPA's causal path, every pair when a mask
+tensor is passed (prefix, padding on both sides, position biases), the blocks of the banded
+kernel under a short sliding window. Training is 3x forward (the backward pass costs two
+forward passes). Norms, activations, softmax, rotary tables and embedding lookups are
+elementwise work and left out, as usual.
 
 Mixture-of-experts layers (ffn E) hold E experts but a token passes through k of them (plus the
 shared experts and the router): total parameters count all experts, *active* parameters and
@@ -18,19 +21,28 @@ FLOPs only k (torchtitan's accounting: active = dense + router + shared + expert
 Budget matching on FLOPs therefore matches MoE models on active compute.
 
 State-space layers (Mamba-1, Gu & Dao 2023; Mamba-2, Dao & Gu 2024) count their projections
-the same way, the depthwise convolution (2 x channels x kernel per token) and the scan:
-Mamba-1's selective scan about 9 x d_inner x d_state per token and forward (discretise, update,
-read out: Albert Gu, state-spaces/mamba #110), Mamba-2's chunked SSD as computed with chunks
-of Q: 2QH(N + P) (the masked C.B^T block and its product with x) + 4HPN (chunk states in and
-out). Bidirectional layers (encoders) run two mixers; a prefix-LM's backward mixer runs over
-the prefix only. The attention term is counted only for attention layers.
+the same way and the depthwise convolution (2 x channels x kernel per token). Mamba-2's chunked
+SSD is matrix products, counted as ``ssm.ssd_chunked`` runs them (chunks of min(chunk_size,
+T), C.B per B/C group, states passed between chunks: :func:`_ssd_matmul_flops`). Mamba-1's
+selective scan is elementwise (cumsums and products, about 9 x d_inner x d_state per token);
+it is the one elementwise term kept in the count, since it is that layer's sequence mixing,
+and it is reported apart (``FlopCount.elementwise``), so the matrix-product part can be
+checked exactly. Bidirectional layers run two mixers: over the whole input in an encoder, and
+over the prefix only in a prefix-LM (``Block._ssm`` runs the backward mixer over the longest
+prefix of the batch). The attention term is counted only for attention layers.
+
+Heads: the LM head over the positions with a label (objectives compute it at those only), the
+MLM transform too for an encoder, or the classification head on one pooled vector;
+``compare.sizing.example_flops`` picks them by objective.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from archlab.config import ModelConfig
+from archlab.model.masks import MaskKind, band_blocks
 
 
 def _norm_params(cfg: ModelConfig) -> int:
@@ -212,10 +224,7 @@ def moe_params(cfg: ModelConfig) -> dict[str, int]:
 # FLOPs
 # ---------------------------------------------------------------------------------------------
 
-
-def _layer_matmul_flops(cfg: ModelConfig) -> int:
-    """2 x matrix parameters of one self-attention block's projections and MLP, per token."""
-    return _attn_matmul_flops(cfg) + _mlp_flops(cfg)
+HeadKind = Literal["lm", "classification", "none"]
 
 
 def _attn_matmul_flops(cfg: ModelConfig) -> int:
@@ -238,43 +247,98 @@ def moe_token_flops(cfg: ModelConfig) -> int:
     return 2 * (C * m.n_experts + m.top_k * (C * g * F + F * C) + (C * g * Fs + Fs * C))
 
 
-def ssm_token_flops(cfg: ModelConfig, mixer: str) -> dict[str, int]:
-    """Forward FLOPs per token of one Mamba mixer: {"proj": projections, "conv": depthwise
-    conv, "scan": selective scan / SSD} (see the module docstring)."""
+def _ssd_matmul_flops(cfg: ModelConfig, n_tok: int) -> int:
+    """Products of ``ssm.ssd_chunked`` over one sequence of ``n_tok`` tokens, as it runs: chunks
+    of Q = min(chunk_size, T), the length zero-padded to nc whole chunks, C.B per B/C group.
+    Per chunk: C.B^T (2 Q^2 G N), its product with x (2 Q^2 H P), the chunk state (2 Q H P N)
+    and the read-out of the chunk's start state (2 Q H P N); once per sequence the passing of
+    states between chunks, a product over the nc + 1 chunk boundaries (2 (nc + 1)^2 H P N)."""
+    if n_tok <= 0:
+        return 0
+    s, d = cfg.ssm_cfg, cfg.d_model
+    H, G, P, N = s.heads(d), s.n_groups, s.head_dim, s.d_state
+    Q = max(1, min(s.chunk_size, n_tok))
+    nc = -(-n_tok // Q)
+    per_chunk = 2 * Q * Q * (G * N + H * P) + 4 * Q * H * P * N
+    return nc * per_chunk + 2 * (nc + 1) ** 2 * H * P * N
+
+
+def ssm_flops(cfg: ModelConfig, mixer: str, n_tok: int) -> dict[str, int]:
+    """Forward FLOPs of one Mamba mixer over a sequence of ``n_tok`` tokens: {"proj":
+    projections, "conv": depthwise conv, "scan": selective scan / SSD}. Mamba-1's scan is
+    elementwise work (about 9 d_inner N per token: discretise, update, read out; Albert Gu,
+    state-spaces/mamba #110); Mamba-2's is the matrix products of the chunked SSD
+    (:func:`_ssd_matmul_flops`), its elementwise rest (decays, masks) left out like softmax."""
     s, d = cfg.ssm_cfg, cfg.d_model
     di, N, K = s.inner(d), s.d_state, s.d_conv
     if mixer == "mamba":
         R = s.rank(d)
         proj = 2 * (d * 2 * di + di * (R + 2 * N) + R * di + di * d)
-        return {"proj": proj, "conv": 2 * di * K, "scan": 9 * di * N}
-    H, G, P, Q = s.heads(d), s.n_groups, s.head_dim, s.chunk_size
+        return {"proj": n_tok * proj, "conv": n_tok * 2 * di * K, "scan": n_tok * 9 * di * N}
+    H, G = s.heads(d), s.n_groups
     conv = di + 2 * G * N
     proj = 2 * (d * (di + conv + H) + di * d)
-    return {"proj": proj, "conv": 2 * conv * K, "scan": 2 * Q * H * (N + P) + 4 * H * P * N}
+    return {"proj": n_tok * proj, "conv": n_tok * 2 * conv * K, "scan": _ssd_matmul_flops(cfg, n_tok)}
 
 
-def _ssm_flops(cfg: ModelConfig, mixer: str) -> int:
-    return sum(ssm_token_flops(cfg, mixer).values())
+def _ssm_elementwise(cfg: ModelConfig, mixer: str, n_tok: int) -> int:
+    """The part of :func:`ssm_flops` that is not a matrix product (Mamba-1's scan)."""
+    return ssm_flops(cfg, mixer, n_tok)["scan"] if mixer == "mamba" else 0
 
 
-def _stack_flops(cfg: ModelConfig, side: str, n_tok: int, kind: str, prefix: int = 0,
-                 src_len: int = 0) -> dict[str, int]:
-    """Forward FLOPs of one stack over ``n_tok`` tokens, by layer type."""
+def attention_pairs(cfg: ModelConfig, n: int, kind: MaskKind, prefix: int = 0) -> int:
+    """(query, key) pairs the attention kernel computes in a self-attention over one example of
+    ``n`` tokens, following the choices of ``masks.build_mask`` (kind: causal, bidirectional or
+    prefix with ``prefix`` bidirectional slots):
+
+    - causal, no mask tensor (no window, no position bias, no padding or right padding only):
+      SDPA's causal path, the lower triangle n (n + 1) / 2 (fused kernels skip the blocks above
+      the diagonal; the CPU flash kernel measured 0.65x the full product's time at T = 2048);
+    - a window much shorter than n, no position bias: the banded kernel, ceil(n / w) w queries
+      x (2 + after) w keys (``masks.band_blocks``);
+    - every other case passes a mask tensor (prefix, a longer window, ALiBi / T5 biases,
+      bidirectional): SDPA computes every pair, n^2, whatever the mask allows.
+
+    One backend exception is not modelled: attention dropout > 0 on a CPU sends SDPA to its
+    math kernel, which computes the full n^2 on the causal path too (GPU kernels apply dropout
+    in the fused kernel; the compare presets meant for a CPU train with dropout 0).
+    """
+    if n <= 0:
+        return 0
+    biased = cfg.position in ("alibi", "t5-relative")
+    w = cfg.attn_window if cfg.attn_window is not None and cfg.attn_window < n else None
+    if w is not None:
+        after = None if biased else band_blocks(kind, n, w)
+        if after is not None:
+            return -(-n // w) * w * (2 + after) * w
+        return n * n
+    if kind == "causal" and not biased:
+        return n * (n + 1) // 2
+    return n * n
+
+
+def _stack_flops(cfg: ModelConfig, side: str, n_tok: int, kind: MaskKind, prefix: int = 0,
+                 src_len: int = 0, elementwise: list[int] | None = None) -> dict[str, int]:
+    """Forward FLOPs of one stack over ``n_tok`` tokens, by layer type; the elementwise part
+    (Mamba-1 scans) is also added to ``elementwise[0]``."""
     out: dict[str, int] = {}
+    if n_tok <= 0:
+        return out
     attn_unit = 4 * cfg.n_heads * cfg.dim_head  # QK^T + AV per (query, key) pair
+    # bidirectional Mamba layers: a backward mixer over the whole input (encoder), or over the
+    # prefix (prefix-LM; Block._ssm runs it over the longest prefix of the batch, at least 1)
+    back = n_tok if kind == "bidirectional" else (max(min(prefix, n_tok), 1) if kind == "prefix" else 0)
 
     def add(key: str, n: int) -> None:
         out[key] = out.get(key, 0) + n
 
     for m, f in cfg.layer_kinds(side):
         if m == "attention":
-            add("attention", n_tok * _attn_matmul_flops(cfg)
-                + attn_unit * _attended_keys(n_tok, kind, prefix, cfg.attn_window))
+            add("attention", n_tok * _attn_matmul_flops(cfg) + attn_unit * attention_pairs(cfg, n_tok, kind, prefix))
         else:
-            per = _ssm_flops(cfg, m)
-            # bidirectional: a backward mixer over the whole input (encoder) or the prefix
-            back = n_tok if kind == "bidirectional" else (min(prefix, n_tok) if kind == "prefix" else 0)
-            add(m, (n_tok + back) * per)
+            add(m, sum(ssm_flops(cfg, m, n_tok).values()) + (sum(ssm_flops(cfg, m, back).values()) if back else 0))
+            if elementwise is not None:
+                elementwise[0] += _ssm_elementwise(cfg, m, n_tok) + _ssm_elementwise(cfg, m, back)
         if f == "dense":
             add("ffn", n_tok * _mlp_flops(cfg))
         elif f == "moe":
@@ -287,43 +351,36 @@ def _stack_flops(cfg: ModelConfig, side: str, n_tok: int, kind: str, prefix: int
     return out
 
 
-def _attended_keys(n_queries: int, kind: str, prefix: int = 0, window: int | None = None) -> int:
-    """Sum over queries of the number of keys each attends (self-attention of n tokens);
-    with a sliding ``window``, only keys fewer than ``window`` slots away count."""
-    n = n_queries
-    if window is not None and window < n:
-        return _windowed_keys(n, kind, prefix, window)
-    if kind == "bidirectional":
-        return n * n
-    p = min(prefix, n) if kind == "prefix" else 0
-    # queries inside the prefix see the whole prefix; later query i sees keys 0..i
-    return p * p + (n * (n + 1) - p * (p + 1)) // 2
-
-
-def _windowed_keys(n: int, kind: str, prefix: int, w: int) -> int:
-    """_attended_keys under a window w < n: per query, the keys of its band [i-w+1, i+w-1]
-    that its mask allows (one interval for causal / bidirectional; for prefix, the union of
-    the causal part and the prefix part of the band)."""
-    p = min(prefix, n) if kind == "prefix" else 0
-    total = 0
-    for i in range(n):
-        lo, hi = max(0, i - w + 1), min(n - 1, i + w - 1)
-        if kind == "bidirectional":
-            total += hi - lo + 1
-            continue
-        total += i - lo + 1  # causal part: lo..i
-        if p:  # prefix keys after the query, inside the band: i+1 .. min(hi, p-1)
-            total += max(0, min(hi, p - 1) - i)
-    return total
-
-
 @dataclass
 class FlopCount:
     encoder: int  # forward FLOPs in the encoder stack (per example)
     decoder: int  # forward FLOPs in the decoder stack (incl. cross-attention)
-    head: int  # LM / MLM head
+    head: int  # LM / MLM head, or the classification head
     forward: int
     train: int  # 3 x forward
+    elementwise: int = 0  # the part of forward that is not a matrix product (Mamba-1 scans)
+
+    @property
+    def matmul(self) -> int:
+        """Forward FLOPs of matrix products and convolutions only: what
+        ``torch.utils.flop_counter.FlopCounterMode`` counts."""
+        return self.forward - self.elementwise
+
+
+def head_flops(cfg: ModelConfig, predicted: int, head: HeadKind = "lm") -> int:
+    """Forward FLOPs of the output head for one example: the LM head over ``predicted``
+    positions (with the MLM transform of an encoder), or the classification head on the one
+    pooled vector (dense d x d, then d x n_classes), or nothing."""
+    if head == "none":
+        return 0
+    if head == "classification":
+        if cfg.n_classes <= 0:
+            raise ValueError("a classification head needs model.n_classes > 0")
+        return 2 * (cfg.d_model * cfg.d_model + cfg.d_model * cfg.n_classes)
+    f = predicted * 2 * cfg.d_model * cfg.vocab_size
+    if cfg.arch == "encoder" and cfg.mlm_transform:
+        f += predicted * 2 * cfg.d_model * cfg.d_model
+    return f
 
 
 def flops_per_example(
@@ -333,24 +390,38 @@ def flops_per_example(
     *,
     prefix_len: int = 0,
     predicted: int | None = None,
+    head: HeadKind = "lm",
 ) -> FlopCount:
     """Forward and training FLOPs for one example.
 
     encoder: ``src_len`` tokens; decoder / prefix-LM: ``tgt_len`` tokens (``prefix_len`` of
     them bidirectional, prefix-LM only); encoder-decoder: ``src_len`` encoder tokens,
-    ``tgt_len`` decoder tokens. ``predicted``: positions that go through the LM head (default:
-    every output position: ``src_len`` for an encoder, ``tgt_len`` otherwise).
+    ``tgt_len`` decoder tokens (0: the decoder does not run). ``predicted``: positions that go
+    through the LM head (default: every output position: ``src_len`` for an encoder,
+    ``tgt_len`` otherwise); ``head``: "lm", "classification" (one pooled vector) or "none".
     """
-    by = flops_by_layer_type(cfg, src_len, tgt_len, prefix_len=prefix_len)
+    el = [0]
+    by = _flops_by_layer_type(cfg, src_len, tgt_len, prefix_len, el)
     enc = sum(by["encoder"].values())
     dec = sum(by["decoder"].values())
     if predicted is None:
         predicted = src_len if cfg.arch == "encoder" else tgt_len
-    head = predicted * 2 * cfg.d_model * cfg.vocab_size
-    if cfg.arch == "encoder" and cfg.mlm_transform:
-        head += predicted * 2 * cfg.d_model * cfg.d_model
-    fwd = enc + dec + head
-    return FlopCount(enc, dec, head, fwd, 3 * fwd)
+    h = head_flops(cfg, predicted, head)
+    fwd = enc + dec + h
+    return FlopCount(enc, dec, h, fwd, 3 * fwd, el[0])
+
+
+def _flops_by_layer_type(cfg: ModelConfig, src_len: int, tgt_len: int, prefix_len: int,
+                         elementwise: list[int] | None = None) -> dict[str, dict[str, int]]:
+    enc: dict[str, int] = {}
+    dec: dict[str, int] = {}
+    if cfg.arch in ("encoder", "encoder-decoder"):
+        enc = _stack_flops(cfg, "encoder", src_len, "bidirectional", elementwise=elementwise)
+    if cfg.arch != "encoder":
+        kind: MaskKind = "prefix" if cfg.arch == "prefix-lm" and prefix_len else "causal"
+        dec = _stack_flops(cfg, "decoder", tgt_len, kind, prefix_len,
+                           src_len if cfg.arch == "encoder-decoder" else 0, elementwise)
+    return {"encoder": enc, "decoder": dec}
 
 
 def flops_by_layer_type(cfg: ModelConfig, src_len: int = 0, tgt_len: int = 0, *,
@@ -358,15 +429,7 @@ def flops_by_layer_type(cfg: ModelConfig, src_len: int = 0, tgt_len: int = 0, *,
     """Forward FLOPs of one example per stack and layer type: {"encoder": {"attention": ..,
     "mamba": .., "ffn": ..}, "decoder": {..., "cross-attention": ..}} (arguments as
     :func:`flops_per_example`)."""
-    enc: dict[str, int] = {}
-    dec: dict[str, int] = {}
-    if cfg.arch in ("encoder", "encoder-decoder"):
-        enc = _stack_flops(cfg, "encoder", src_len, "bidirectional")
-    if cfg.arch != "encoder":
-        kind = "prefix" if cfg.arch == "prefix-lm" and prefix_len else "causal"
-        dec = _stack_flops(cfg, "decoder", tgt_len, kind, prefix_len,
-                           src_len if cfg.arch == "encoder-decoder" else 0)
-    return {"encoder": enc, "decoder": dec}
+    return _flops_by_layer_type(cfg, src_len, tgt_len, prefix_len)
 
 
 @dataclass

@@ -18,7 +18,16 @@ compared with absolute query slot ``q_offset + i``.
 The result is an :class:`AttnMask`: either nothing at all (no mask needed, or the pure causal
 case SDPA handles natively with ``is_causal=True``, its fast path), or a boolean tensor
 (B|1, 1, Tq, Tk), True where attention is allowed, or, when position biases (ALiBi, T5) are
-present, a float additive tensor.
+present, a float additive tensor, or (``banded=True``, a window much shorter than the
+sequence) a :class:`Band`: the same mask cut into blocks for the banded kernel of
+``attention.py``.
+
+What runs decides the FLOPs (``model/flops.py`` mirrors these choices): SDPA with a mask
+tensor computes every (query, key) pair, so the causal fast path is kept whenever the mask adds
+nothing for real queries: pure causal, and causal with right (trailing) padding only, whose pad
+keys come after every real query. A window keeps only a band of the pairs; the dense masked
+kernel would still compute all of them, the banded kernel computes about ``2 w`` (causal) or
+``3 w`` keys per query (:func:`band_blocks`).
 """
 
 from __future__ import annotations
@@ -32,14 +41,34 @@ MaskKind = Literal["causal", "bidirectional", "prefix"]
 
 
 @dataclass
+class Band:
+    """A sliding-window self-attention mask in blocks of ``block`` (= the window w) slots:
+    query block n (slots n w .. n w + w - 1) attends to the key blocks n - 1 .. n + after,
+    which hold every key its band ``|i - j| < w`` can reach (``after`` = 0 causal, 1 with keys
+    after the query: bidirectional, prefix). ``mask`` is exact inside those blocks."""
+
+    block: int  # w: queries per block and keys per key block
+    after: int  # key blocks after the query's own block (0 or 1); one block before it
+    length: int  # T: real slots (the last query block is padded to w)
+    mask: torch.Tensor  # (B|1, n_blocks, w, (2 + after) * w) bool, True where allowed
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.length // self.block)
+
+
+@dataclass
 class AttnMask:
     mask: torch.Tensor | None = None  # bool (B|1, 1, Tq, Tk) or float additive (B|1, H|1, Tq, Tk)
     is_causal: bool = False  # SDPA's native causal path: mask is None and Tq == Tk
+    band: Band | None = None  # banded sliding-window kernel (mask is None then)
 
     def with_bias(self, bias: torch.Tensor | None, q_len: int, k_len: int) -> AttnMask:
         """Fold an additive position bias (B|1, H, Tq, Tk) into the mask."""
         if bias is None:
             return self
+        if self.band is not None:
+            raise ValueError("a banded mask takes no position bias (build it with banded=False)")
         mask = self.mask
         if self.is_causal:
             mask = _causal(q_len, k_len, 0, bias.device)[None, None]
@@ -55,6 +84,24 @@ def _causal(q_len: int, k_len: int, q_offset: int, device: torch.device) -> torc
     return k <= q  # (Tq, Tk)
 
 
+def band_blocks(kind: MaskKind, n: int, window: int | None) -> int | None:
+    """Key blocks after the own block (0 causal, 1 otherwise) if the banded kernel runs a
+    self-attention of ``n`` queries over ``n`` keys (from slot 0) under ``window``, else None.
+
+    It runs when it computes at most half of the dense kernel's n^2 pairs: it computes
+    ceil(n / w) w x (2 + after) w. Measured on a 2-core CPU at one thread (forward,
+    bench/attention_window.py), it pays from about that point: causal T = 4w 0.71-0.75x the
+    dense masked SDPA's time, T = 8w 0.32-0.34x; bidirectional T = 4w (3/4 of the pairs)
+    0.98-1.13x, so the dense kernel stays there."""
+    if window is None or window >= n:
+        return None
+    after = 0 if kind == "causal" else 1
+    blocks = -(-n // window)
+    if 2 * blocks * window * (2 + after) * window > n * n:
+        return None
+    return after
+
+
 def build_mask(
     kind: MaskKind,
     q_len: int,
@@ -65,6 +112,7 @@ def build_mask(
     q_offset: int = 0,
     window: int | None = None,
     device: torch.device | None = None,
+    banded: bool = False,
 ) -> AttnMask:
     """Build the attention mask.
 
@@ -77,9 +125,18 @@ def build_mask(
             ends).
         q_offset: absolute slot of the first query (cached keys come before it).
         window: sliding window (``|query slot - key slot| < window``); None = no window.
+        banded: allow a :class:`Band` where :func:`band_blocks` chooses the banded kernel
+            (self-attention from slot 0 with no position bias to fold in).
     """
     if kind not in ("causal", "bidirectional", "prefix"):
         raise ValueError(f"mask kind {kind!r}: choose causal, bidirectional or prefix")
+    if window is not None and window < 1:
+        raise ValueError(f"attention window must be >= 1, got {window}")
+    # every distance between a query slot and a key slot is below max(k_len, q_offset + q_len)
+    if window is not None and window >= max(k_len, q_offset + q_len):
+        window = None
+    if kind == "prefix" and prefix_lengths is None:
+        kind = "causal"
     if key_padding is not None:
         device = key_padding.device
         if key_padding.shape[-1] != k_len:
@@ -88,22 +145,25 @@ def build_mask(
         # data-dependent test would break the graph and an all-true mask is the same mask
         if not torch.compiler.is_compiling() and bool(key_padding.all()):
             key_padding = None
+        # causal self-attention over right-padded rows (training batches): every pad key comes
+        # after every real query, so the causal mask alone already hides it, and the causal
+        # fast path computes half the pairs a mask tensor makes SDPA compute. Pad queries then
+        # see earlier pads too; their outputs are never used (and stay finite).
+        elif (kind == "causal" and window is None and q_offset == 0 and q_len == k_len
+              and not torch.compiler.is_compiling() and not bool((key_padding[:, 1:] > key_padding[:, :-1]).any())):
+            key_padding = None
     elif prefix_lengths is not None:
         device = prefix_lengths.device
     device = device or torch.device("cpu")
-    if window is not None and window < 1:
-        raise ValueError(f"attention window must be >= 1, got {window}")
-    # every distance between a query slot and a key slot is below max(k_len, q_offset + q_len)
-    if window is not None and window >= max(k_len, q_offset + q_len):
-        window = None
 
-    if kind == "prefix" and prefix_lengths is None:
-        kind = "causal"
     # A single query at the end of the keys sees everything under causal masking: no mask.
     if kind == "causal" and q_len == 1 and q_offset == k_len - 1:
         kind = "bidirectional"
 
     if window is not None:
+        after = band_blocks(kind, q_len, window) if banded and q_offset == 0 and q_len == k_len else None
+        if after is not None:
+            return AttnMask(band=_band(kind, q_len, window, after, key_padding, prefix_lengths, device))
         return _windowed(kind, q_len, k_len, key_padding, prefix_lengths, q_offset, window, device)
 
     if kind == "bidirectional":
@@ -133,6 +193,30 @@ def _windowed(kind: MaskKind, q_len: int, k_len: int, key_padding: torch.Tensor 
         return AttnMask(mask, False)
     return AttnMask(_combine(kind, (band & (k <= q))[None, None], q_len, k_len, key_padding,
                              prefix_lengths, q_offset, device, band), False)
+
+
+def _band(kind: MaskKind, n: int, w: int, after: int, key_padding: torch.Tensor | None,
+          prefix_lengths: torch.Tensor | None, device: torch.device) -> Band:
+    """The mask of :func:`_windowed` in blocks: entry (b, i, j) is query slot b w + i and key
+    slot (b - 1) w + j; key slots outside [0, n) (the zero padding of the blocks) are masked.
+    Every row allows its own slot (the padding rule of :func:`_combine`; for real queries the
+    band already does), so no row is empty, not even those of the padded last block."""
+    nb, kw = -(-n // w), (2 + after) * w
+    blk = torch.arange(nb, device=device)[:, None, None]
+    q = blk * w + torch.arange(w, device=device)[None, :, None]  # (nb, w, 1)
+    k = (blk - 1) * w + torch.arange(kw, device=device)[None, None, :]  # (nb, 1, kw)
+    inside = (k >= 0) & (k < n)
+    allowed = ((q - k).abs() < w) & inside  # (nb, w, kw)
+    if kind != "bidirectional":
+        allowed = allowed & (k <= q)
+    mask = allowed[None]  # (1, nb, w, kw)
+    if kind == "prefix" and prefix_lengths is not None:
+        in_prefix = k[None] < prefix_lengths.to(device)[:, None, None, None]  # (B, nb, 1, kw)
+        mask = mask | (in_prefix & ((q - k).abs() < w) & inside)
+    if key_padding is not None:
+        kp = torch.nn.functional.pad(key_padding, (w, nb * w - n + after * w))  # (B, (nb+1+after) w)
+        mask = mask & kp.unfold(1, kw, w)[:, :, None, :]  # key slot (n - 1) w + j of each block
+    return Band(w, after, n, mask | (k == q)[None])
 
 
 def _combine(kind: MaskKind, mask: torch.Tensor, q_len: int, k_len: int,

@@ -89,7 +89,8 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def _ssm(self, h: torch.Tensor, cache: KVCache | None, layer: int,
-             valid: torch.Tensor | None, bwd_lengths: torch.Tensor | None) -> torch.Tensor:
+             valid: torch.Tensor | None, bwd_lengths: torch.Tensor | None,
+             bwd_span: int | None = None) -> torch.Tensor:
         # h: (B, T, C) normed input -> (B, T, C)
         state = cache.ssm[layer] if cache is not None else None
         y, new = self.ssm(h, valid, state, return_state=cache is not None)
@@ -97,12 +98,16 @@ class Block(nn.Module):
             cache.ssm[layer] = new
         if self.ssm_bwd is not None and bwd_lengths is not None:
             # backward scan over slots [0, L_b) of each row, reversed by its own length;
-            # slots past L_b (the targets of a prefix-LM) get no backward term
-            rv = reverse_by_length(valid, bwd_lengths) if valid is not None else None
-            yb, _ = self.ssm_bwd(reverse_by_length(h, bwd_lengths), rv)
-            yb = reverse_by_length(yb, bwd_lengths)
-            inside = torch.arange(h.shape[1], device=h.device)[None, :] < bwd_lengths[:, None]
-            y = y + yb * inside[..., None].to(yb.dtype)
+            # slots past L_b (the targets of a prefix-LM) get no backward term, so the scan
+            # runs over the first S = max_b L_b slots only (a causal scan of the reversed
+            # prefix never reads the slots after it)
+            lengths, S = bwd_lengths, bwd_span or h.shape[1]
+            rv = reverse_by_length(valid[:, :S], lengths) if valid is not None else None
+            yb, _ = self.ssm_bwd(reverse_by_length(h[:, :S], lengths), rv)
+            yb = reverse_by_length(yb, lengths)  # (B, S, C)
+            inside = torch.arange(S, device=h.device)[None, :] < lengths[:, None]
+            yb = yb * inside[..., None].to(yb.dtype)
+            y = y + (yb if S == h.shape[1] else F.pad(yb, (0, 0, 0, h.shape[1] - S)))
         return y
 
     def forward(
@@ -117,17 +122,18 @@ class Block(nn.Module):
         layer: int = 0,
         valid: torch.Tensor | None = None,
         bwd_lengths: torch.Tensor | None = None,
+        bwd_span: int | None = None,
     ) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
         """valid: (B, T) real tokens (Mamba layers zero the pads' inputs; MoE layers do not
-        route pads); bwd_lengths: (B,)
-        span of the backward scan of bidirectional Mamba layers (None: causal only)."""
+        route pads); bwd_lengths: (B,) span of the backward scan of bidirectional Mamba
+        layers (None: causal only), bwd_span its maximum (None: T)."""
         # dropout is the identity in eval mode; skipping the module call saves per-token time
         drop = self.drop if self.training else _identity
         if self.pre:
             if self.attn is not None:
                 x = x + drop(self.attn(self.attn_norm(x), mask, rope=rope, cache=cache, layer=layer))
             else:
-                x = x + drop(self._ssm(self.ssm_norm(x), cache, layer, valid, bwd_lengths))
+                x = x + drop(self._ssm(self.ssm_norm(x), cache, layer, valid, bwd_lengths, bwd_span))
             if self.cross_attn is not None:
                 h = self.cross_attn(self.cross_norm(x), context_mask, context=context,
                                     cache=cache, layer=layer)
@@ -139,7 +145,7 @@ class Block(nn.Module):
         if self.attn is not None:
             x = self.attn_norm(x + drop(self.attn(x, mask, rope=rope, cache=cache, layer=layer)))
         else:
-            x = self.ssm_norm(x + drop(self._ssm(x, cache, layer, valid, bwd_lengths)))
+            x = self.ssm_norm(x + drop(self._ssm(x, cache, layer, valid, bwd_lengths, bwd_span)))
         if self.cross_attn is not None:
             h = self.cross_attn(x, context_mask, context=context, cache=cache, layer=layer)
             x = self.cross_norm(x + drop(h))
@@ -196,8 +202,8 @@ class Stack(nn.Module):
 
     def _ssm_inputs(self, B: int, T: int, mask_kind: MaskKind, key_padding: torch.Tensor | None,
                     prefix_lengths: torch.Tensor | None, q_offset: int, device: torch.device
-                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(valid (B, T) of the new tokens or None, backward-scan spans (B,) or None)."""
+                    ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, int] | None]:
+        """(valid (B, T) of the new tokens or None, (backward-scan spans (B,), their max) or None)."""
         valid = None
         if key_padding is not None:
             valid = key_padding[:, -T:]
@@ -207,15 +213,17 @@ class Stack(nn.Module):
             return valid, None
         if mask_kind == "bidirectional":
             if valid is None:
-                return None, torch.full((B,), T, device=device)
+                return None, (torch.full((B,), T, device=device), T)
             # up to the last real token (right padding: the sequence's own length)
             ar = torch.arange(1, T + 1, device=device)
-            return valid, (valid.long() * ar).amax(-1)
+            lengths = (valid.long() * ar).amax(-1)
+            return valid, (lengths, max(int(lengths.max()), 1))
         if mask_kind == "prefix" and prefix_lengths is not None:
             if q_offset:
                 raise ValueError("a prefix-LM with Mamba layers reads its prefix in the first "
                                  "call (the backward scan spans the whole prefix)")
-            return valid, prefix_lengths.to(device).clamp(max=T)
+            lengths = prefix_lengths.to(device).clamp(max=T)
+            return valid, (lengths, max(int(lengths.max()), 1))  # >= 1: a conv needs an input
         return valid, None
 
     def forward(
@@ -271,7 +279,8 @@ class Stack(nn.Module):
 
     def _run_blocks(self, x: torch.Tensor, mask: AttnMask | None, rope: tuple[torch.Tensor, torch.Tensor] | None,
                     T: int, context: torch.Tensor | None, context_padding: torch.Tensor | None,
-                    cache: KVCache | None, valid: torch.Tensor | None, bwd: torch.Tensor | None) -> torch.Tensor:
+                    cache: KVCache | None, valid: torch.Tensor | None,
+                    bwd: tuple[torch.Tensor, int] | None) -> torch.Tensor:
         context_mask = None
         cached_cross = cache is not None and cache.cross[0] is not None
         if context is not None or cached_cross:
@@ -280,7 +289,8 @@ class Stack(nn.Module):
             context_mask = build_mask("bidirectional", T, S, key_padding=context_padding, device=x.device)
         for i, block in enumerate(self.blocks):
             x = block(x, mask, rope=rope, context=context, context_mask=context_mask,
-                      cache=cache, layer=i, valid=valid, bwd_lengths=bwd)
+                      cache=cache, layer=i, valid=valid, bwd_lengths=bwd[0] if bwd else None,
+                      bwd_span=bwd[1] if bwd else None)
         if cache is not None:
             cache.advance(T)
         if self.final_norm is not None:
@@ -295,7 +305,8 @@ class Stack(nn.Module):
         """Self-attention mask (with position biases folded in) and rotary tables."""
         mask = build_mask(mask_kind, T, k_len, key_padding=key_padding,
                           prefix_lengths=prefix_lengths, q_offset=q_offset,
-                          window=self.cfg.attn_window, device=x.device)
+                          window=self.cfg.attn_window, device=x.device,
+                          banded=self.rel_bias is None and self.alibi is None)  # a bias needs T x T
         bias = None
         if self.rel_bias is not None or self.alibi is not None:
             q_pos = positions
