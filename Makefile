@@ -1,6 +1,9 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   creates .venv if missing, installs, runs the main job
-#   make test   creates .venv if missing, installs with dev extras, runs the tests
+#   make test   creates .venv if missing, installs with dev extras, runs the whole test suite
+#               on both cores (pytest-xdist), printing the 15 slowest tests
+#   make test-fast   the suite without the multi-process and end-to-end tests (slow marker),
+#               for the edit loop
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,8 +12,11 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 STAMP := $(VENV)/.archlab-installed
 PYTEST_ARGS ?=
+# both cores: the whole suite took 6 min 2 s with -n 2 against 6 min 47 s in one process (2-core
+# CPU, idle; the multi-process tests already use both cores)
+PYTEST_WORKERS ?= 2
 
-.PHONY: install data demo test lint bench clean
+.PHONY: install data demo test test-fast lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +40,10 @@ demo: $(STAMP)
 	$(VENV)/bin/archlab compare --preset demo --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
