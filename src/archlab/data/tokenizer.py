@@ -34,6 +34,11 @@ class Tokenizer:
     """A ``tokenizers.Tokenizer`` plus the special-token ids archlab's objectives need."""
 
     def __init__(self, tok: Any, special: SpecialTokens, kind: str, source: str = "archlab") -> None:
+        # a tokenizer.json may carry padding/truncation (all-MiniLM-L6-v2's pads and cuts every
+        # text to 128 tokens); archlab pads in its batcher and truncates by data.max_len, so both
+        # are switched off here, otherwise long inputs are silently cut and short ones padded
+        tok.no_padding()
+        tok.no_truncation()
         self.tok = tok
         self.kind = kind
         self.source = source  # "archlab" (trained here) or "hf" (from a checkpoint directory)
