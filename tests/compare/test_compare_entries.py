@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from archlab import build_model
-from archlab.compare import runner
+from archlab.compare import executors, runner
 from archlab.compare.config import load_compare_config
 from archlab.compare.runner import build_jobs, main_run_dir, size_entries, tuning_teacher, validate
 from archlab.compare.sizing import Shape
@@ -122,7 +122,7 @@ def test_compare_runs_teachers_before_students_also_with_tuning(tmp_path, monkey
         return {"val_loss": 1.0 / job.run.train.lr if job.kind == "tune" else 2.0, "metric": None,
                 "train_flops": 1.0}
 
-    monkeypatch.setattr(runner, "run_job", fake_run_job)
+    monkeypatch.setattr(executors, "run_job", fake_run_job)
     cfg = _cfg(tmp_path, TEACHER_STUDENT, "tune={lr: [0.001, 0.003], steps: 4}", "tokenizer.vocab_size=300",
                "tokenizer.n_sentinels=0", "budget.match=params")
     runner.compare(cfg)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from archlab.compare import runner
+from archlab.compare import executors, runner
 from archlab.compare.report import verdict
 from archlab.compare.runner import build_jobs, choose_tuned, resolved_entries
 from archlab.errors import ArchlabError, ConfigError
@@ -75,7 +75,7 @@ def _fake_compare(tmp_path, monkeypatch, cfg, pretrain_flops=0.0):
         return {"val_loss": loss if job.kind == "tune" else 9.0, "metric": None, "train_flops": lr * 1e6,
                 "entry": job.entry, "scale": job.scale, "seed": job.seed}
 
-    monkeypatch.setattr(runner, "run_job", fake_run_job)
+    monkeypatch.setattr(executors, "run_job", fake_run_job)
     runner.compare(cfg)
     return jobs, seen
 
@@ -173,8 +173,8 @@ def test_a_shared_pretraining_runs_once_before_the_jobs_that_need_it(tmp_path, m
             events.append(("end", job.run_dir))
         return {"train_flops": 1.0}
 
-    monkeypatch.setattr(runner, "run_job", fake_run_job)
-    runner.run_jobs(items, ["0", "1"])  # two slots: candidates run two at a time
+    monkeypatch.setattr(executors, "run_job", fake_run_job)
+    executors.run_jobs(items, ["0", "1"])  # two slots: candidates run two at a time
     pre = next(j.run_dir for _, j, _ in items if j.kind == "pretrain")
     assert [e for e in events if e[1] == pre] == [("start", pre), ("end", pre)]  # trained once
     end = events.index(("end", pre))
@@ -183,7 +183,7 @@ def test_a_shared_pretraining_runs_once_before_the_jobs_that_need_it(tmp_path, m
             assert events.index(("start", j.run_dir)) > end
     # listed after a job that needs it: refused, not run in the wrong order
     with pytest.raises(ArchlabError, match="is listed before"):
-        runner.run_jobs(items[::-1], [None])
+        executors.run_jobs(items[::-1], [None])
 
 
 def test_entry_train_settings_apply_and_tuning_overrides_them(tmp_path):

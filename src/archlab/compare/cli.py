@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from archlab.errors import ConfigError
 
@@ -19,6 +20,12 @@ def _add(p: argparse.ArgumentParser) -> None:
                         "smoke (~2 min end-to-end check), t5-table2 (the T5 paper's grid; for GPUs)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/compare-<name>); "
                    "running again with the same DIR resumes")
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="where the jobs run: local (this machine; default) or ray (each job a Ray task on a "
+                        "cluster; pip install archlab[ray]); same as executor=...")
+    p.add_argument("--ray-address", metavar="auto|HOST:PORT", default=None,
+                   help="with --executor ray: the cluster to join (auto: the one `ray start` began; default: "
+                        "RAY_ADDRESS, else that one, else a new local cluster); same as ray.address=...")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"give at most one CONFIG.yaml, got {len(configs)}: {', '.join(configs)}")
     if args.out:
         overrides.append(f"out_dir={args.out}")
+    if args.executor:
+        overrides.append(f"executor={args.executor}")
+    if args.ray_address:  # (JSON-quoted: a string, whatever YAML would read into HOST:PORT)
+        overrides.append(f"ray.address={json.dumps(args.ray_address)}")
     cfg = load_compare_config(configs[0] if configs else None, overrides, args.preset)
     tune_malloc()
     out = compare(cfg)

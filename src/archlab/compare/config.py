@@ -122,6 +122,20 @@ def _decode_options() -> Any:
 
 
 @dataclass
+class RayConfig:
+    """``executor: ray``: each job a Ray task on a cluster (archlab.compare.executors)."""
+
+    # None: ray.init()'s own choice (RAY_ADDRESS, else the cluster `ray start` began on this
+    # machine, else a new local one); "auto": an existing cluster only; or HOST:PORT of a head
+    address: str | None = None
+    # a job whose worker died without an error of its own (killed, crashed, its node lost)
+    # runs again, from its last checkpoint, up to this many times; then it is a failed job
+    max_retries: int = 2
+    # CPUs a job holds; None: train.threads (1 if unset) per process of the job
+    cpus_per_job: int | None = None
+
+
+@dataclass
 class CompareConfig:
     name: str = "compare"
     out_dir: str | None = None  # default: runs/compare-<name>
@@ -140,6 +154,10 @@ class CompareConfig:
     # CUDA devices per job: with several GPUs, jobs run concurrently, one per gpus_per_job
     # devices (more than one: the job trains with DDP over them through torchrun)
     gpus_per_job: int = 1
+    # where the jobs run: on this machine (local: one job per gpus_per_job GPUs at a time, one
+    # at a time on a CPU) or as Ray tasks on a cluster (ray: see the ray section)
+    executor: Literal["local", "ray"] = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
     # a sentence for the report's verdict (where the settings came from, what to read into it)
     note: str | None = None
 
@@ -379,6 +397,14 @@ def compare_config_from_dict(data: dict[str, Any], where: str) -> CompareConfig:
             raise ConfigError(f"{where}: {err}") from None
     if cfg.gpus_per_job < 1:
         raise ConfigError(f"{where}: gpus_per_job must be >= 1, got {cfg.gpus_per_job}")
+    if cfg.executor != "ray" and cfg.ray.address is not None:
+        raise ConfigError(f"{where}: ray.address={cfg.ray.address} is set but executor is {cfg.executor}; "
+                          "add executor=ray (--executor ray) or leave ray.address out")
+    if cfg.ray.max_retries < 0:
+        raise ConfigError(f"{where}: ray.max_retries must be >= 0, got {cfg.ray.max_retries}")
+    if cfg.ray.cpus_per_job is not None and cfg.ray.cpus_per_job < 1:
+        raise ConfigError(f"{where}: ray.cpus_per_job must be >= 1 (or null: train.threads), got "
+                          f"{cfg.ray.cpus_per_job}")
     b = cfg.budget
     if not b.scales or any(x <= 0 for x in b.scales):
         raise ConfigError(f"{where}: budget.scales must be a non-empty list of numbers > 0, got {b.scales}")

@@ -3,7 +3,8 @@
 Each (entry, seed) job runs in its own child process (``python -m archlab.compare.worker``):
 its peak memory is then its own, a crash in one job cannot corrupt another, and an
 interrupted compare resumes job by job (finished jobs keep their ``result.json``; a job in
-progress resumes from its last checkpoint).
+progress resumes from its last checkpoint). Where and when the jobs run is the executor's
+(``archlab.compare.executors``: this machine, or Ray tasks on a cluster).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -42,7 +42,8 @@ def log(msg: str) -> None:
 
 def _config_fingerprint(cfg: CompareConfig) -> dict[str, Any]:
     d = to_dict(cfg)
-    d.pop("out_dir", None)
+    for k in ("out_dir", "executor", "ray"):  # where jobs run is no part of the result: any resumes
+        d.pop(k, None)
     return d
 
 
@@ -568,103 +569,6 @@ def _jsonable(s: dict[str, Any]) -> dict[str, Any]:
     return {k: (to_dict(v) if k == "model" else v) for k, v in s.items()}
 
 
-def run_job(job: JobSpec, job_path: Path, devices: str | None = None) -> dict[str, Any]:
-    """Run one job in a child process (or reuse its ``result.json``); returns its result.
-    ``devices``: the CUDA devices it gets (``CUDA_VISIBLE_DEVICES``); with more than one the
-    worker trains under torch's elastic launcher, one process per device (DDP)."""
-    result_path = Path(job.run_dir) / "result.json"
-    what = f"[{job.entry} seed {job.seed}" + (f" scale {job.scale:g}" if job.scale != 1.0 else "") + "]"
-    if job.kind == "tune":
-        what = f"[{job.entry} tuning " + ", ".join(f"{k} {v:g}" for k, v in job.candidate.items() if v is not None) + "]"
-    elif job.kind == "pretrain":
-        what = what[:-1] + " pretraining]"
-    if result_path.exists():
-        log(f"{what} done earlier: {result_path}")
-        return json.loads(result_path.read_text())
-    job_path.parent.mkdir(parents=True, exist_ok=True)
-    job_path.write_text(json.dumps(job_to_dict(job), indent=1))
-    log(f"{what} training {job.arch} with {job.objective} for {job.run.train.steps} steps"
-        + (f" after {job.pretrain_objective} pretraining" if job.pretrain_objective else ""))
-    env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "archlab.compare.worker", str(job_path)]
-    if devices is not None:
-        env["CUDA_VISIBLE_DEVICES"] = devices
-        n = len(devices.split(","))
-        if n > 1:  # torchrun: rank 0 decodes and scores after the ranks trained
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-                   "-m", "archlab.compare.worker", str(job_path)]
-    proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        err = Path(job.run_dir) / "error.txt"
-        why = err.read_text().strip() if err.exists() else f"exit code {proc.returncode}"
-        raise ArchlabError(f"entry {job.entry} seed {job.seed} failed: {why}")
-    return json.loads(result_path.read_text())
-
-
-def job_slots(cfg: CompareConfig) -> list[str | None]:
-    """Concurrent job slots: the visible CUDA devices in groups of ``gpus_per_job`` (each
-    slot's ``CUDA_VISIBLE_DEVICES``); ``[None]`` (one job at a time, the parent's devices)
-    with fewer than two GPUs and ``gpus_per_job`` 1, as on a CPU."""
-    import torch
-
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    k = cfg.gpus_per_job
-    if k > 1 and n < k:
-        raise ConfigError(f"gpus_per_job={k}: this machine has {n} CUDA device(s)")
-    if n < 2 and k == 1:
-        return [None]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [x.strip() for x in visible.split(",") if x.strip()][:n] if visible else [str(i) for i in range(n)]
-    return [",".join(ids[i:i + k]) for i in range(0, len(ids) - k + 1, k)]
-
-
-def run_jobs(items: list[tuple[str, JobSpec, Path]], slots: list[str | None]) -> list[dict[str, Any]]:
-    """Run jobs (``(log line, job, job file)``), one per slot at a time, results in order. A
-    job starts after the jobs of the same list in its ``depends_on`` (a distilled run's
-    teacher, the pretraining it starts from) have finished; those of earlier lists are done.
-    One at a time, the list's order is the order (:func:`build_jobs` lists a dependency first)."""
-    order = {job.run_dir: i for i, (_, job, _) in enumerate(items)}
-    for i, (_, job, _) in enumerate(items):
-        late = [d for d in job.depends_on if order.get(d, -1) >= i]
-        if late:
-            raise ArchlabError(f"compare: job {job.run_dir} is listed before {late[0]}, which it needs")
-    if len(slots) <= 1:
-        slot = slots[0] if slots else None
-        out = []
-        for line, job, path in items:
-            log(line)
-            out.append(run_job(job, path) if slot is None else run_job(job, path, slot))
-        return out
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    results: dict[int, dict[str, Any]] = {}
-    free = list(slots)  # (only this thread takes and returns slots)
-    pending = list(range(len(items)))
-    dirs = {items[i][1].run_dir: i for i in pending}
-    running: dict[Any, tuple[int, str | None]] = {}
-    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
-        while pending or running:
-            ready = [i for i in pending if all(d not in dirs or dirs[d] in results
-                                               for d in items[i][1].depends_on)]
-            while ready and free:
-                i = ready.pop(0)
-                pending.remove(i)
-                slot = free.pop(0)
-                line, job, path = items[i]
-                log(f"{line} (devices {slot})")
-                running[pool.submit(run_job, job, path, slot)] = (i, slot)
-            if not running:
-                raise ArchlabError("compare: jobs wait on a dependency that is not scheduled")  # (not reachable)
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for f in done:
-                i, slot = running.pop(f)
-                results[i] = f.result()  # a failed job raises here; the running ones finish first
-                free.append(slot)
-    return [results[i] for i in range(len(items))]
-
-
 def _tune_key(row: dict[str, Any]) -> Any:
     # rows of full-horizon tuning carry their budget scale: one choice per entry and scale
     return (row["entry"], row["scale"]) if row.get("scale") is not None else row["entry"]
@@ -735,15 +639,28 @@ def measure_latency(cfg: CompareConfig, out: Path, ds: Any, tok: Any, jobs: list
 
 def compare(cfg: CompareConfig) -> Path:
     """Run the whole comparison; returns the output directory (report.md/html inside)."""
-    from archlab.compare.report import write_report
+    from archlab.compare.executors import make_executor
     from archlab.data import load_dataset
 
     t0 = time.perf_counter()
+    executor = make_executor(cfg)  # (executor ray without the package: one line, before any work)
     ds = load_dataset(from_dict(_data_cls(), cfg.data, prefix="data"))
     kind = ds.kind
     n_classes = len(ds.label_names) if kind == "label" and ds.label_names else 0
     entries = resolved_entries(cfg, kind)
     validate(cfg, entries, kind, n_classes)  # before anything is written
+    try:
+        # (before the tokenizer is trained: a cluster that cannot run the jobs is said at once)
+        executor.start(cfg.run_dir)
+        return _compare(cfg, executor, t0, ds, kind, n_classes, entries)
+    finally:
+        executor.close()
+
+
+def _compare(cfg: CompareConfig, executor: Any, t0: float, ds: Any, kind: str, n_classes: int,
+             entries: list[EntryConfig]) -> Path:
+    from archlab.compare.report import write_report
+
     out, tok, shape = prepare(cfg, ds, kind)
     tokens_per_example = entry_tokens_per_example(cfg, entries, ds, tok, kind)
     sized = {sc: size_entries(cfg, entries, tok, shape, n_classes, sc if cfg.budget.scale_model else 1.0, kind)
@@ -758,9 +675,6 @@ def compare(cfg: CompareConfig) -> Path:
     tune_flops: dict[Any, float] = {}  # per entry (per entry and scale with horizon full)
     full = cfg.tune is not None and cfg.tune.horizon == "full"
     tune_jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, phase="tune")
-    slots = job_slots(cfg)  # one job per GPU (or per gpus_per_job GPUs) at a time; on a CPU, one
-    if slots != [None]:
-        log(f"compare: {len(slots)} job(s) at a time, on CUDA devices {' | '.join(str(x) for x in slots)}")
     jobs: list[JobSpec] = []
     results: list[dict[str, Any]] = []
     # without tuning one pass (budget by budget, seed by seed; a teacher entry comes before its
@@ -770,7 +684,7 @@ def compare(cfg: CompareConfig) -> Path:
         wave_tuning = []
         todo = [(f"tuning job {i + 1}/{len(tune_jobs)}", job, out / "jobs" / f"tune-{i:03d}.json")
                 for i, job in enumerate(tune_jobs) if job.entry in wave]
-        for (_, job, _), res in zip(todo, run_jobs(todo, slots)):
+        for (_, job, _), res in zip(todo, executor.run(todo)):
             if job.kind == "pretrain":
                 # the candidates' shared pretraining: tuning cost of this entry (and budget), once
                 key = (job.entry, job.scale) if full else job.entry
@@ -796,7 +710,7 @@ def compare(cfg: CompareConfig) -> Path:
         all_jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, tuned)
         todo = [(f"job {i + 1}/{len(all_jobs)}", job, out / "jobs" / f"job-{i:03d}.json")
                 for i, job in enumerate(all_jobs) if job.entry in wave]
-        for (_, job, _), res in zip(todo, run_jobs(todo, slots)):
+        for (_, job, _), res in zip(todo, executor.run(todo)):
             if job.kind == "pretrain":  # (its cost is in the result of the run that starts from it)
                 continue
             res["tune_flops"] = tune_flops.get((job.entry, job.scale), tune_flops.get(job.entry, 0.0))

@@ -8,10 +8,13 @@ job's model, if any), then decoding and scoring the held-out test examples. Writ
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
 import resource
+import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -44,6 +47,35 @@ def _train(cfg: Any, raw_model_keys: list[str], dataset: Any) -> dict[str, Any]:
     if _rank() == 0:  # (under torchrun, gpus_per_job > 1: rank 0 writes)
         done.write_text(json.dumps(summary))
     return summary
+
+
+def _die_with_parent() -> None:
+    """Die with the process that started this worker (``ARCHLAB_PARENT_PID``, set by
+    ``run_job`` for a one-process job): a Ray worker or compare that is killed must not leave
+    its job training on, writing into the run directory that the retry or the resumed compare
+    trains again. Linux's parent-death signal; elsewhere a no-op."""
+    parent = os.environ.get("ARCHLAB_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _record_attempt(run_dir: Path) -> None:
+    """Append this start of the job's worker to ``attempts.jsonl``: process, host, time and the
+    checkpoint step it resumes from (None: from scratch). A job killed and run again (a Ray
+    retry, a resumed compare) has one line per start."""
+    from archlab.train.checkpoint import list_checkpoints
+
+    ck = list_checkpoints(run_dir / "checkpoints")
+    line = {"pid": os.getpid(), "host": socket.gethostname(), "rank": _rank(), "start": time.time(),
+            "checkpoint": ck[0][0] if ck else None}
+    with open(run_dir / "attempts.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def _rank() -> int:
@@ -164,6 +196,7 @@ def run(job_path: str) -> None:
     err = run_dir / "error.txt"
     if err.exists():
         err.unlink()
+    _record_attempt(run_dir)
     torch.set_num_threads(job.run.train.threads or torch.get_num_threads())
     t0 = time.perf_counter()
     ds = load_dataset(job.run.data)  # once per process: training and scoring share it
@@ -303,6 +336,7 @@ def main() -> int:
     if len(sys.argv) != 2:
         print("usage: python -m archlab.compare.worker JOB.json", file=sys.stderr)
         return 2
+    _die_with_parent()
     tune_malloc()
     job_path = sys.argv[1]
     try:
