@@ -23,9 +23,10 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=("local", "ray"), default=None,
                    help="where the jobs run: local (this machine; default) or ray (each job a Ray task on a "
                         "cluster; pip install archlab[ray]); same as executor=...")
-    p.add_argument("--ray-address", metavar="auto|HOST:PORT", default=None,
-                   help="with --executor ray: the cluster to join (auto: the one `ray start` began; default: "
-                        "RAY_ADDRESS, else that one, else a new local cluster); same as ray.address=...")
+    p.add_argument("--ray-address", metavar="auto|local|HOST:PORT", default=None,
+                   help="with --executor ray: the cluster to join (auto: the one `ray start` began here; local: "
+                        "a new one on this machine; default: RAY_ADDRESS, else the one `ray start` began, else "
+                        "a new one); same as ray.address=...")
 
 
 def run(args: argparse.Namespace) -> int:

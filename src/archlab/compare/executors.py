@@ -236,6 +236,7 @@ class RayExecutor(Executor):
         ray = self.ray
         addr = self.cfg.ray.address
         if not ray.is_initialized():  # (a caller's own ray.init, e.g. a test's, is used as it is)
+            self._check_answers(addr)
             try:
                 ray.init(address=addr)
             except (ConnectionError, RuntimeError, ValueError) as e:
@@ -250,6 +251,29 @@ class RayExecutor(Executor):
             f"{self.options['max_retries']} retries")
         self.check_shared(out, nodes)
         self.remote = ray.remote(_ray_job).options(**self.options)
+
+    @staticmethod
+    def _check_answers(addr: str | None) -> None:
+        """The cluster ray.init would join answers, else one line: Ray retries a dead address
+        without end (as with a record of a cluster that was killed, which ``auto`` and the default
+        read). Where Ray's own lookup is not there, nothing is checked."""
+        import socket
+
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            where = canonicalize_bootstrap_address(addr or "auto")
+        except Exception:  # (a private helper of Ray's; its absence or a bad address is ray.init's)
+            return
+        if not where or addr == "local":
+            return  # ray.init starts a new local cluster
+        host, _, port = where.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except (OSError, ValueError):
+            raise ArchlabError(f"ray.address={addr or '(default)'}: no Ray cluster answers at {where}; start one "
+                               "with `ray start --head`, give --ray-address HOST:PORT of a running one, or "
+                               "--ray-address local for a new one on this machine") from None
 
     def _resources(self, nodes: list[dict[str, Any]]) -> dict[str, Any]:
         """Task options: ``gpus_per_job`` GPUs on a cluster with GPUs (none on a CPU cluster, as
