@@ -11,7 +11,10 @@ everything the step does (elementwise work, softmax, routing, the optimizer wher
 runs one), so 1.0 would be a step made only of GEMMs at the best GEMM speed.
 
     from _gemm import gemm_shapes, measure_gemm, mfu_line
-    rate = measure_gemm(gemm_shapes(model.cfg, n_tokens=B * T))
+    shapes = gemm_shapes(model.cfg, n_tokens=B * T)
+    rate = measure_gemm(shapes)
+    ...  # the timed training steps
+    rate = rate + measure_gemm(shapes)  # before and after: one busy moment does not set it
     print(rate.describe())
     print(mfu_line("gpt2", train_flops, step_seconds, rate))
 """
@@ -61,31 +64,45 @@ def gemm_shapes(cfg: ModelConfig, n_tokens: int, top: int = 3) -> list[Shape]:
 
 @dataclass
 class GemmRate:
-    """Measured fp32 GEMM FLOP/s per shape (best and median trial) at ``threads`` threads."""
+    """Measured fp32 GEMM FLOP/s of each trial, per shape, at ``threads`` threads."""
 
     shapes: list[Shape]
-    best: list[float]
-    median: list[float]
+    trials: list[list[float]]  # per shape: FLOP/s of each timed trial
     threads: int
-    trials: int
+
+    @property
+    def best(self) -> list[float]:
+        return [max(t) for t in self.trials]
+
+    @property
+    def median(self) -> list[float]:
+        return [statistics.median(t) for t in self.trials]
 
     @property
     def peak(self) -> float:
         """The ceiling used for MFU: the fastest shape's best trial (FLOP/s)."""
         return max(self.best)
 
+    def __add__(self, other: GemmRate) -> GemmRate:
+        """The trials of two measurements of the same shapes (taken before and after a case's
+        timed steps, so that a busy moment during one does not set the ceiling)."""
+        assert self.shapes == other.shapes and self.threads == other.threads
+        return GemmRate(self.shapes, [a + b for a, b in zip(self.trials, other.trials)], self.threads)
+
     def describe(self) -> str:
         per = ", ".join(f"{m}x{k}x{n} {b / 1e9:.1f} (median {md / 1e9:.1f})"
                         for (m, k, n), b, md in zip(self.shapes, self.best, self.median))
-        return (f"fp32 GEMM measured ({self.threads} threads, best of {self.trials} per shape, GFLOP/s): "
+        n = min(len(t) for t in self.trials)
+        return (f"fp32 GEMM measured ({self.threads} threads, best of {n} per shape, GFLOP/s): "
                 f"{per}; ceiling {self.peak / 1e9:.1f} GFLOP/s")
 
 
 def measure_gemm(shapes: list[Shape], trials: int = 7, min_trial_s: float = 0.02) -> GemmRate:
     """Time ``torch.matmul`` of each (M, K) @ (K, N) fp32 shape with torch's current thread
     count: two warm-up products, then ``trials`` trials of enough repeats to last about
-    ``min_trial_s`` each; best and median FLOP/s per shape."""
-    best, med = [], []
+    ``min_trial_s`` each; the FLOP/s of every trial."""
+    shapes = list(dict.fromkeys(shapes))  # each shape once, in order
+    out_trials = []
     for m, k, n in shapes:
         a, b = torch.randn(m, k), torch.randn(k, n)
         out = torch.empty(m, n)
@@ -100,9 +117,8 @@ def measure_gemm(shapes: list[Shape], trials: int = 7, min_trial_s: float = 0.02
             for _ in range(reps):
                 torch.matmul(a, b, out=out)
             rates.append(2 * m * k * n * reps / (time.perf_counter() - t))
-        best.append(max(rates))
-        med.append(statistics.median(rates))
-    return GemmRate(list(shapes), best, med, torch.get_num_threads(), trials)
+        out_trials.append(rates)
+    return GemmRate(shapes, out_trials, torch.get_num_threads())
 
 
 def mfu(flops: float, seconds: float, rate: GemmRate) -> float:
@@ -112,3 +128,23 @@ def mfu(flops: float, seconds: float, rate: GemmRate) -> float:
 def mfu_line(name: str, flops: float, seconds: float, rate: GemmRate) -> str:
     """``mfu NAME = 0.xx (of measured GEMM X GFLOP/s)``, printed beside ``ratio NAME = X``."""
     return f"mfu {name} = {mfu(flops, seconds, rate):.2f} (of measured GEMM {rate.peak / 1e9:.1f} GFLOP/s)"
+
+
+def profile_step(fn, name: str, rows: int = 12) -> None:
+    """``--profile``: one call of ``fn`` (a training step) under torch.profiler, its operators
+    by self CPU time, with the share of the step that matrix products took (where the
+    rest of an MFU below target goes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    mm = sum(e.self_cpu_time_total for e in events if e.key in _MATMUL_OPS)
+    print(f"[profile {name}] one step, {total / 1e3:.1f} ms of operator self time; matrix products "
+          f"({', '.join(sorted(_MATMUL_OPS))}) {mm / max(total, 1):.0%} of it")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+_MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_grouped_mm"}

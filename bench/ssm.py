@@ -20,7 +20,8 @@ fraction of the fp32 GEMM rate measured on the model's largest products at that 
 the same threads (bench/_gemm.py); ``mfu NAME_hf`` for transformers' step. The steps here
 are forward + backward without an optimizer.
 
-    python bench/ssm.py [--threads 2] [--lengths 256,1024,4096] [--rounds 3] [--quick]
+    python bench/ssm.py [--threads 2] [--lengths 256,1024,4096] [--rounds 3] [--quick] [--profile]
+                        [--kinds mamba,mamba2]
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from archlab.config import ModelConfig, SSMConfig  # noqa: E402
 from archlab.model.flops import decode_memory  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from _gemm import gemm_shapes, measure_gemm, mfu_line  # noqa: E402
+from _gemm import gemm_shapes, measure_gemm, mfu_line, profile_step  # noqa: E402
 
 V, D, LAYERS = 1024, 256, 4
 
@@ -200,6 +201,9 @@ def main() -> None:
                     help="longest length at which transformers' Mamba-1 path is timed: without "
                          "mamba_ssm its scan is a Python loop over time steps (112 s a step at 1024 "
                          "here), so longer lengths time archlab alone")
+    ap.add_argument("--kinds", default="mamba,mamba2", help="which Mamba versions to compare with transformers")
+    ap.add_argument("--profile", action="store_true",
+                    help="profile one archlab training step per kind and length (torch.profiler, top operators)")
     ap.add_argument("--quick", action="store_true", help="tiny lengths, one round (a smoke run)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -212,7 +216,7 @@ def main() -> None:
         lengths, args.rounds, args.new_tokens = [64], 1, 16
     print(f"torch {torch.__version__}, {args.threads} threads; models: d_model {D}, {LAYERS} layers, "
           f"vocab {V}, batch 1, fp32")
-    for kind in ("mamba", "mamba2"):
+    for kind in args.kinds.split(","):
         hf, al = pair(kind)
         print(f"\n== {kind}: {count_params(al.cfg).total / 1e6:.2f}M params ==")
         print(f"{'seq':>6} {'hf step s':>10} {'archlab s':>10} {'speed-up':>9} "
@@ -221,9 +225,11 @@ def main() -> None:
             ids = torch.randint(0, V, (1, T + 1), generator=torch.Generator().manual_seed(0))
             name = f"{kind}_train_step_T{T}"
             flops = flops_per_example(al.cfg, tgt_len=T).train  # batch 1
-            gemm = measure_gemm(gemm_shapes(al.cfg, T))  # the ceiling at this length
+            shapes = gemm_shapes(al.cfg, T)
+            gemm = measure_gemm(shapes)  # the ceiling at this length (and again after the steps)
             if kind == "mamba" and T > args.hf_mamba1_max:
                 t = time_steps({"al": step_fn("al", al, ids)}, args.rounds)
+                gemm = gemm + measure_gemm(shapes)
                 ma = peak_memory("al", kind, T, args.threads)
                 print(f"{T:>6} {'-':>10} {t['al']:>10.3f} {'-':>9} {'-':>11} {ma / 2**20:>11.1f}"
                       f"   (hf not timed: --hf-mamba1-max {args.hf_mamba1_max})")
@@ -231,6 +237,7 @@ def main() -> None:
                 print(mfu_line(name, flops, t["al"], gemm))
                 continue
             t = time_steps({"hf": step_fn("hf", hf, ids), "al": step_fn("al", al, ids)}, args.rounds)
+            gemm = gemm + measure_gemm(shapes)
             mh = peak_memory("hf", kind, T, args.threads)
             ma = peak_memory("al", kind, T, args.threads)
             print(f"{T:>6} {t['hf']:>10.3f} {t['al']:>10.3f} {t['hf'] / t['al']:>8.2f}x "
@@ -240,6 +247,8 @@ def main() -> None:
             print(mfu_line(name, flops, t["al"], gemm))
             print(mfu_line(f"{name}_hf", flops, t["hf"], gemm))
             print(f"ratio {kind}_train_peak_memory_T{T} = {mh / max(ma, 1):.2f}")
+            if args.profile:
+                profile_step(step_fn("al", al, ids), name)
         th, ta = decode_tok_s(hf, al, args.new_tokens, args.rounds)
         print(f"batch-1 greedy decoding: hf {th:.1f} tok/s, archlab {ta:.1f} tok/s")
         print(f"ratio {kind}_decode_tok_s = {ta / th:.2f}")

@@ -17,7 +17,7 @@ step (``flops_per_example(...).train``, 3 x forward) / step time, as a fraction 
 machine's fp32 GEMM rate measured just before the case on the model's largest products with
 the same threads (bench/_gemm.py); ``mfu NAME_hf`` the same for transformers' step.
 
-    python bench/train_step.py [--steps 6] [--rounds 3] [--threads 2] [--only gpt2,bert,t5]
+    python bench/train_step.py [--steps 6] [--rounds 3] [--threads 2] [--only gpt2,bert,t5] [--profile]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from archlab.config import ModelConfig  # noqa: E402
 from archlab.objectives import IGNORE, token_loss  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _gemm import gemm_shapes, measure_gemm, mfu, mfu_line  # noqa: E402
+from _gemm import gemm_shapes, measure_gemm, mfu, mfu_line, profile_step  # noqa: E402
 
 V, D, H, FF, B = 8192, 384, 6, 1536, 8
 
@@ -141,6 +141,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds x steps timed steps per library")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default="gpt2,bert,t5")
+    ap.add_argument("--profile", action="store_true",
+                    help="after timing, profile one archlab step per case (torch.profiler, top operators)")
     ap.add_argument("--tune-malloc", action="store_true",
                     help="keep freed memory in glibc's heap (as archlab train does) for both libraries")
     args = ap.parse_args()
@@ -160,7 +162,8 @@ def main() -> None:
         if name not in wanted:
             continue
         # the ceiling: this machine's GEMM on the model's own largest products, same threads
-        gemm = measure_gemm(gemm_shapes(al.cfg, stack_tokens))
+        shapes = gemm_shapes(al.cfg, stack_tokens)
+        gemm = measure_gemm(shapes)
         n_hf = sum(p.numel() for p in hf.parameters())
         n_al = sum(p.numel() for p in al.parameters())
         hf.train()
@@ -175,6 +178,7 @@ def main() -> None:
             t_hf += timed_steps(hf, hf_loss, opt_hf, 1)
             t_al += timed_steps(al, al_loss, opt_al, 1)
         s_hf, s_al = statistics.median(t_hf), statistics.median(t_al)
+        gemm = gemm + measure_gemm(shapes)  # before and after the steps
         print(f"\n[{name}] params: archlab {n_al / 1e6:.2f}M, HF {n_hf / 1e6:.2f}M; "
               f"{tokens} tokens/step; {train_flops / 1e9:.1f} GFLOP/step (archlab's count, 3 x forward)")
         print(f"  {gemm.describe()}")
@@ -183,6 +187,8 @@ def main() -> None:
         print(f"  archlab  {tokens / s_al:9.0f} tokens/s  {s_al * 1e3:7.1f} ms/step  "
               f"MFU {mfu(train_flops, s_al, gemm):.1%} of measured GEMM")
         ratios[name] = s_hf / s_al
+        if args.profile:
+            profile_step(lambda al=al, al_loss=al_loss, opt_al=opt_al: timed_steps(al, al_loss, opt_al, 1), name)
         mfus[name] = mfu_line(name, train_flops, s_al, gemm)
         mfus[f"{name}_hf"] = mfu_line(f"{name}_hf", train_flops, s_hf, gemm)
     print()
