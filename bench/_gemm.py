@@ -131,20 +131,29 @@ def mfu_line(name: str, flops: float, seconds: float, rate: GemmRate) -> str:
 
 
 def profile_step(fn, name: str, rows: int = 12) -> None:
-    """``--profile``: one call of ``fn`` (a training step) under torch.profiler, its operators
-    by self CPU time, with the share of the step that matrix products took (where the
-    rest of an MFU below target goes)."""
+    """``--profile``: one call of ``fn`` (a training step) under torch.profiler: operators by
+    self CPU time, and the share of the step the matrix products took with the rate they ran
+    at (the profiler's FLOPs for mm / addmm / bmm; it has none for _grouped_mm). MFU is about
+    that share x that rate / the ceiling, so the two say where an MFU below target goes."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()  # warm
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         fn()
     events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    mm = sum(e.self_cpu_time_total for e in events if e.key in _MATMUL_OPS)
+    total = sum(e.self_cpu_time_total for e in events)  # microseconds
+    mm = [e for e in events if e.key in _MATMUL_OPS]
+    mm_t = sum(e.self_cpu_time_total for e in mm)
+    counted = [e for e in mm if e.flops]
+    rate = (sum(e.flops for e in counted) / max(sum(e.self_cpu_time_total for e in counted), 1) / 1e3
+            if counted else float("nan"))  # GFLOP/s
+    per = ", ".join(f"{e.key} {e.self_cpu_time_total / 1e3:.0f} ms"
+                    + (f" at {e.flops / max(e.self_cpu_time_total, 1) / 1e3:.1f} GFLOP/s" if e.flops else "")
+                    for e in sorted(mm, key=lambda e: -e.self_cpu_time_total))
     print(f"[profile {name}] one step, {total / 1e3:.1f} ms of operator self time; matrix products "
-          f"({', '.join(sorted(_MATMUL_OPS))}) {mm / max(total, 1):.0%} of it")
+          f"{mm_t / max(total, 1):.0%} of it, at {rate:.1f} GFLOP/s ({per}); the rest: elementwise, "
+          "copies, reductions, attention kernels")
     print(events.table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
-_MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_grouped_mm"}
+_MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::_grouped_mm"}
