@@ -12,9 +12,16 @@ paths (``MambaForCausalLM``, ``Mamba2ForCausalLM``), same weights (converted wit
    state bytes after T tokens.
 
 Prints ``ratio NAME = X`` (archlab speed / transformers speed: higher is better; for memory,
-transformers bytes / archlab bytes: higher is better).
+transformers bytes / archlab bytes: higher is better), and beside each training-step ratio
+``mfu NAME = 0.xx (of measured GEMM X GFLOP/s)``: archlab's training FLOPs of the step
+(``flops_per_example(cfg, tgt_len=T).train``: 3 x forward; Mamba-2's chunked SSD products
+counted, Mamba-1's elementwise scan counted too though no GEMM can run it) / step time, as a
+fraction of the fp32 GEMM rate measured on the model's largest products at that length with
+the same threads (bench/_gemm.py); ``mfu NAME_hf`` for transformers' step. The steps here
+are forward + backward without an optimizer.
 
-    python bench/ssm.py [--threads 2] [--lengths 256,1024,4096] [--rounds 3] [--quick]
+    python bench/ssm.py [--threads 2] [--lengths 256,1024,4096] [--rounds 3] [--quick] [--profile]
+                        [--kinds mamba,mamba2]
 """
 
 from __future__ import annotations
@@ -35,9 +42,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from archlab import build_model, count_params  # noqa: E402
+from archlab import build_model, count_params, flops_per_example  # noqa: E402
 from archlab.config import ModelConfig, SSMConfig  # noqa: E402
 from archlab.model.flops import decode_memory  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from _gemm import gemm_shapes, measure_gemm, mfu_line, profile_step  # noqa: E402
 
 V, D, LAYERS = 1024, 256, 4
 
@@ -191,6 +201,9 @@ def main() -> None:
                     help="longest length at which transformers' Mamba-1 path is timed: without "
                          "mamba_ssm its scan is a Python loop over time steps (112 s a step at 1024 "
                          "here), so longer lengths time archlab alone")
+    ap.add_argument("--kinds", default="mamba,mamba2", help="which Mamba versions to compare with transformers")
+    ap.add_argument("--profile", action="store_true",
+                    help="profile one archlab training step per kind and length (torch.profiler, top operators)")
     ap.add_argument("--quick", action="store_true", help="tiny lengths, one round (a smoke run)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -203,26 +216,39 @@ def main() -> None:
         lengths, args.rounds, args.new_tokens = [64], 1, 16
     print(f"torch {torch.__version__}, {args.threads} threads; models: d_model {D}, {LAYERS} layers, "
           f"vocab {V}, batch 1, fp32")
-    for kind in ("mamba", "mamba2"):
+    for kind in args.kinds.split(","):
         hf, al = pair(kind)
         print(f"\n== {kind}: {count_params(al.cfg).total / 1e6:.2f}M params ==")
         print(f"{'seq':>6} {'hf step s':>10} {'archlab s':>10} {'speed-up':>9} "
               f"{'hf peak MB':>11} {'archlab MB':>11}")
         for T in lengths:
             ids = torch.randint(0, V, (1, T + 1), generator=torch.Generator().manual_seed(0))
+            name = f"{kind}_train_step_T{T}"
+            flops = flops_per_example(al.cfg, tgt_len=T).train  # batch 1
+            shapes = gemm_shapes(al.cfg, T)
+            gemm = measure_gemm(shapes)  # the ceiling at this length (and again after the steps)
             if kind == "mamba" and T > args.hf_mamba1_max:
                 t = time_steps({"al": step_fn("al", al, ids)}, args.rounds)
+                gemm = gemm + measure_gemm(shapes)
                 ma = peak_memory("al", kind, T, args.threads)
                 print(f"{T:>6} {'-':>10} {t['al']:>10.3f} {'-':>9} {'-':>11} {ma / 2**20:>11.1f}"
                       f"   (hf not timed: --hf-mamba1-max {args.hf_mamba1_max})")
+                print(f"  {gemm.describe()}")
+                print(mfu_line(name, flops, t["al"], gemm))
                 continue
             t = time_steps({"hf": step_fn("hf", hf, ids), "al": step_fn("al", al, ids)}, args.rounds)
+            gemm = gemm + measure_gemm(shapes)
             mh = peak_memory("hf", kind, T, args.threads)
             ma = peak_memory("al", kind, T, args.threads)
             print(f"{T:>6} {t['hf']:>10.3f} {t['al']:>10.3f} {t['hf'] / t['al']:>8.2f}x "
                   f"{mh / 2**20:>11.1f} {ma / 2**20:>11.1f}")
-            print(f"ratio {kind}_train_step_T{T} = {t['hf'] / t['al']:.2f}")
+            print(f"  {gemm.describe()}; {flops / 1e9:.2f} GFLOP/step (archlab's count, 3 x forward)")
+            print(f"ratio {name} = {t['hf'] / t['al']:.2f}")
+            print(mfu_line(name, flops, t["al"], gemm))
+            print(mfu_line(f"{name}_hf", flops, t["hf"], gemm))
             print(f"ratio {kind}_train_peak_memory_T{T} = {mh / max(ma, 1):.2f}")
+            if args.profile:
+                profile_step(step_fn("al", al, ids), name)
         th, ta = decode_tok_s(hf, al, args.new_tokens, args.rounds)
         print(f"batch-1 greedy decoding: hf {th:.1f} tok/s, archlab {ta:.1f} tok/s")
         print(f"ratio {kind}_decode_tok_s = {ta / th:.2f}")

@@ -12,10 +12,12 @@ only the labelled positions. Timings alternate between the two libraries step by
 of the machine affects both alike; the median step time is reported.
 
 Prints tokens/s for each, ``ratio NAME = X.XX`` (archlab speed / HF speed, higher is better),
-and model-FLOPs utilisation (analytic training FLOPs / time) against an fp32 GEMM measured in
-the same run.
+and beside it ``mfu NAME = 0.xx (of measured GEMM X GFLOP/s)``: archlab's training FLOPs per
+step (``flops_per_example(...).train``, 3 x forward) / step time, as a fraction of this
+machine's fp32 GEMM rate measured just before the case on the model's largest products with
+the same threads (bench/_gemm.py); ``mfu NAME_hf`` the same for transformers' step.
 
-    python bench/train_step.py [--steps 6] [--rounds 3] [--threads 2] [--only gpt2,bert,t5]
+    python bench/train_step.py [--steps 6] [--rounds 3] [--threads 2] [--only gpt2,bert,t5] [--profile]
 """
 
 from __future__ import annotations
@@ -36,21 +38,10 @@ from archlab import build_model, flops_per_example  # noqa: E402
 from archlab.config import ModelConfig  # noqa: E402
 from archlab.objectives import IGNORE, token_loss  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _gemm import gemm_shapes, measure_gemm, mfu, mfu_line, profile_step  # noqa: E402
+
 V, D, H, FF, B = 8192, 384, 6, 1536, 8
-
-
-def gemm_flops_per_s(n: int = 1536, reps: int = 5, trials: int = 7) -> float:
-    """Best of ``trials`` timings of ``reps`` (n x n) @ (n x n) fp32 products."""
-    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
-    for _ in range(3):
-        torch.mm(a, b, out=c)
-    best = float("inf")
-    for _ in range(trials):
-        t = time.perf_counter()
-        for _ in range(reps):
-            torch.mm(a, b, out=c)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 * reps / best
 
 
 def make_cases(seed: int = 0):
@@ -77,7 +68,7 @@ def make_cases(seed: int = 0):
     def al_loss(m=al, x=x, y=y):
         return token_loss(m, m(x, return_logits=False).hidden, y).loss
 
-    yield ("gpt2", hf, hf_loss, al, al_loss, B * T, B * flops_per_example(al.cfg, tgt_len=T).train)
+    yield ("gpt2", hf, hf_loss, al, al_loss, B * T, B * flops_per_example(al.cfg, tgt_len=T).train, B * T)
 
     # --- BERT-like encoder, masked LM with 15 % of positions predicted
     hf = tf.BertForMaskedLM(tf.BertConfig(vocab_size=V, hidden_size=D, num_hidden_layers=6,
@@ -105,7 +96,7 @@ def make_cases(seed: int = 0):
 
     n_pred = int((y != IGNORE).sum()) // B
     yield ("bert", hf, hf_mlm, al, al_mlm, B * T,
-           B * flops_per_example(al.cfg, src_len=T, predicted=n_pred).train)
+           B * flops_per_example(al.cfg, src_len=T, predicted=n_pred).train, B * T)
 
     # --- T5-like 3+3 encoder-decoder, src 128 / tgt 128
     S = T2 = 128
@@ -129,7 +120,7 @@ def make_cases(seed: int = 0):
         return token_loss(m, m(s, decoder_input_ids=d, return_logits=False).hidden, y).loss
 
     yield ("t5", hf, hf_s2s, al, al_s2s, B * (S + T2),
-           B * flops_per_example(al.cfg, src_len=S, tgt_len=T2).train)
+           B * flops_per_example(al.cfg, src_len=S, tgt_len=T2).train, B * S)
 
 
 def timed_steps(model, loss_fn, opt, n: int) -> list[float]:
@@ -150,6 +141,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds x steps timed steps per library")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default="gpt2,bert,t5")
+    ap.add_argument("--profile", action="store_true",
+                    help="after timing, profile one archlab step per case (torch.profiler, top operators)")
     ap.add_argument("--tune-malloc", action="store_true",
                     help="keep freed memory in glibc's heap (as archlab train does) for both libraries")
     args = ap.parse_args()
@@ -161,15 +154,16 @@ def main() -> None:
     torch.manual_seed(0)
     import transformers
 
-    gemm = gemm_flops_per_s()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"{args.threads} threads, fp32")
-    print(f"fp32 GEMM (1536^3, best of 7) measured: {gemm / 1e9:.1f} GFLOP/s")
     wanted = set(args.only.split(","))
-    ratios = {}
-    for name, hf, hf_loss, al, al_loss, tokens, train_flops in make_cases():
+    ratios, mfus = {}, {}
+    for name, hf, hf_loss, al, al_loss, tokens, train_flops, stack_tokens in make_cases():
         if name not in wanted:
             continue
+        # the ceiling: this machine's GEMM on the model's own largest products, same threads
+        shapes = gemm_shapes(al.cfg, stack_tokens)
+        gemm = measure_gemm(shapes)
         n_hf = sum(p.numel() for p in hf.parameters())
         n_al = sum(p.numel() for p in al.parameters())
         hf.train()
@@ -184,16 +178,24 @@ def main() -> None:
             t_hf += timed_steps(hf, hf_loss, opt_hf, 1)
             t_al += timed_steps(al, al_loss, opt_al, 1)
         s_hf, s_al = statistics.median(t_hf), statistics.median(t_al)
+        gemm = gemm + measure_gemm(shapes)  # before and after the steps
         print(f"\n[{name}] params: archlab {n_al / 1e6:.2f}M, HF {n_hf / 1e6:.2f}M; "
-              f"{tokens} tokens/step; {train_flops / 1e9:.1f} GFLOP/step (analytic)")
+              f"{tokens} tokens/step; {train_flops / 1e9:.1f} GFLOP/step (archlab's count, 3 x forward)")
+        print(f"  {gemm.describe()}")
         print(f"  HF       {tokens / s_hf:9.0f} tokens/s  {s_hf * 1e3:7.1f} ms/step  "
-              f"MFU {train_flops / s_hf / gemm:.1%} of measured GEMM")
+              f"MFU {mfu(train_flops, s_hf, gemm):.1%} of measured GEMM")
         print(f"  archlab  {tokens / s_al:9.0f} tokens/s  {s_al * 1e3:7.1f} ms/step  "
-              f"MFU {train_flops / s_al / gemm:.1%} of measured GEMM")
+              f"MFU {mfu(train_flops, s_al, gemm):.1%} of measured GEMM")
         ratios[name] = s_hf / s_al
+        if args.profile:
+            profile_step(lambda al=al, al_loss=al_loss, opt_al=opt_al: timed_steps(al, al_loss, opt_al, 1), name)
+        mfus[name] = mfu_line(name, train_flops, s_al, gemm)
+        mfus[f"{name}_hf"] = mfu_line(f"{name}_hf", train_flops, s_hf, gemm)
     print()
     for name, r in ratios.items():
         print(f"ratio {name} = {r:.2f}")
+        print(mfus[name])
+        print(mfus[f"{name}_hf"])
 
 
 if __name__ == "__main__":

@@ -38,12 +38,12 @@ def test_slots_follow_the_visible_devices(tmp_path, monkeypatch):
     assert executors.job_slots(_cfg(tmp_path)) == [None]
     _gpus(monkeypatch, 4)
     assert executors.job_slots(_cfg(tmp_path)) == ["0", "1", "2", "3"]
-    assert executors.job_slots(_cfg(tmp_path, "gpus_per_job=2")) == ["0,1", "2,3"]
+    assert executors.job_slots(_cfg(tmp_path, "gpus_per_job=2", "train.global_batch=2")) == ["0,1", "2,3"]
     _gpus(monkeypatch, 3, visible="4,6,7")
     assert executors.job_slots(_cfg(tmp_path)) == ["4", "6", "7"]
-    assert executors.job_slots(_cfg(tmp_path, "gpus_per_job=2")) == ["4,6"]  # the odd one out idles
+    assert executors.job_slots(_cfg(tmp_path, "gpus_per_job=2", "train.global_batch=2")) == ["4,6"]  # the odd one out idles
     with pytest.raises(ConfigError, match="gpus_per_job=4: this machine has 3 CUDA device"):
-        executors.job_slots(_cfg(tmp_path, "gpus_per_job=4"))
+        executors.job_slots(_cfg(tmp_path, "gpus_per_job=4", "train.global_batch=4"))
     with pytest.raises(ConfigError, match="gpus_per_job must be >= 1"):
         _cfg(tmp_path, "gpus_per_job=0")
 
@@ -73,3 +73,51 @@ def test_jobs_run_concurrently_one_per_slot_and_students_after_teachers(monkeypa
     log.clear()
     out = executors.run_jobs([it for it in items if it[1].run_dir != "b" and it[1].run_dir != "a"][:1], ["0"])
     assert out[0]["devices"] == "0"
+
+
+def _job_train_sections(cfg) -> list[dict]:
+    """The run.train section of every job (main and tuning) the compare would write."""
+    from archlab.compare.runner import base_model_config, build_jobs, job_to_dict, resolved_entries
+    from archlab.objectives import SpecialTokens
+
+    class Tok:
+        vocab_size = 600
+        special = SpecialTokens()
+
+    entries = resolved_entries(cfg, "pair")
+    models = [base_model_config(cfg, e, Tok, 0) for e in entries]
+    sized = {sc: [{"model": m, "params": 1.0, "flops_per_example": 100.0, "rule": "r", "deviation": 0.0,
+                   "value": 1.0, "target": 1.0, "entry": e.label} for m, e in zip(models, entries)]
+             for sc in {*cfg.budget.scales, 1.0}}
+    jobs = [j for phase in ("tune", "main")
+            for j in build_jobs(cfg, entries, sized, "pair", cfg.run_dir, 50.0, "tok", phase=phase)]
+    assert jobs
+    return [job_to_dict(j)["run"]["train"] for j in jobs]
+
+
+def test_jobs_carry_one_global_batch_whatever_gpus_per_job(tmp_path):
+    """gpus_per_job > 1 trains each job over several ranks: the job's config holds the
+    compare's micro-batches per step as train.global_batch (grad_accum 1), so its ranks split
+    that batch instead of each reading grad_accum micro-batches (README: several GPUs)."""
+    tune = "tune={lr: [0.001, 0.002], steps: 5}"
+    by_gpus = {}
+    for gpus in (1, 2, 4):
+        cfg = _cfg(tmp_path, "train.grad_accum=4", tune, f"gpus_per_job={gpus}")
+        sections = _job_train_sections(cfg)
+        assert all(t["global_batch"] == 4 and t["grad_accum"] == 1 for t in sections), sections[0]
+        assert {t["parallel"] for t in sections} == ({"none"} if gpus == 1 else {"ddp"})
+        by_gpus[gpus] = [{k: v for k, v in t.items() if k != "parallel"} for t in sections]
+    assert by_gpus[1] == by_gpus[2] == by_gpus[4]  # nothing else in a job depends on its GPUs
+    cfg = _cfg(tmp_path, "train.global_batch=6", "gpus_per_job=2")
+    assert {t["global_batch"] for t in _job_train_sections(cfg)} == {6}
+
+
+def test_gpus_per_job_must_divide_the_global_batch(tmp_path):
+    with pytest.raises(ConfigError, match=r"gpus_per_job=2 does not divide the 1 micro-batch\(es\) per optimizer "
+                                          r"step \(train.grad_accum=1\); set train.global_batch to a multiple of 2"):
+        _cfg(tmp_path, "gpus_per_job=2")
+    with pytest.raises(ConfigError, match="gpus_per_job=4 does not divide the 6 .*train.global_batch=6"):
+        _cfg(tmp_path, "train.global_batch=6", "gpus_per_job=4")
+    with pytest.raises(ConfigError, match="train.global_batch=4 and train.grad_accum=2 both set"):
+        _cfg(tmp_path, "train.global_batch=4", "train.grad_accum=2")
+    _cfg(tmp_path, "train.global_batch=6", "gpus_per_job=3")  # divides: accepted

@@ -473,3 +473,49 @@ def test_bad_moe_options_are_one_line_config_errors(data, needle):
     with pytest.raises(ConfigError) as e:
         model_config_from_dict({**base, **data})
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kw", KINDS, ids=KIND_IDS)
+def test_cpu_training_steps_take_grouped_mm_and_equal_the_loop(kw, monkeypatch):
+    """The CPU default (CPU_TRAIN_EXPERTS): a training forward + backward runs the experts
+    through torch._grouped_mm (what F.grouped_mm calls) and gives the loop's outputs and
+    gradients to 1e-5, with padding and a dropping capacity; without autograd (evaluation,
+    decoding) and under CPU autocast the loop runs."""
+    from archlab.model.moe import cpu_train_experts
+
+    assert moe_module.CPU_TRAIN_EXPERTS == "grouped_mm"
+    calls: list[int] = []
+    real = torch._grouped_mm
+
+    def spy(a, b, offs=None):  # noqa: ANN001, ANN202
+        calls.append(a.shape[0])
+        return real(a, b, offs=offs)
+
+    monkeypatch.setattr(torch, "_grouped_mm", spy)
+    ref = _moe(dtype=torch.float32, capacity_factor=0.75, **kw)
+    x = torch.randn(3, 8, C)
+    valid = torch.ones(3, 8, dtype=torch.bool)
+    valid[1, 6:] = False
+    outs = {}
+    for kind in ("loop", "grouped_mm"):
+        m = _moe(dtype=torch.float32, capacity_factor=0.75, **kw)
+        m.load_state_dict(ref.state_dict())
+        xi = x.clone().requires_grad_()
+        n = len(calls)
+        with cpu_train_experts(kind):
+            y = m(xi, valid)
+            y.sum().backward()  # an expanded (stride-0) output gradient, as from a plain sum
+        assert (len(calls) > n) == (kind == "grouped_mm"), kind
+        outs[kind] = (y, xi.grad, {k: p.grad for k, p in m.named_parameters()})
+    (y0, gx0, gp0), (y1, gx1, gp1) = outs["loop"], outs["grouped_mm"]
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx1, gx0, rtol=1e-5, atol=1e-5)
+    for k in gp0:
+        assert float(gp0[k].abs().sum()) > 0, k
+        torch.testing.assert_close(gp1[k], gp0[k], rtol=1e-5, atol=1e-5, msg=k)
+    n = len(calls)
+    with torch.no_grad():
+        ref(x, valid)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=True):
+        assert not moe_module._use_grouped_mm(x)
+    assert len(calls) == n

@@ -47,12 +47,23 @@ def test_active_params_by_hand():
 @pytest.mark.parametrize("moe,activation", [(dict(n_experts=4, top_k=2), "swiglu"),
                                             (dict(n_experts=5, top_k=1, router="switch", n_shared_experts=1), "gelu"),
                                             (dict(n_experts=4, top_k=3, router="sigmoid-bias", d_ff_expert=16), "reglu")])
-def test_moe_flops_equal_counted_matmuls(moe, activation):
+@pytest.mark.parametrize("path", ["loop", "grouped_mm"])
+def test_moe_flops_equal_counted_matmuls(moe, activation, path):
+    """Both expert paths (the loop; torch._grouped_mm, CPU training's default), counted.
+    FlopCounterMode has no formula for _grouped_mm: 2 M K N for a (M, K) x (G, K, N) product."""
+    from archlab.model.moe import cpu_train_experts
+
+    def grouped(a_shape, b_shape, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        return 2 * a_shape[0] * a_shape[1] * b_shape[-1]
+
     cfg = tiny("decoder", ffn="E*", activation=activation, moe=MoEConfig(**moe))
     layer = build_model(cfg).decoder.blocks[0].mlp
     x = torch.randn(3, 11, cfg.d_model)
-    with FlopCounterMode(display=False) as fc:
+    with cpu_train_experts(path), FlopCounterMode(display=False,
+                                                  custom_mapping={torch.ops.aten._grouped_mm: grouped}) as fc:
         layer(x)
+    counts = fc.get_flop_counts()["Global"]
+    assert (torch.ops.aten._grouped_mm in counts) == (path == "grouped_mm")
     assert fc.get_total_flops() == 33 * moe_token_flops(cfg)
 
 

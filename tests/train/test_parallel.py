@@ -103,6 +103,55 @@ def test_two_ranks_equal_one_process_ddp_and_fsdp(tmp_path, arch):
     assert _losses(tmp_path / "ref1") != _losses(tmp_path / "ref2")
 
 
+@pytest.mark.slow
+def test_global_batch_two_ranks_equal_one_process_without_touching_grad_accum(tmp_path):
+    """train.global_batch=4, grad_accum left alone: one process accumulates 4 micro-batches,
+    two ranks 2 each (their micro-batches 0,2 and 1,3 together are the one-process step's),
+    so the runs are identical: the same examples per step (data digest) and the same losses."""
+    cfg = _config(tmp_path, "decoder")
+    ref, two = tmp_path / "ref", tmp_path / "two"
+    r = _train(cfg, ref, "train.global_batch=4")
+    assert "micro-batches per step" not in r.stderr  # one plain process: no parallel wrapping
+    for kind in ("ddp", "fsdp"):
+        out = tmp_path / kind
+        r = _train(cfg, out, "train.global_batch=4", f"train.parallel={kind}", "--nproc", "2")
+        assert f"{kind} over 2 process(es), 4 micro-batches per step" in r.stderr
+        _assert_same_run(ref, out)
+        assert _data(out) == _data(ref)
+    # the same command without global_batch reads grad_accum x 2 = 2 micro-batches: another run
+    r = _train(cfg, two, "train.parallel=ddp", "--nproc", "2")
+    assert "2 micro-batches per step" in r.stderr and _data(two) != _data(ref)
+
+
+def _data(run: Path) -> list[tuple[int, int, int, int]]:
+    """Per logged step: examples and tokens seen, and the digest of the examples read."""
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["examples"], r["tokens"], r["data_crc"]) for r in rows if "loss" in r and "eval" not in r]
+
+
+def test_global_batch_divides_by_the_world_size_or_is_refused(tmp_path):
+    from archlab.errors import ConfigError
+    from archlab.train.config import TrainConfig, micro_batches_per_process, run_config_from_dict
+
+    assert [micro_batches_per_process(TrainConfig(global_batch=4), w) for w in (1, 2, 4)] == [4, 2, 1]
+    assert [micro_batches_per_process(TrainConfig(grad_accum=3), w) for w in (1, 2)] == [3, 3]
+    with pytest.raises(ConfigError, match=r"^train.global_batch=4 is not divisible by the world size 3 "):
+        micro_batches_per_process(TrainConfig(global_batch=4), 3)
+    with pytest.raises(ConfigError, match=r"^x.yaml: train.global_batch=4 and train.grad_accum=2 both set; "
+                                          r"global_batch sets the accumulation"):
+        run_config_from_dict({"train": {"global_batch": 4, "grad_accum": 2}}, where="x.yaml")
+    with pytest.raises(ConfigError, match="train.global_batch must be >= 1"):
+        run_config_from_dict({"train": {"global_batch": 0}})
+    # through the CLI: one line before any process starts, nothing written
+    cfg = _config(tmp_path, "decoder")
+    out = tmp_path / "x"
+    r = subprocess.run([*TRAIN, str(cfg), "train.global_batch=4", "--nproc", "3", "--out", str(out)],
+                       env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "train.global_batch=4 is not divisible by the world size 3" in r.stderr and "--nproc 3" in r.stderr
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("arch,objective,kinds", [("encoder", "masked-lm", ("ddp", "fsdp")),
                                                   ("encoder-decoder", "span-corruption", ("ddp",)),
                                                   ("decoder", "classification", ("ddp", "fsdp"))])

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from archlab.config import apply_overrides, from_dict, load_yaml, merge, to_dict
 from archlab.errors import ArchlabError, ConfigError
 from archlab.generate.config import default_from_generation
-from archlab.train.config import EvalConfig, TokenizerConfig, TrainConfig
+from archlab.train.config import EvalConfig, TokenizerConfig, TrainConfig, check_global_batch
 
 
 @dataclass
@@ -164,6 +164,13 @@ class CompareConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) if self.out_dir else Path("runs") / f"compare-{self.name}"
+
+
+def step_micro_batches(cfg: CompareConfig) -> int:
+    """Micro-batches per optimizer step of every job: ``train.global_batch``, or
+    ``train.grad_accum`` (one process's accumulation). Jobs get it as their global_batch, so a
+    job over ``gpus_per_job`` ranks trains the run one process would."""
+    return cfg.train.global_batch if cfg.train.global_batch is not None else cfg.train.grad_accum
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,6 +412,13 @@ def compare_config_from_dict(data: dict[str, Any], where: str) -> CompareConfig:
     if cfg.ray.cpus_per_job is not None and cfg.ray.cpus_per_job < 1:
         raise ConfigError(f"{where}: ray.cpus_per_job must be >= 1 (or null: train.threads), got "
                           f"{cfg.ray.cpus_per_job}")
+    check_global_batch(cfg.train, where)
+    g = step_micro_batches(cfg)
+    if g % cfg.gpus_per_job:
+        key = "train.global_batch" if cfg.train.global_batch is not None else "train.grad_accum"
+        raise ConfigError(f"{where}: gpus_per_job={cfg.gpus_per_job} does not divide the {g} micro-batch(es) "
+                          f"per optimizer step ({key}={g}); set train.global_batch to a multiple of "
+                          f"{cfg.gpus_per_job}")
     b = cfg.budget
     if not b.scales or any(x <= 0 for x in b.scales):
         raise ConfigError(f"{where}: budget.scales must be a non-empty list of numbers > 0, got {b.scales}")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from archlab.compare.config import CompareConfig, DecodeConfig, EntryConfig
+from archlab.compare.config import CompareConfig, DecodeConfig, EntryConfig, step_micro_batches
 from archlab.compare.sizing import Shape, _cyclic, measure, size_to_budget
 from archlab.config import ModelConfig, from_dict, save_yaml, to_dict
 from archlab.errors import ArchlabError, ConfigError
@@ -250,6 +250,9 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
             tr.update(e.train)  # the entry's own optimiser settings (ENTRY_TRAIN_KEYS); tuning wins
             if cfg.gpus_per_job > 1 and cfg.train.parallel == "none":
                 tr["parallel"] = "ddp"  # one rank per GPU of the job's slot
+            # one global batch whatever gpus_per_job: the job's ranks split the step's
+            # micro-batches (global_batch / ranks each), so the result does not depend on it
+            tr["global_batch"], tr["grad_accum"] = step_micro_batches(cfg), 1
             base_train = from_dict(TrainConfig, {**to_dict(cfg.train), **tr}, prefix="train")  # before tuning
             if chosen.get("lr") is not None:
                 tr["lr"] = chosen["lr"]

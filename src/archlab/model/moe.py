@@ -11,11 +11,16 @@ as :class:`~archlab.model.layers.MLP` does):
 
 Computation (dropless by default, as Mixtral and MegaBlocks): the (token, slot) assignments
 are sorted by expert id (stable), each expert multiplies its contiguous group of rows (a
-grouped matmul on CUDA where ``torch._grouped_mm`` exists; on CPU a loop over the experts
-that received tokens, which measured faster than ``_grouped_mm`` there: 1.55-1.75 s against
-1.9-3.1 s for 20 products of 2048 x 128 x 512 over 8 experts), outputs are scaled by their
-gates and summed back per token with ``index_add_``. At batch 1 only the chosen experts'
-weights are read.
+grouped matmul, ``torch._grouped_mm``, on CUDA, and on CPU in training steps; otherwise a loop
+over the experts that received tokens), outputs are scaled by their gates and summed back per
+token with ``index_add_``. At batch 1 only the chosen experts' weights are read. On CPU the
+grouped matmul was measured slower than the loop with an earlier torch (1.9-3.1 s against
+1.55-1.75 s for 20 products of 2048 x 128 x 512 over 8 experts); with torch 2.13 the expert
+forward + backward of bench/moe.py's layer (2048 rows, 8 experts, C 256, SwiGLU width 512,
+1 thread, machine under load) took 114 ms grouped against 146 ms looped (best of 15
+interleaved; medians 121 / 153 ms) and a padded ``bmm`` over experts 156 ms, so CPU training
+takes the grouped kernel (:data:`CPU_TRAIN_EXPERTS`; ``python bench/moe.py --experts``
+re-measures). Both paths compute the same products (equal outputs and gradients).
 
 Capacity (``capacity_factor``) is a training-time device, applied per sequence: in training
 each expert takes at most ``ceil(cf * T_b * k / E)`` assignments from sequence b, T_b being
@@ -51,8 +56,10 @@ path and the loop path drop the same entries from the same generator state.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -61,9 +68,33 @@ from torch import nn
 from archlab.config import ModelConfig
 from archlab.model.layers import MLP, activation_fn
 
+# The routed experts' products on CPU while autograd records (training steps): one grouped
+# matmul (torch._grouped_mm, what torch.nn.functional.grouped_mm calls; fp32 / bf16) or the
+# per-expert loop. Measured with bench/moe.py --experts (module docstring); evaluation and
+# decoding (no autograd) keep the loop, whose per-expert products decoding backends
+# (archlab.generate.backends) replace on few rows.
+CPU_TRAIN_EXPERTS: Literal["grouped_mm", "loop"] = "grouped_mm"
+
+
+@contextlib.contextmanager
+def cpu_train_experts(kind: Literal["grouped_mm", "loop"]) -> Iterator[None]:
+    """Within this block CPU training steps run the experts as ``kind`` (benches, tests)."""
+    global CPU_TRAIN_EXPERTS
+    before, CPU_TRAIN_EXPERTS = CPU_TRAIN_EXPERTS, kind
+    try:
+        yield
+    finally:
+        CPU_TRAIN_EXPERTS = before
+
 
 def _use_grouped_mm(x: torch.Tensor) -> bool:
-    return x.is_cuda and hasattr(torch, "_grouped_mm") and x.dtype in (torch.bfloat16, torch.float32)
+    if x.dtype not in (torch.bfloat16, torch.float32) or not hasattr(torch, "_grouped_mm"):
+        return False
+    if x.is_cuda:
+        return True
+    # (not under CPU autocast: _grouped_mm would run in fp32 where the loop's F.linear runs bf16)
+    return (x.device.type == "cpu" and CPU_TRAIN_EXPERTS == "grouped_mm" and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu"))
 
 
 class MoE(nn.Module):

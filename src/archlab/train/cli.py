@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     Writes the run directory: config.yaml, tokenizer/, metrics.jsonl, checkpoints/, best/, model/.
     Interrupted runs continue bit-exactly with --resume."""
     from archlab.runtime import tune_malloc
-    from archlab.train.config import run_config_from_dict
+    from archlab.train.config import micro_batches_per_process, run_config_from_dict
     from archlab.train.run import train_run
 
     overrides = list(args.overrides)
@@ -48,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
             overrides.append("train.parallel=ddp")
             raw = apply_overrides(raw, ["train.parallel=ddp"])
         checked = run_config_from_dict(raw, where=args.config)  # bad input: one line here, not once per rank
+        try:
+            micro_batches_per_process(checked.train, args.nproc)
+        except ConfigError as e:
+            raise ConfigError(f"{args.config}: {e} (--nproc {args.nproc})") from None
         return _launch(args, overrides, checked.run_dir)
     cfg = run_config_from_dict(raw, where=args.config)
     model_keys = set((raw.get("model") or {}).keys()) if isinstance(raw.get("model"), dict) else set()

@@ -53,7 +53,11 @@ class TrainConfig:
     beta2: float = 0.98
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global grad norm; 0 = off
-    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_accum: int = 1  # micro-batches per optimizer step and process
+    # micro-batches per optimizer step summed over all processes (null: grad_accum x world
+    # size). When set, each process accumulates global_batch / world size, so 1, 2 or N
+    # processes train the identical run; the world size must divide it, grad_accum stays 1
+    global_batch: int | None = None
     tokens_per_batch: int = 8192  # padded tokens per micro-batch (length-bucketed batches)
     max_batch: int | None = None  # cap on examples per micro-batch
     max_len: int = 256  # longest model input (tokens); longer examples are truncated and counted
@@ -73,8 +77,8 @@ class TrainConfig:
     init_from: str | None = None  # start from these weights: an archlab model/run dir or an HF checkpoint dir
     # data parallelism across the processes torchrun starts (archlab.train.parallel): none |
     # ddp | fsdp (FSDP2 fully_shard per block, then the root). Each optimizer step reads
-    # grad_accum x world-size micro-batches of one global order, so a run's losses depend on
-    # that product only, not on how many processes share it
+    # global_batch (or grad_accum x world-size) micro-batches of one global order, so a run's
+    # losses depend on that number only, not on how many processes share it
     parallel: Literal["none", "ddp", "fsdp"] = "none"
     compile: bool = False  # torch.compile each block (and the root's remaining modules run eagerly)
 
@@ -139,6 +143,7 @@ def run_config_from_dict(data: dict[str, Any], where: str = "config") -> RunConf
         v = getattr(cfg.train, key)
         if v is not None and v < 1:
             raise ConfigError(f"{where}: train.{key} must be >= 1 or null, got {v}")
+    check_global_batch(cfg.train, where)
     if cfg.train.lr <= 0:
         raise ConfigError(f"{where}: train.lr must be > 0, got {cfg.train.lr}")
     if not 0.0 < cfg.train.decay_fraction <= 1.0:
@@ -147,6 +152,32 @@ def run_config_from_dict(data: dict[str, Any], where: str = "config") -> RunConf
         raise ConfigError(f"{where}: train.max_len={cfg.train.max_len} exceeds model.max_seq_len="
                           f"{cfg.model.max_seq_len} ({cfg.model.position} positions)")
     return cfg
+
+
+def check_global_batch(train: TrainConfig, where: str = "config") -> None:
+    """``train.global_batch`` sets the accumulation itself: >= 1, and no grad_accum beside it
+    (a second, world-size dependent answer to the same question)."""
+    g = train.global_batch
+    if g is None:
+        return
+    if g < 1:
+        raise ConfigError(f"{where}: train.global_batch must be >= 1 or null, got {g}")
+    if train.grad_accum != 1:
+        raise ConfigError(f"{where}: train.global_batch={g} and train.grad_accum={train.grad_accum} both set; "
+                          "global_batch sets the accumulation (global_batch / world size): leave grad_accum out")
+
+
+def micro_batches_per_process(train: TrainConfig, world_size: int) -> int:
+    """Micro-batches each process accumulates per optimizer step at ``world_size`` processes:
+    ``global_batch / world_size`` when global_batch is set (one line if it does not divide),
+    else ``grad_accum``. An optimizer step reads this times ``world_size`` micro-batches."""
+    g = train.global_batch
+    if g is None:
+        return train.grad_accum
+    if g % world_size:
+        raise ConfigError(f"train.global_batch={g} is not divisible by the world size {world_size} "
+                          f"(processes); use a multiple of {world_size} or a world size that divides {g}")
+    return g // world_size
 
 
 def load_run_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -3,8 +3,9 @@
 This is the one place that imports ``torch.distributed`` for training (torchtitan's
 ``parallelize`` step: the model never knows it is wrapped). What it guarantees, and how:
 
-* **The same losses at any world size.** An optimizer step reads ``grad_accum x world``
-  micro-batches of the one deterministic global order; every rank *builds* all of them (the
+* **The same losses at any world size.** An optimizer step reads ``train.global_batch`` (each
+  rank accumulating ``global_batch / world``; without it ``grad_accum x world``) micro-batches
+  of the one deterministic global order; every rank *builds* all of them (the
   objectives' masking draws from one shared NumPy generator, so every rank holds the same
   batches and token counts) and *runs* its share, micro-batches ``rank, rank + world, ...``.
   Each micro-batch's loss is weighted by its share of the step's global target count; DDP and

@@ -11,7 +11,7 @@ from archlab.config import ModelConfig, save_yaml, to_dict
 from archlab.errors import ArchlabError, ConfigError
 from archlab.objectives import OBJECTIVES, SpecialTokens, make_objective
 from archlab.run import MODEL_CONFIG, WEIGHTS, RunDir
-from archlab.train.config import RunConfig, load_run_config
+from archlab.train.config import RunConfig, load_run_config, micro_batches_per_process
 from archlab.train.trainer import MetricFn, Trainer, TrainResult
 
 # which objectives read which kind of data (archlab.data.Dataset.kind)
@@ -125,6 +125,7 @@ def train_run(
 
     # under torchrun: rank 0 writes the run directory's config and tokenizer, the others read them
     env = init_distributed(cfg.train.parallel, cfg.train.device)
+    per_rank = micro_batches_per_process(cfg.train, env.world_size)  # global_batch must divide
     check_supported(env, decode_metrics=cfg.eval.decode_examples > 0 and ds.kind == "pair")
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -206,7 +207,7 @@ def train_run(
                       examples_truncated=n_truncated, dist_env=env)
     n_params = sum(p.numel() for p in model.parameters())
     if env.is_main:
-        par = (f"; {env.kind} over {env.world_size} process(es), {cfg.train.grad_accum * env.world_size} "
+        par = (f"; {env.kind} over {env.world_size} process(es), {per_rank * env.world_size} "
                "micro-batches per step" if env.active else "")
         _log(f"{mcfg.arch} model, {n_params / 1e6:.2f}M parameters; objective {objective.name}; "
              f"{len(train_ex)} training / {len(valid_ex)} validation examples "

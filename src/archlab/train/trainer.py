@@ -38,7 +38,7 @@ from archlab.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from archlab.train.config import EvalConfig, TrainConfig
+from archlab.train.config import EvalConfig, TrainConfig, micro_batches_per_process
 from archlab.train.parallel import (
     DistEnv,
     HostReplica,
@@ -357,6 +357,7 @@ class Trainer:
         cfg = self.cfg
         env = self.env
         world, rank = env.world_size, env.rank
+        per_rank = micro_batches_per_process(cfg, world)  # before anything is written
         self.run_dir.mkdir(parents=True, exist_ok=True)
         st = TrainState(step=0, epoch=0, batch_index=0, examples_truncated=self.examples_truncated)
         torch.manual_seed(cfg.seed)
@@ -400,9 +401,10 @@ class Trainer:
                 lr = lr_at(st.step, cfg)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
-                # the step's global batch: grad_accum micro-batches per rank, built by every rank
-                # in one order (same masking draws); this rank runs micro-batches rank::world
-                step_examples = [self._next_examples(st) for _ in range(cfg.grad_accum * world)]
+                # the step's global batch: per_rank micro-batches per rank (global_batch / world,
+                # or grad_accum), built by every rank in one order (same masking draws); this
+                # rank runs micro-batches rank::world
+                step_examples = [self._next_examples(st) for _ in range(per_rank * world)]
                 micro = [self.objective.build(ex, self.data_rng) for ex in step_examples]
                 for ex in step_examples:  # which examples, logged: equal across families
                     st.examples_seen += len(ex)
