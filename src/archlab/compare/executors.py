@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from archlab.compare.config import CompareConfig
-from archlab.compare.runner import JobSpec, job_to_dict, log
+from archlab.compare.jobs import JobSpec, job_to_dict, log
 from archlab.errors import ArchlabError, ConfigError
 
 Item = tuple[str, JobSpec, Path]  # (log line, job, job file)

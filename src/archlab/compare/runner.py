@@ -12,16 +12,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from archlab.compare.config import CompareConfig, DecodeConfig, EntryConfig, step_micro_batches
+from archlab.compare.config import CompareConfig, EntryConfig, step_micro_batches
+from archlab.compare.jobs import JobSpec, job_from_dict, job_to_dict, log  # noqa: F401 (re-exported)
 from archlab.compare.sizing import Shape, _cyclic, measure, size_to_budget
 from archlab.config import ModelConfig, from_dict, save_yaml, to_dict
 from archlab.errors import ArchlabError, ConfigError
@@ -36,64 +36,11 @@ TASK_KIND_ARCHS = {
 }
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def _config_fingerprint(cfg: CompareConfig) -> dict[str, Any]:
     d = to_dict(cfg)
     for k in ("out_dir", "executor", "ray"):  # where jobs run is no part of the result: any resumes
         d.pop(k, None)
     return d
-
-
-@dataclass
-class JobSpec:
-    """One compare job, typed: a pretraining run (``kind == "pretrain"``: train, report its
-    cost), a tuning run (``"tune"``: train and report the validation score) or a full run
-    (``"main"``: train, decode and score the test split). Written once to ``jobs/*.json`` for
-    its worker process, which reads it back with :func:`job_from_dict`."""
-
-    kind: str  # "pretrain" | "tune" | "main"
-    entry: str
-    arch: str
-    seed: int
-    scale: float
-    objective: str
-    pretrain_objective: str | None
-    run_dir: str
-    out_dir: str  # the compare's output directory (outputs_path is relative to it)
-    run: RunConfig
-    raw_model_keys: list[str]
-    sizing: dict[str, Any]
-    decode: DecodeConfig
-    task_kind: str
-    tokens_per_example: float  # tokens the trainer counts per typical example: FLOPs per token
-    tuned: dict[str, Any] = field(default_factory=dict)  # values chosen by tuning (main jobs)
-    candidate: dict[str, Any] = field(default_factory=dict)  # the values tried (tune jobs)
-    tune_metric: str = "val_loss"
-    # a distilled entry's teacher: forward FLOPs per example it adds to every training example
-    teacher_flops_per_example: float = 0.0
-    teacher_run_dir: str | None = None
-    # the pretraining job this run starts from (its result holds the pretraining's cost)
-    pretrain_run_dir: str | None = None
-    # run directories of jobs that must have finished first (teacher, pretraining)
-    depends_on: list[str] = field(default_factory=list)
-
-
-def job_to_dict(job: JobSpec) -> dict[str, Any]:
-    d = to_dict(job)
-    d["run"]["data"] = to_dict(job.run.data)  # RunConfig.data is a DataConfig; keep it a plain mapping
-    return d
-
-
-def job_from_dict(d: dict[str, Any], where: str = "job") -> JobSpec:
-    from archlab.train.config import run_config_from_dict
-
-    d = dict(d)
-    run = run_config_from_dict(d.pop("run"), where=f"{where}: run")
-    decode = from_dict(DecodeConfig, d.pop("decode"), prefix="decode")
-    return JobSpec(run=run, decode=decode, **d)
 
 
 def resolved_entries(cfg: CompareConfig, kind: str) -> list[EntryConfig]:
@@ -215,7 +162,7 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
     pretraining settings), and a job waits for the runs in its ``depends_on``.
     ``tokens_per_example``: per entry label (or one number for all), the tokens the trainer
     counts per example in the entry's layout (FLOPs per token)."""
-    from archlab.train.config import RunConfig, TrainConfig
+    from archlab.train.config import TrainConfig
 
     layout = task_layout(cfg, kind)
     src_budget, tgt_budget = layout.max_source, layout.max_target

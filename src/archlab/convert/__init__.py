@@ -4,7 +4,9 @@ Mistral, T5, BART, Marian, Mamba, Mamba-2, Jamba, Mixtral and Switch Transformer
 ``from_hf(dir)`` reads a local HF checkpoint directory into an archlab model (and tokenizer);
 ``to_hf(model_or_dir, out)`` writes one that ``transformers`` loads with the same logits. The
 HF key maps live in the package :mod:`archlab.convert.families` (one module per family) and
-nowhere else.
+nowhere else. GGUF files (llama.cpp's format, e.g. the 4-bit SmolLM2-135M of ``archlab models
+install``) import as Llama models: ``from_gguf`` / ``from_hf`` take a ``.gguf`` file, a
+directory holding one or a model name (:mod:`archlab.convert.gguf`).
 """
 
 from archlab.convert.core import (
@@ -12,12 +14,15 @@ from archlab.convert.core import (
     ImportedState,
     archlab_to_hf,
     detect_family,
+    from_gguf,
     from_hf,
+    gguf_model_dir,
     hf_config_for,
     hf_family_for,
     hf_model_config,
     hf_to_archlab,
     load_hf_weights,
+    resolve_checkpoint,
     to_hf,
 )
 from archlab.convert.families import ARCHITECTURES, FAMILIES
@@ -31,12 +36,15 @@ __all__ = [
     "ImportedState",
     "archlab_to_hf",
     "detect_family",
+    "from_gguf",
     "from_hf",
+    "gguf_model_dir",
     "hf_config_for",
     "hf_family_for",
     "hf_model_config",
     "hf_to_archlab",
     "load_hf_weights",
     "read_hf_config",
+    "resolve_checkpoint",
     "to_hf",
 ]

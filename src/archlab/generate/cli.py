@@ -75,7 +75,8 @@ def generation_config(args: argparse.Namespace, layout: str) -> GenerationConfig
 
 
 def _add(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (archlab train) or model directory")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (archlab train), model directory, "
+                   "or a GGUF checkpoint (.gguf file or model name such as smollm2-135m)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="decoding settings by their GenerationConfig names, e.g. num_beams=4 top_p=0.9 "
                         "(over the flags)")
@@ -125,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
             raise ArchlabError(f"--input {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     else:
         texts = [args.prompt]
-    loaded = load_run(args.run_dir, args.which)
+    from archlab.convert import resolve_checkpoint
+
+    loaded = load_run(resolve_checkpoint(args.run_dir), args.which)
     tok = loaded.tokenizer
     if tok is None:
         raise ArchlabError(f"{loaded.model_path}: no tokenizer saved with the model")

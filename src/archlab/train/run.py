@@ -43,7 +43,11 @@ def prepare_tokenizer(cfg: RunConfig, ds: Any, run_dir: Path, resume: bool) -> A
         return Tokenizer.load(tdir)
     tc = cfg.tokenizer
     if tc.path:
-        p = Path(tc.path)
+        from archlab.convert import resolve_checkpoint
+
+        p = Path(resolve_checkpoint(tc.path))  # a GGUF reference: its converted model directory
+        if not (p / "archlab_tokenizer.json").exists() and (p / "tokenizer" / "archlab_tokenizer.json").exists():
+            p = p / "tokenizer"  # an archlab model directory's
         tok = Tokenizer.load(p) if (p / "archlab_tokenizer.json").exists() else Tokenizer.from_hf_dir(p)
     else:
         texts = corpus_texts(ds)
@@ -114,6 +118,10 @@ def train_run(
 
     # everything that can be checked is checked before anything is written
     init = cfg.train.init_from
+    if init:
+        from archlab.convert import resolve_checkpoint
+
+        init = resolve_checkpoint(init)  # a .gguf file or model name: its cached archlab model directory
     base = _init_model_config(init, cfg, raw_model_keys or set()) if init else None
     arch = base.arch if base is not None else cfg.model.arch
     check_objective(cfg, arch)
