@@ -103,3 +103,17 @@ def test_retrieval_compare_end_to_end(tiny_compare):
             assert agg["p_value"] is not None and "per example" in agg["test"]  # paired by query
     assert any(v.startswith("Zero-shot: **MiniLM zero-shot**") for v in doc["verdict"])
     assert any(v.startswith("Search cost:") for v in doc["verdict"])
+
+
+def test_mrr_is_tested_per_query_paired_by_query():
+    """The report's paired test of a retrieval task resamples queries: each query's reciprocal
+    rank (recall@k: its hit) in both runs; runs that ranked other queries are not compared."""
+    from archlab.compare.report.analysis import _pair_test
+
+    best = [{"query": f"q{i}", "rank": 1, "rr": 1.0} for i in range(30)]
+    mine = [{"query": f"q{i}", "rank": 1 if i < 20 else 4, "rr": 1.0 if i < 20 else 0.25} for i in range(30)]
+    res = _pair_test("mrr", "pairs", mine, best, 500)
+    assert res.delta == pytest.approx((20 + 10 * 0.25) / 30 - 1) and res.p_value < 0.01
+    hit = _pair_test("recall_at_10", "pairs", mine, best, 500)
+    assert hit.delta == 0.0 and hit.p_value == 1.0  # rank 4 is still a hit at 10
+    assert _pair_test("mrr", "pairs", mine[::-1], best, 500) is None

@@ -170,3 +170,8 @@ def test_options_and_lengths():
     b = obj.build([ex], RNG)
     assert b["input_ids"].shape == (2, 6) and b["class_labels"].tolist() == [0]
     assert may_leave_parameters_unused(build_model(tiny("decoder")), "contrastive")
+
+
+def test_distillation_refuses_a_contrastive_base():
+    with pytest.raises(ConfigError, match="base: contrastive is not supported"):
+        make_objective("distillation", SP, "encoder", 32, teacher="some-dir", base="contrastive")
