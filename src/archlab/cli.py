@@ -20,11 +20,13 @@ def _commands() -> list[Command]:
     from archlab.convert import cli as convert_cli
     from archlab.data import cli as data_cli
     from archlab.evaluate import cli as evaluate_cli
+    from archlab.evaluate import embed as embed_cli
     from archlab.generate import cli as generate_cli
     from archlab.train import cli as train_cli
 
     cmds: list[Command] = [*info.COMMANDS, *data_cli.COMMANDS, *train_cli.COMMANDS, *generate_cli.COMMANDS,
-                           *evaluate_cli.COMMANDS, *convert_cli.COMMANDS, *compare_cli.COMMANDS]
+                           *evaluate_cli.COMMANDS, *embed_cli.COMMANDS, *convert_cli.COMMANDS,
+                           *compare_cli.COMMANDS]
     return cmds
 
 

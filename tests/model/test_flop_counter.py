@@ -130,6 +130,38 @@ def test_objective_flops_equal_flop_counter(arch, objective, variant):
         assert got == want
 
 
+@pytest.mark.parametrize("variant", [v for v, _ in VARIANTS], ids=[i for _, i in VARIANTS])
+@pytest.mark.parametrize("arch", ["encoder", "decoder", "prefix-lm", "encoder-decoder"])
+def test_contrastive_flops_equal_flop_counter(arch, variant):
+    """A bi-encoder's example is two towers' forwards, query and positive, each through the
+    family's embedding path (an encoder-decoder's encoder alone, a prefix-LM's whole text as
+    prefix); no head. The batch's B x B similarity matrix (2 B^2 d_model) is the only other
+    product, and is not in the per-example count. Queries and positives of one length: the
+    stacked 2B rows have no padding, so the count is exact."""
+    cfg = cfg_for(arch, **variant)
+    B, n = 2, 19
+    exs = [Example(src=text(n, i), tgt=text(n, 100 + i)) for i in range(B)]
+    f = example_flop_count(cfg, Shape(n, n), "contrastive")
+    assert f.head == 0 and (f.decoder == 0) == (arch in ("encoder", "encoder-decoder"))
+    assert loss_flops(cfg, "contrastive", exs) == B * f.matmul + 2 * B * B * cfg.d_model
+
+
+@pytest.mark.parametrize("arch", ["encoder", "decoder", "prefix-lm", "encoder-decoder"])
+def test_contrastive_count_is_the_sum_of_the_two_towers(arch):
+    """Query and positive of different lengths: the count is query tower + positive tower at
+    their own lengths (what compare sizes with, real tokens as for every objective); the
+    executed forward pads the shorter side to the longer (2B rows of max(s, t) + 2 slots)."""
+    cfg = cfg_for(arch)
+    s, t, B = 21, 14, 2
+    tower = (lambda n: flops_per_example(cfg, src_len=n, head="none")) if arch in ("encoder", "encoder-decoder") \
+        else (lambda n: flops_per_example(cfg, tgt_len=n, prefix_len=n if arch == "prefix-lm" else 0, head="none"))
+    f = example_flop_count(cfg, Shape(s, t), "contrastive")
+    assert f.forward == tower(s + 2).forward + tower(t + 2).forward
+    assert f.forward != 2 * tower(s + 2).forward
+    exs = [Example(src=text(s, i), tgt=text(t, 100 + i)) for i in range(B)]
+    assert loss_flops(cfg, "contrastive", exs) == 2 * B * tower(s + 2).matmul + 2 * B * B * cfg.d_model
+
+
 @pytest.mark.parametrize("pooling", ["mean", "first", "decoder"])
 def test_encoder_decoder_classification_runs_the_decoder_only_to_pool_from_it(pooling):
     """An encoder-decoder classifier pooling from the encoder never runs its decoder; pooling

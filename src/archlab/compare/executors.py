@@ -72,8 +72,11 @@ def run_job(job: JobSpec, job_path: Path, devices: str | None = None) -> dict[st
     job_path.write_text(json.dumps(job_to_dict(job), indent=1))
     err = Path(job.run_dir) / "error.txt"
     err.unlink(missing_ok=True)  # (an earlier attempt's: this attempt's own tells the two apart)
-    log(f"{what} training {job.arch} with {job.objective} for {job.run.train.steps} steps"
-        + (f" after {job.pretrain_objective} pretraining" if job.pretrain_objective else ""))
+    if job.evaluate_only:
+        log(f"{what} evaluating its checkpoint as it is ({job.arch}, zero-shot: no training)")
+    else:
+        log(f"{what} training {job.arch} with {job.objective} for {job.run.train.steps} steps"
+            + (f" after {job.pretrain_objective} pretraining" if job.pretrain_objective else ""))
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

@@ -49,6 +49,8 @@ class JobSpec:
     pretrain_run_dir: str | None = None
     # run directories of jobs that must have finished first (teacher, pretraining)
     depends_on: list[str] = field(default_factory=list)
+    # the entry's checkpoint evaluated as it is (zero-shot): no training steps
+    evaluate_only: bool = False
 
 
 def job_to_dict(job: JobSpec) -> dict[str, Any]:

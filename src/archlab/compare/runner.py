@@ -28,12 +28,16 @@ from archlab.errors import ArchlabError, ConfigError
 from archlab.objectives.layout import TaskLayout
 from archlab.train.config import ObjectiveConfig, RunConfig
 
-NATURAL_OBJECTIVE = {"pair": "seq2seq", "label": "classification", "text": "causal-lm"}
+NATURAL_OBJECTIVE = {"pair": "seq2seq", "label": "classification", "text": "causal-lm", "pairs": "contrastive"}
 TASK_KIND_ARCHS = {
     "pair": ("decoder", "prefix-lm", "encoder-decoder"),
     "text": ("decoder", "prefix-lm", "encoder-decoder", "encoder"),
     "label": ("encoder", "decoder", "prefix-lm", "encoder-decoder"),
+    "pairs": ("encoder", "decoder", "prefix-lm", "encoder-decoder"),  # bi-encoders of every family
 }
+# the validation task metric of each kind (tune.metric: task; pair: decoded, pairs: retrieved)
+TASK_METRIC = {"pair": "bleu", "label": "accuracy", "pairs": "mrr"}
+RETRIEVAL_K = 10  # the largest k of recall@k: a retrieval pool must hold at least this many
 
 
 def _config_fingerprint(cfg: CompareConfig) -> dict[str, Any]:
@@ -54,11 +58,13 @@ def resolved_entries(cfg: CompareConfig, kind: str) -> list[EntryConfig]:
 
 def pair_budgets(cfg: CompareConfig, kind: str) -> tuple[int | None, int | None]:
     """Source and target token budgets shared by every entry: ``train.max_source_len`` /
-    ``train.max_target_len``, else ``train.max_len - 1`` each (pair tasks; label tasks only cut
-    the text, to ``max_len - 2``)."""
+    ``train.max_target_len``, else ``train.max_len - 1`` each (pair tasks; retrieval pairs
+    ``max_len - 2`` each; label tasks only cut the text, to ``max_len - 2``)."""
     t = cfg.train
     if kind == "pair":
         return (t.max_source_len or t.max_len - 1, t.max_target_len or t.max_len - 1)
+    if kind == "pairs":  # each text its own row <cls> text <sep>
+        return (t.max_source_len or t.max_len - 2, t.max_target_len or t.max_len - 2)
     if kind == "label":
         return (t.max_source_len or t.max_len - 2, None)
     return (None, None)
@@ -184,6 +190,8 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
             raise ConfigError(f"entry {e.label}: arch {e.arch} cannot do a {kind} task; choose one of: "
                               f"{', '.join(TASK_KIND_ARCHS[kind])}")
         tpe = float(tokens_per_example[e.label] if isinstance(tokens_per_example, Mapping) else tokens_per_example)
+        if e.evaluate_only and phase == "tune":
+            continue  # nothing is trained, so nothing is tuned
         for scale, seed, cand in plan:
             s = sized[scale][i]
             chosen = tuned_values(tuned, e.label, scale) if cand is None else cand
@@ -208,8 +216,8 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
             if cand is not None:
                 assert cfg.tune is not None
                 task_metric = cfg.tune.metric == "task"
-                metric = ("bleu" if kind == "pair" else "accuracy") if task_metric else "loss"
-                decode_examples = cfg.tune.decode_examples if task_metric and kind == "pair" else 0
+                metric = TASK_METRIC.get(kind, "accuracy") if task_metric else "loss"
+                decode_examples = cfg.tune.decode_examples if task_metric and kind in ("pair", "pairs") else 0
                 name = "-".join(f"{k[:2]}{_tag(v)}" for k, v in cand.items() if v is not None)
                 if full:  # the budget's own run length, checkpoints and evaluations
                     ev = _full_tune_eval(cfg, kind)
@@ -279,7 +287,8 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
                 candidate=cand or {}, tune_metric=cfg.tune.metric if cfg.tune else "val_loss",
                 teacher_flops_per_example=teacher_flops,
                 teacher_run_dir=str(teacher_dir) if teacher_dir is not None else None,
-                pretrain_run_dir=str(pre_dir) if pre_dir is not None else None, depends_on=depends))
+                pretrain_run_dir=str(pre_dir) if pre_dir is not None else None, depends_on=depends,
+                evaluate_only=e.evaluate_only))
     if phase == "main":
         # budget by budget, seed by seed, every entry in turn: an interrupted sweep has whole
         # comparisons at the budgets it finished (sort is stable: entry order kept, and a
@@ -321,6 +330,8 @@ def selection_note(cfg: CompareConfig, job: JobSpec) -> str:
     """How a reported run was chosen, for the report and results.json (the same words for
     every entry chosen alike; the tuned values themselves are in ``tuned``)."""
     t = cfg.tune
+    if job.evaluate_only:
+        return "its checkpoint evaluated as it is (zero-shot: not trained, not tuned)"
     if t is None or not t.lr:
         return "trained once per seed at the configured settings (not tuned)"
     how = "full-length runs at each budget" if t.horizon == "full" else f"{t.steps}-step runs at budget scale 1"
@@ -335,8 +346,9 @@ def _full_tune_eval(cfg: CompareConfig, kind: str) -> Any:
     assert cfg.tune is not None
     if cfg.tune.metric != "task":
         return replace(cfg.eval, metric="loss")
-    return replace(cfg.eval, metric="bleu" if kind == "pair" else "accuracy",
-                   decode_examples=max(cfg.eval.decode_examples, cfg.tune.decode_examples) if kind == "pair"
+    scored = kind in ("pair", "pairs")  # decoded / retrieved validation examples
+    return replace(cfg.eval, metric=TASK_METRIC.get(kind, "accuracy"),
+                   decode_examples=max(cfg.eval.decode_examples, cfg.tune.decode_examples) if scored
                    else cfg.eval.decode_examples)
 
 
@@ -380,6 +392,15 @@ def validate(cfg: CompareConfig, entries: list[EntryConfig], kind: str, n_classe
             raise ConfigError(f"{where}: {e}") from None
 
 
+def check_retrieval_pool(cfg: CompareConfig, ds: Any) -> None:
+    """A retrieval test pool (the scored test pairs) must hold at least k candidates for
+    recall@k: checked before any work."""
+    n = len(ds.test[: cfg.decode.test_examples] if cfg.decode.test_examples else ds.test)
+    if n < RETRIEVAL_K:
+        raise ConfigError(f"decode.test_examples / data.test_fraction: the retrieval pool has {n} test pairs, "
+                          f"fewer than k={RETRIEVAL_K} (recall@{RETRIEVAL_K}); score more test pairs")
+
+
 def prepare(cfg: CompareConfig, ds: Any, kind: str) -> tuple[Path, Any, Shape]:
     """Output dir, shared tokenizer, typical example shape in tokens as trained (sources and
     targets cut to the shared budgets)."""
@@ -421,7 +442,7 @@ def prepare(cfg: CompareConfig, ds: Any, kind: str) -> tuple[Path, Any, Shape]:
     sample = ds.train[: 2000]
     ex = tokenize_examples(sample, tok)
     src_b, tgt_b = pair_budgets(cfg, kind)
-    if ds.kind == "pair":
+    if ds.kind in ("pair", "pairs"):
         shape = Shape(float(np.mean([min(len(e.src), src_b) for e in ex])),
                       float(np.mean([min(len(e.tgt), tgt_b) for e in ex])))
     else:
@@ -587,6 +608,45 @@ def measure_latency(cfg: CompareConfig, out: Path, ds: Any, tok: Any, jobs: list
         res["latency_ms_per_example"] = done[job.run_dir]
 
 
+def measure_search_speed(cfg: CompareConfig, out: Path, ds: Any, tok: Any, jobs: list[JobSpec],
+                         results: list[dict[str, Any]]) -> None:
+    """Retrieval (``pairs`` tasks): queries per second of every model, written into
+    ``results`` (replacing each job's own figure, timed minutes apart): the models of one seed
+    in one process, taking turns (:func:`archlab.evaluate.retrieval.search_speed_interleaved`),
+    the first ``decode.latency_examples`` test queries against the whole scored pool (0: keep
+    each job's own figure). Kept in ``search_speed.json`` for a resumed compare."""
+    import torch
+
+    from archlab.evaluate.retrieval import embedding_objective, search_speed_interleaved
+    from archlab.run import load_run
+
+    n = cfg.decode.latency_examples
+    if ds.kind != "pairs" or not jobs or not n:
+        return
+    path = out / "search_speed.json"
+    done: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.exists() else {}
+    todo = [j for j in jobs if j.run_dir not in done]
+    if todo:
+        torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
+        test = ds.test[: cfg.decode.test_examples] if cfg.decode.test_examples else ds.test
+        for seed in sorted({j.seed for j in todo}):
+            group = [j for j in todo if j.seed == seed]
+            log(f"search speed: {len(group)} model(s) of seed {seed}, {min(n, len(test))} queries against "
+                f"the pool of {len(test)}, taking turns, fastest of 3")
+            models = {}
+            for j in group:
+                model = load_run(j.run_dir).model
+                tr = j.run.train
+                models[j.run_dir] = (model, embedding_objective(
+                    model, tok, options=dict(j.run.objective.options), max_len=tr.max_len,
+                    max_source_len=tr.max_source_len, max_target_len=tr.max_target_len))
+            done.update(search_speed_interleaved(models, tok, test, n_queries=n, batch_size=cfg.decode.batch_size))
+            path.write_text(json.dumps(done, indent=1))
+            del models
+    for job, res in zip(jobs, results):
+        res.update(done[job.run_dir])
+
+
 def compare(cfg: CompareConfig) -> Path:
     """Run the whole comparison; returns the output directory (report.md/html inside)."""
     from archlab.compare.executors import make_executor
@@ -599,6 +659,8 @@ def compare(cfg: CompareConfig) -> Path:
     n_classes = len(ds.label_names) if kind == "label" and ds.label_names else 0
     entries = resolved_entries(cfg, kind)
     validate(cfg, entries, kind, n_classes)  # before anything is written
+    if kind == "pairs":
+        check_retrieval_pool(cfg, ds)
     try:
         # (before the tokenizer is trained: a cluster that cannot run the jobs is said at once)
         executor.start(cfg.run_dir)
@@ -671,6 +733,7 @@ def _compare(cfg: CompareConfig, executor: Any, t0: float, ds: Any, kind: str, n
     top = max(cfg.budget.scales)
     timed = [(j, r) for j, r in zip(jobs, results) if j.scale == top]
     measure_latency(cfg, out, ds, tok, [j for j, _ in timed], [r for _, r in timed])
+    measure_search_speed(cfg, out, ds, tok, [j for j, _ in timed], [r for _, r in timed])
     write_report(out, cfg, results, sizing=sized[1.0 if 1.0 in cfg.budget.scales else top],
                  shape=shape, task_kind=kind, wall_time_s=time.perf_counter() - t0,
                  tuning=tuning, scales=sorted(cfg.budget.scales))

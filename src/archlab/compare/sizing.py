@@ -57,6 +57,11 @@ def example_flop_count(cfg: ModelConfig, shape: Shape, objective: str | None = N
     """FLOPs of one typical example in the layout ``objective`` builds on ``cfg.arch``, with
     the head that objective's forward runs (default: masked-LM on an encoder, else seq2seq):
 
+    - contrastive (a bi-encoder): two towers' forwards, the query ``<cls> source <sep>`` and
+      the positive ``<cls> target <sep>``, each through the family's embedding path (encoder;
+      decoder; prefix-LM with the whole text as its prefix; an encoder-decoder's encoder
+      alone), no head. The B x B similarity matrix of a batch (2 B C FLOPs per example, under
+      0.1 % at compare widths) depends on the batch, not the example, and is not counted;
     - classification: ``<cls> text <sep>`` through the family's pooling path (an
       encoder-decoder runs one decoder step when it pools from the decoder) and the
       classification head; no LM head;
@@ -79,6 +84,10 @@ def example_flop_count(cfg: ModelConfig, shape: Shape, objective: str | None = N
     objective = objective or ("masked-lm" if cfg.arch == "encoder" else "seq2seq")
     s, t = round(shape.src_len), round(shape.tgt_len)
     arch = cfg.arch
+    if objective == "contrastive":
+        q, p = _tower_flops(cfg, s + 2), _tower_flops(cfg, t + 2)
+        return FlopCount(q.encoder + p.encoder, q.decoder + p.decoder, 0, q.forward + p.forward,
+                         q.train + p.train, q.elementwise + p.elementwise)
     if objective == "classification":
         n = s + t + 2
         if arch == "encoder":
@@ -109,13 +118,20 @@ def example_flop_count(cfg: ModelConfig, shape: Shape, objective: str | None = N
         masks = max(1, round(budget / float(o.get("poisson_lambda", 3.0)))) if budget else 0
         s, t = n - budget + masks, n
     elif objective != "seq2seq":
-        raise ValueError(f"objective {objective!r}: choose classification, masked-lm, causal-lm, "
+        raise ValueError(f"objective {objective!r}: choose classification, contrastive, masked-lm, causal-lm, "
                          "prefix-lm, seq2seq, span-corruption or denoising")
     if arch == "encoder-decoder":
         return flops_per_example(cfg, src_len=s + 1, tgt_len=t + 1)
     # decoder-only layout: <bos> src <sep> tgt <eos>, loss (and LM head) on the target only
     return flops_per_example(cfg, tgt_len=s + t + 2, prefix_len=s + 2 if arch == "prefix-lm" else 0,
                              predicted=t + 1)
+
+
+def _tower_flops(cfg: ModelConfig, n: int) -> FlopCount:
+    """One text of ``n`` tokens (framing included) through a bi-encoder's embedding path."""
+    if cfg.arch in ("encoder", "encoder-decoder"):  # an encoder-decoder embeds with its encoder
+        return flops_per_example(cfg, src_len=n, head="none")
+    return flops_per_example(cfg, tgt_len=n, prefix_len=n if cfg.arch == "prefix-lm" else 0, head="none")
 
 
 def _span_corruption_lengths(n: int, density: float, mean_span: float) -> tuple[int, int]:

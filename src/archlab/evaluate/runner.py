@@ -35,6 +35,8 @@ class DecodeOptions:
     latency_examples: int = 0  # examples timed one at a time (batch 1) for latency
     test_examples: int | None = None  # score only the first N examples (None: all)
     max_source_len: int | None = None  # the run's source budget (train.max_source_len), as trained
+    max_target_len: int | None = None  # retrieval: the candidates' budget (train.max_target_len)
+    max_len: int | None = None  # retrieval: the run's context (train.max_len; None: the model's)
 
     def test_subset(self, examples: list[Any]) -> list[Any]:
         """The examples that are scored: the first ``test_examples`` (all when unset)."""
@@ -190,13 +192,22 @@ def score_texts(model: Any, tok: Any, examples: list[Any], objective: str) -> di
 
 
 def score_task(model: Any, tok: Any, examples: list[Any], kind: str, opts: DecodeOptions, *,
-               objective: str, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Metrics for ``examples`` (archlab.data.TextExample) of a task of ``kind`` (pair | label |
-    text). Keys starting with ``_`` are internal (``_shape``: mean source/target lengths)."""
+               objective: str, progress: Callable[[int], None] | None = None,
+               objective_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Metrics for ``examples`` (archlab.data.TextExample) of a task of ``kind`` (pair | pairs |
+    label | text). Keys starting with ``_`` are internal (``_shape``: mean source/target
+    lengths). A ``pairs`` task, or a model trained with the ``contrastive`` objective, is
+    scored by retrieval over the examples as the pool (``objective_options``: its pooling)."""
     if not examples:
         raise ArchlabError("no examples to evaluate")
     model.eval()
-    if kind == "pair":
+    if kind == "pairs" or objective == "contrastive":
+        from archlab.evaluate.retrieval import embedding_objective, score_retrieval
+
+        obj = embedding_objective(model, tok, options=objective_options, max_len=opts.max_len,
+                                  max_source_len=opts.max_source_len, max_target_len=opts.max_target_len)
+        out = score_retrieval(model, tok, examples, objective=obj, batch_size=opts.batch_size)
+    elif kind == "pair":
         if model.cfg.arch == "encoder":
             raise ArchlabError("an encoder-only model cannot generate targets for a pair task")
         from archlab.objectives.layout import layout_for_objective
@@ -212,13 +223,28 @@ def score_task(model: Any, tok: Any, examples: list[Any], kind: str, opts: Decod
 
 
 def decode_metric_fn(tok: Any, examples: list[Any], kind: str, objective: str, *, n: int,
-                     max_new_tokens: int, num_beams: int,
-                     max_source_len: int | None = None) -> Callable[[Any, int], dict[str, float]] | None:
+                     max_new_tokens: int, num_beams: int, max_source_len: int | None = None,
+                     max_target_len: int | None = None, objective_options: dict[str, Any] | None = None,
+                     max_len: int | None = None) -> Callable[[Any, int], dict[str, float]] | None:
     """The trainer's periodic task metric: decode the first ``n`` validation examples (pair
-    tasks: BLEU/chrF/ROUGE-L); None for other tasks."""
+    tasks: BLEU/chrF/ROUGE-L), or retrieve among them (pairs tasks and contrastive models:
+    MRR, recall@1, and recall@10 when there are at least 10); None for other tasks."""
     subset = examples[:n]
-    if n <= 0 or not subset or kind != "pair":  # label tasks: the loss pass already counts accuracy
+    retrieval = kind == "pairs" or objective == "contrastive"
+    if n <= 0 or not subset or (kind != "pair" and not retrieval):  # label: the loss pass counts accuracy
         return None
+    if retrieval:
+        from archlab.evaluate.retrieval import KS, embedding_objective, score_retrieval
+
+        ks = tuple(k for k in KS if k <= len(subset))
+
+        def retrieve(model: Any, step: int) -> dict[str, float]:
+            obj = embedding_objective(model, tok, options=objective_options, max_len=max_len,
+                                      max_source_len=max_source_len, max_target_len=max_target_len)
+            res = score_retrieval(model, tok, subset, objective=obj, ks=ks)
+            return {k: float(res[k]) for k in ("mrr", *(f"recall_at_{k}" for k in ks))}
+
+        return retrieve
     opts = DecodeOptions(num_beams=num_beams, max_new_tokens=max_new_tokens, max_source_len=max_source_len)
 
     def fn(model: Any, step: int) -> dict[str, float]:
@@ -268,10 +294,12 @@ def evaluate_run(path: str | Path, *, split: str = "test", which: str = "auto",
     if loaded.config is None or loaded.config.data is None:
         raise ArchlabError(f"{path}: a model directory has no task; evaluate a run directory "
                            "(made by archlab train)")
-    if opts.max_source_len is None:
-        from dataclasses import replace
+    from dataclasses import replace
 
-        opts = replace(opts, max_source_len=loaded.config.train.max_source_len)
+    tr = loaded.config.train
+    opts = replace(opts, max_source_len=opts.max_source_len if opts.max_source_len is not None else tr.max_source_len,
+                   max_target_len=opts.max_target_len if opts.max_target_len is not None else tr.max_target_len,
+                   max_len=opts.max_len or tr.max_len)
     if loaded.tokenizer is None:
         raise ArchlabError(f"{loaded.model_path}: no tokenizer saved with the model")
     data_cfg = loaded.config.data
@@ -283,11 +311,13 @@ def evaluate_run(path: str | Path, *, split: str = "test", which: str = "auto",
         examples = examples[: opts.test_examples]
     if not examples:
         raise ArchlabError(f"data.task={ds.name}: the {split} split is empty")
-    bar = _bar(len(examples), f"evaluate {split}", progress) if ds.kind == "pair" else None
+    objective = loaded.config.objective.base_name
+    decodes = ds.kind == "pair" and objective != "contrastive"
+    bar = _bar(len(examples), f"evaluate {split}", progress) if decodes else None
     try:
-        res = score_task(loaded.model, loaded.tokenizer, examples, ds.kind, opts,
-                         objective=loaded.config.objective.base_name,
-                         progress=(lambda k: bar.update(k)) if bar else None)
+        res = score_task(loaded.model, loaded.tokenizer, examples, ds.kind, opts, objective=objective,
+                         progress=(lambda k: bar.update(k)) if bar else None,
+                         objective_options=dict(loaded.config.objective.options))
     finally:
         if bar is not None:
             bar.close()

@@ -4,7 +4,7 @@ from archlab.model.attention import Attention, KVCache
 from archlab.model.flops import FlopCount, ParamCount, count_params, flops_per_example, flops_per_token
 from archlab.model.masks import AttnMask, build_mask
 from archlab.model.presets import get_preset, preset_names
-from archlab.model.transformer import Block, LMHead, ModelOutput, Stack, Transformer, build_model
+from archlab.model.transformer import Block, LMHead, ModelOutput, Stack, Transformer, build_model, pool_states
 
 __all__ = [
     "Attention",
@@ -23,5 +23,6 @@ __all__ = [
     "flops_per_example",
     "flops_per_token",
     "get_preset",
+    "pool_states",
     "preset_names",
 ]

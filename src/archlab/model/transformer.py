@@ -647,6 +647,7 @@ class Transformer(nn.Module):
         return_logits: bool = True,
         head: HeadFn | None = None,
         classify: bool = False,
+        encoder_only: bool = False,
     ) -> ModelOutput:
         """Encoder: MLM logits over ``input_ids``. Decoder / prefix-LM: next-token logits
         (``prefix_lengths`` (B,) gives each example's bidirectional prefix). Encoder-decoder:
@@ -655,7 +656,10 @@ class Transformer(nn.Module):
         ``head(hidden, LMHead)``: called on the final hidden states inside this forward, its
         result returned as ``head_out`` (and no full logits are computed): how objectives get
         their loss (see :class:`LMHead`). ``classify=True``: sequence-classification logits
-        (``class_logits``; ``hidden`` is the pooled (B, C) vector), as :meth:`classify`."""
+        (``class_logits``; ``hidden`` is the pooled (B, C) vector), as :meth:`classify`.
+        ``encoder_only=True`` (encoder-decoder): run the encoder alone, ``hidden`` is its
+        (B, S, C) states (sentence embeddings from the encoder, as Sentence-T5 and GTR take
+        them; the decoder does not run)."""
         arch = self.cfg.arch
         enc = None
         if classify:
@@ -665,7 +669,9 @@ class Transformer(nn.Module):
             return self._output(None, pooled, None, class_logits=self.cls_head(pooled))
         if self._moe:
             self._clear_aux()
-        if arch == "encoder":
+        if encoder_only and arch not in ("encoder", "encoder-decoder"):
+            raise ValueError(f"encoder_only: arch {arch} has no encoder")
+        if arch == "encoder" or encoder_only:
             hidden = self.encode(input_ids, attention_mask, position_ids=position_ids,
                                  token_type_ids=token_type_ids)
         elif arch == "encoder-decoder":
@@ -725,13 +731,7 @@ class Transformer(nn.Module):
             # out as keys anyway, so the prefix can cover all T slots for either padding side)
             prefix = torch.full((B,), T, device=input_ids.device) if arch == "prefix-lm" else None
             hidden = self.decode(input_ids, attention_mask, prefix_lengths=prefix)
-        if mode == "first":
-            return hidden[:, 0]
-        if mode == "last":
-            idx = (mask.long() * torch.arange(T, device=mask.device)).argmax(-1)  # last real slot
-            return hidden[torch.arange(B, device=mask.device), idx]
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return pool_states(hidden, mask, mode)
 
     def classify(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -741,6 +741,22 @@ class Transformer(nn.Module):
         if self.cls_head is None:
             raise ValueError("this model has no classification head; set model.n_classes > 0")
         return self.cls_head(self.pool(input_ids, attention_mask, token_type_ids))
+
+
+def pool_states(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """One vector per sequence from hidden states (B, T, C) and a (B, T) bool mask of real
+    tokens: ``first`` slot, ``last`` real slot (a causal model's only state that has seen the
+    whole input; padding on either side is skipped), or ``mean`` over the real slots."""
+    if mode == "first":
+        return hidden[:, 0]
+    B, T = mask.shape
+    if mode == "last":
+        idx = (mask.long() * torch.arange(T, device=mask.device)).argmax(-1)  # last real slot
+        return hidden[torch.arange(B, device=mask.device), idx]
+    if mode != "mean":
+        raise ValueError(f"pooling {mode!r}: choose first, last or mean")
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
 class _Act(nn.Module):

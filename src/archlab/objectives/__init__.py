@@ -16,6 +16,7 @@ from archlab.objectives.base import (
     pad_sequences,
     token_loss,
 )
+from archlab.objectives.contrastive import Contrastive
 from archlab.objectives.denoise import Denoising, SpanCorruption
 from archlab.objectives.distill import Distillation
 from archlab.objectives.lm import CausalLM, Classification, MaskedLM, PrefixLM, Seq2Seq
@@ -38,6 +39,7 @@ __all__ = [
     "Batch",
     "CausalLM",
     "Classification",
+    "Contrastive",
     "Denoising",
     "Distillation",
     "Example",

@@ -119,6 +119,9 @@ class Distillation(Objective):
                               "directory, or a Hugging Face checkpoint directory)")
         if base is None or base not in BASE_OBJECTIVES:
             raise ConfigError(f"{KEY}.base: {base!r} is not valid; the student's own objective, one of: {choices}")
+        if base == "contrastive":  # soft targets here are token or class distributions, not embeddings
+            raise ConfigError(f"{KEY}.base: contrastive is not supported (distillation matches token or class "
+                              "distributions); train the bi-encoder with objective contrastive")
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"{KEY}.alpha: must be in [0, 1] (weight of the KL term), got {alpha}")
         if not temperature > 0:

@@ -106,7 +106,8 @@ class TaskLayout:
     trainer's batcher groups examples with it (through :meth:`Objective.batch_length`), and
     :func:`counted_tokens` gives the tokens the trainer counts per example (FLOPs per token).
 
-    ``kind``: ``pair`` (source, target), ``label`` (a text and a class) or ``text``."""
+    ``kind``: ``pair`` (source, target), ``pairs`` ((query, positive) for retrieval), ``label``
+    (a text and a class) or ``text``."""
 
     kind: str
     max_len: int
@@ -121,13 +122,16 @@ class TaskLayout:
         """``train.max_len`` of a run of ``arch``: the longest model input of the shared
         budgets in the family's layout (a decoder-only sequence holds source, target and
         three specials, less the ``<eos>`` its inputs drop; a classified text ``<cls> text
-        <sep>``); without budgets, ``max_len``."""
+        <sep>``; a retrieval pair's longer text so framed); without budgets, ``max_len``."""
         if self.kind == "pair" and self.budget.explicit:
             ctx = self.budget.context(arch)
             assert ctx is not None
             return ctx
         if self.kind == "label" and self.max_source is not None:
             return self.max_source + 2
+        if self.kind == "pairs" and self.max_source is not None and self.max_target is not None:
+            # (contrastive) each text is its own row <cls> text <sep>, queries and positives stacked
+            return max(self.max_source, self.max_target) + 2
         return self.max_len
 
 

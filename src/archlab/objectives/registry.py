@@ -9,11 +9,13 @@ from typing import Any
 
 from archlab.errors import ConfigError
 from archlab.objectives.base import Objective, SpecialTokens
+from archlab.objectives.contrastive import Contrastive
 from archlab.objectives.denoise import Denoising, SpanCorruption
 from archlab.objectives.lm import CausalLM, Classification, MaskedLM, PrefixLM, Seq2Seq
 
 BASE_OBJECTIVES: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (CausalLM, PrefixLM, MaskedLM, SpanCorruption, Denoising, Seq2Seq, Classification)
+    cls.name: cls for cls in (CausalLM, PrefixLM, MaskedLM, SpanCorruption, Denoising, Seq2Seq, Classification,
+                           Contrastive)
 }
 
 

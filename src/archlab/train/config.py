@@ -29,7 +29,7 @@ class TokenizerConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "causal-lm"  # causal-lm | prefix-lm | masked-lm | span-corruption | denoising | seq2seq | classification | distillation
+    name: str = "causal-lm"  # causal-lm | prefix-lm | masked-lm | span-corruption | denoising | seq2seq | classification | contrastive | distillation
     options: dict[str, Any] = field(default_factory=dict)  # e.g. {rate: 0.15} for masked-lm
 
     @property

@@ -9,13 +9,15 @@ from typing import Any
 
 from archlab.config import ModelConfig, save_yaml, to_dict
 from archlab.errors import ArchlabError, ConfigError
-from archlab.objectives import OBJECTIVES, SpecialTokens, make_objective
+from archlab.objectives import OBJECTIVES, Contrastive, SpecialTokens, make_objective
 from archlab.run import MODEL_CONFIG, WEIGHTS, RunDir
 from archlab.train.config import RunConfig, load_run_config, micro_batches_per_process
 from archlab.train.trainer import MetricFn, Trainer, TrainResult
 
-# which objectives read which kind of data (archlab.data.Dataset.kind)
-_DATA_KIND = {"seq2seq": "pair", "classification": "label"}
+# which objectives read which kind of data (archlab.data.Dataset.kind); contrastive reads
+# (query, positive) pairs: a retrieval task's, or the (source, target) pairs of any pair task
+_DATA_KIND = {"seq2seq": "pair", "classification": "label", "contrastive": "pairs"}
+_ALSO_READS = {"contrastive": ("pair",)}
 
 
 def _log(msg: str) -> None:
@@ -27,9 +29,9 @@ def _check_objective_data(cfg: RunConfig, kind: str) -> None:
     if name not in OBJECTIVES:
         raise ConfigError(f"objective.name: unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")
     need = _DATA_KIND.get(cfg.objective.base_name, "text")
-    if need == "text" and kind == "pair":
+    if need == "text" and kind in ("pair", "pairs"):
         return  # LM-style objectives on a parallel corpus train on the target side (see below)
-    if need != kind:
+    if need != kind and kind not in _ALSO_READS.get(cfg.objective.base_name, ()):
         raise ConfigError(f"objective {name} needs {need} data but data.task={cfg.data.task} gives {kind} data")
 
 
@@ -99,9 +101,12 @@ def train_run(
     progress: bool | None = None,
     raw_model_keys: set[str] | None = None,
     dataset: Any | None = None,
+    evaluate_only: bool = False,
 ) -> TrainResult:
     """Run (or resume) the training described by ``cfg``; returns the result summary.
-    ``dataset``: the already loaded ``cfg.data`` (callers that also evaluate load it once)."""
+    ``dataset``: the already loaded ``cfg.data`` (callers that also evaluate load it once).
+    ``evaluate_only``: no training steps; the run directory gets the starting model
+    (``train.init_from``'s weights: a zero-shot baseline) and its validation scores."""
     from archlab.data import Batcher, load_dataset, tokenize_examples
     from archlab.model import build_model
     from archlab.run import load_weights, save_model_dir
@@ -204,11 +209,14 @@ def train_run(
 
         metric_fn = decode_metric_fn(tok, ds.valid, ds.kind, base_name, n=cfg.eval.decode_examples,
                                      max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams,
-                                     max_source_len=cfg.train.max_source_len)
-    built_in = ("loss", "ppl", "bpb", *(("accuracy",) if base_name == "classification" else ()))
+                                     max_source_len=cfg.train.max_source_len,
+                                     max_target_len=cfg.train.max_target_len,
+                                     objective_options=dict(cfg.objective.options), max_len=cfg.train.max_len)
+    # (contrastive: accuracy is the in-batch top-1 accuracy of the validation batches)
+    built_in = ("loss", "ppl", "bpb", *(("accuracy",) if base_name in ("classification", "contrastive") else ()))
     if metric_fn is None and cfg.eval.metric not in built_in:
         raise ArchlabError(f"eval.metric={cfg.eval.metric}: task metrics need eval.decode_examples > 0 "
-                           f"on a pair task (this task is {ds.kind}); use eval.metric=loss")
+                           f"on a pair or pairs task (this task is {ds.kind}); use eval.metric=loss")
     trainer = Trainer(model=model, objective=objective, batches_for_epoch=batcher.epoch_batches,
                       valid_examples=valid_ex, train_cfg=cfg.train, eval_cfg=cfg.eval, run_dir=run_dir,
                       metric_fn=metric_fn, save_model_dir=save_dir, progress=progress,
@@ -220,6 +228,10 @@ def train_run(
         _log(f"{mcfg.arch} model, {n_params / 1e6:.2f}M parameters; objective {objective.name}; "
              f"{len(train_ex)} training / {len(valid_ex)} validation examples "
              f"({n_truncated} truncated); run dir {run_dir}{par}")
+    if evaluate_only:
+        if not init:
+            raise ConfigError("evaluate_only: needs train.init_from (a random model has nothing to evaluate)")
+        return trainer.evaluate_only()
     return trainer.fit(resume=resume)
 
 
@@ -235,7 +247,7 @@ def check_objective(cfg: RunConfig, arch: str) -> None:
                          **_budget_kw(cfg),
                          **{k: v for k, v in cfg.objective.options.items() if k != "sentence_end_ids"},
                          **({"sentence_end_ids": [1]} if cfg.objective.options.get("permute_sentences") else {}))
-    ctx = obj.budget.context(arch)
+    ctx = obj.context if isinstance(obj, Contrastive) else obj.budget.context(arch)
     if ctx is not None and cfg.model.position in ("learned", "sinusoidal") and ctx > cfg.model.max_seq_len:
         raise ConfigError(f"train.max_source_len + train.max_target_len: a {arch} input of {ctx} tokens "
                           f"exceeds model.max_seq_len={cfg.model.max_seq_len} ({cfg.model.position} positions)")

@@ -163,7 +163,7 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
 class TrainResult:
     run_dir: Path
     step: int
-    stopped: str  # "completed" | "early_stopping" | "time_limit"
+    stopped: str  # "completed" | "early_stopping" | "time_limit" | "evaluate_only"
     last_eval: dict[str, float] = field(default_factory=dict)
     best_metric: float | None = None
     train_time_s: float = 0.0
@@ -331,7 +331,8 @@ class Trainer:
         result: dict[str, float] = {}
         if n_tok:
             result["loss"] = total / n_tok
-            if getattr(self.objective, "base", self.objective).name == "classification":
+            if getattr(self.objective, "base", self.objective).name in ("classification", "contrastive"):
+                # (contrastive: in-batch top-1 accuracy, query -> its positive)
                 result["accuracy"] = n_correct / n_tok
             else:
                 result["ppl"] = math.exp(min(result["loss"], 50.0))
@@ -351,6 +352,20 @@ class Trainer:
             return True
         lower_is_better = self.eval_cfg.metric in ("loss", "ppl", "bpb")
         return value < best if lower_is_better else value > best
+
+    def evaluate_only(self) -> TrainResult:
+        """No training: evaluate the model as it starts (a checkpoint's zero-shot score) and
+        write it as the run's final model, so the run directory loads like a trained one."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.metrics_path.exists() and self.env.is_main:
+            self.metrics_path.unlink()
+        last_eval = self.evaluate(0)
+        self._append_metrics({"step": 0, "tokens": 0, "eval": last_eval})
+        self.log("eval step 0 (not trained): " + ", ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
+        self._save_model_dir(self.final_dir)
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else _peak_rss()
+        return TrainResult(self.run_dir, 0, "evaluate_only", last_eval, None, 0.0, 0, peak,
+                           self.examples_truncated, 0, 0)
 
     # ---- main loop ----------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> TrainResult:

@@ -15,6 +15,7 @@ PRIMARY = {
     "pair": ("bleu", "BLEU", True),
     "label": ("accuracy", "accuracy", True),
     "text": ("ppl", "perplexity", False),
+    "pairs": ("mrr", "MRR", True),  # retrieval: mean reciprocal rank over the full test pool
 }
 SUMMARY_PRIMARY = ("rougeL", "ROUGE-L", True)
 
@@ -23,12 +24,14 @@ CSV_FIELDS = [
     "active_params",
     "flops_per_example", "train_flops_per_example", "budget_deviation", "train_steps", "train_tokens",
     "train_flops", "tune_flops", "tuned", "lr", "train_time_s", "peak_memory_bytes", "val_loss", "bleu", "chrf",
-    "rouge1", "rouge2", "rougeL", "accuracy", "macro_f1", "ppl", "bpb", "ablation_bleu", "ablation_chrf",
+    "rouge1", "rouge2", "rougeL", "accuracy", "macro_f1", "ppl", "bpb", "mrr", "recall_at_1", "recall_at_10",
+    "mean_rank", "pool_size", "queries_per_s", "ablation_bleu", "ablation_chrf",
     "ablation_rougeL", "len_ratio", "repetition_rate", "decode_tokens_per_s", "latency_ms_per_example",
     "kv_cache_bytes_per_example", "ssm_state_bytes_per_example", "decode_state_bytes_per_example", "num_beams",
     "examples_truncated", "truncated_fraction", "outputs_path",
 ]
-_GROUP_KEYS = ("entry", "arch", "objective", "pretrain_objective", "layers", "d_model", "d_ff", "num_beams")
+_GROUP_KEYS = ("entry", "arch", "objective", "pretrain_objective", "layers", "d_model", "d_ff", "num_beams",
+               "evaluate_only")
 
 
 def typical_tokens_per_example(shape: Any) -> float:
@@ -128,6 +131,8 @@ def quality_columns(task_kind: str, results: list[dict[str, Any]]) -> list[tuple
         return [("rouge1", "ROUGE-1", 2), ("rouge2", "ROUGE-2", 2), ("rougeL", "ROUGE-L", 2)]
     if task_kind == "label":
         return [("accuracy", "accuracy", 3), ("macro_f1", "macro-F1", 3)]
+    if task_kind == "pairs":
+        return [("mrr", "MRR", 3), ("recall_at_1", "R@1", 3), ("recall_at_10", "R@10", 3)]
     return [("ppl", "ppl", 2), ("bpb", "bits/byte", 3)]
 
 

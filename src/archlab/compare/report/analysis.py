@@ -40,6 +40,17 @@ def _pair_test(key: str, task_kind: str, mine: list[dict[str, Any]], best: list[
         if key == "rougeL":
             return S.paired_bootstrap_mean(_rouge_l(mine), _rouge_l(best), n_samples=n_samples)
         return None
+    if task_kind == "pairs" and (key == "mrr" or key.startswith("recall_at_")):
+        # retrieval: per-query reciprocal ranks (or hits at k), paired by query
+        queries = [o.get("query") for o in best]
+        if queries != [o.get("query") for o in mine]:
+            return None
+        if key == "mrr":
+            return S.paired_bootstrap_mean([float(o["rr"]) for o in mine], [float(o["rr"]) for o in best],
+                                           n_samples=n_samples)
+        k = int(key[len("recall_at_"):])
+        return S.paired_bootstrap_mean([float(o["rank"] <= k) for o in mine], [float(o["rank"] <= k) for o in best],
+                                       n_samples=n_samples)
     if task_kind == "label" and key == "accuracy":
         labels = [o.get("label") for o in best]
         if labels != [o.get("label") for o in mine]:

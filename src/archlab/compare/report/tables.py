@@ -13,6 +13,7 @@ def _main_table(agg: list[dict[str, Any]], task_kind: str,
     q = quality_columns(task_kind, results)
     key, label, _ = primary_metric(results, task_kind)
     decoding = task_kind == "pair"  # label / text tasks decode nothing: no cache, length or loops
+    search = task_kind == "pairs"  # retrieval: queries per second instead
     multi = len({a["scale"] for a in agg}) > 1
     has = {k: any(a.get(k) is not None for a in agg) for k in ("train_flops", "tune_flops", "tuned", "p_value",
                                                                 "ci", f"ablation_{key}", "truncated_fraction")}
@@ -33,10 +34,13 @@ def _main_table(agg: list[dict[str, Any]], task_kind: str,
     if any(a.get("test") for a in agg):  # a paired test ran
         head += [f"Δ{label} vs best", "p vs best"]
     head += ["val loss", *(["trunc"] if has["truncated_fraction"] else []), "train s",
-             *(["dec tok/s"] if decoding else []), "ms/ex", *(["state/ex", "len ratio", "repeat"] if decoding else [])]
+             *(["dec tok/s"] if decoding else []), *(["queries/s"] if search else []), "ms/ex",
+             *(["state/ex", "len ratio", "repeat"] if decoding else [])]
     rows = []
     for a in agg:
         obj = a["objective"] if not a.get("pretrain_objective") else f"{a['pretrain_objective']} → {a['objective']}"
+        if a.get("evaluate_only"):
+            obj = "none (zero-shot)"
         row = [a["entry"], obj, *([_scale(a["scale"])] if multi else []), a["layers"], _human(a.get("params")),
                *([_human(a.get("active_params") if _num(a.get("active_params")) else a.get("params"))]
                  if has["active"] else []),
@@ -55,7 +59,8 @@ def _main_table(agg: list[dict[str, Any]], task_kind: str,
             row += ["best" if is_best else _fmt(a.get("delta"), 2), "-" if is_best else _p(a.get("p_value"))]
         row += [_pm(a, "val_loss", 3), *([_fmt(a.get("truncated_fraction"), 3)] if has["truncated_fraction"] else []),
                 _fmt(a.get("train_time_s"), 1), *([_fmt(a.get("decode_tokens_per_s"), 0)] if decoding else []),
-                _fmt(a.get("latency_ms_per_example"), 1),
+                *([_fmt(a.get("queries_per_s"), 0)] if search else []),
+                _fmt(a.get("latency_ms_per_example"), 2 if search else 1),
                 *([_human(decode_state_bytes(a), "B"), _fmt(a.get("len_ratio"), 2),
                    _fmt(a.get("repetition_rate"), 3)] if decoding else [])]
         rows.append(row)

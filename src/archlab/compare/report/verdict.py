@@ -21,19 +21,21 @@ LATENCY_TIE = 0.10
 # Models that read their input fall to the score of unrelated text (BLEU of about 1-2).
 ABLATION_KEEP = 0.5
 ABLATION_MIN_SCORE = 1.0  # below this the normal score is itself noise; no ratio is judged
+FINE_METRICS = ("mrr", "recall_at_1", "recall_at_10")  # scores in [0, 1] shown with 3 decimals
 
 
 def _quality_line(w: S.Winner, by: dict[str, dict[str, Any]], key: str, label: str, prefix: str,
                   short: bool = False) -> str:
+    d = 3 if key in FINE_METRICS else 2
     lead = by[w.leader]
     if w.runner_up is None:
-        return f"{prefix}**{w.leader}** is the only entry with a {label} ({_pm(lead, key)})."
+        return f"{prefix}**{w.leader}** is the only entry with a {label} ({_pm(lead, key, d)})."
     second = by[w.runner_up]
     n_seeds = len(lead["seeds"])
     test = lead.get("test") or second.get("test")
     if w.entry is not None:
-        line = (f"{prefix}**{w.entry}** wins on {label} ({_pm(lead, key)}), {w.gap:.2f} ahead of "
-                f"{w.runner_up} ({_pm(second, key)})")
+        line = (f"{prefix}**{w.entry}** wins on {label} ({_pm(lead, key, d)}), {w.gap:.{d}f} ahead of "
+                f"{w.runner_up} ({_pm(second, key, d)})")
         if w.p_value is not None:
             line += f": significant, paired bootstrap {_p_is(w.p_value)}"
             if not short:
@@ -43,8 +45,8 @@ def _quality_line(w: S.Winner, by: dict[str, dict[str, Any]], key: str, label: s
         else:
             line += f": {w.reason} (no per-example outputs for a paired test)"
         return line + "."
-    line = (f"{prefix}no clear winner on {label}: **{w.leader}** leads ({_pm(lead, key)}) "
-            f"{w.runner_up} ({_pm(second, key)}) by {w.gap:.2f}")
+    line = (f"{prefix}no clear winner on {label}: **{w.leader}** leads ({_pm(lead, key, d)}) "
+            f"{w.runner_up} ({_pm(second, key, d)}) by {w.gap:.{d}f}")
     if w.p_value is None and test is None and n_seeds < 2:
         return line + (", but with one seed and no per-example outputs for a paired test the difference "
                        "is not established (run more seeds).")
@@ -80,17 +82,23 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
     lines += _moe_lines(agg, results)
     if spike_list is not None and any(r.get("train_curve") for r in results):
         lines.append(_spike_line(spike_list, results))
-    trunc = [a for a in agg if _num(a.get("truncated_fraction")) and a["truncated_fraction"] > 0]
+    trunc = [a for a in agg if _num(a.get("truncated_fraction")) and a["truncated_fraction"] > 0
+             and not a.get("evaluate_only")]
     if trunc:
         lines.append("Truncation: " + "; ".join(
             f"{a['entry']}{'' if len(scales) == 1 else ' ' + _scale(a['scale'])} cut "
             f"{a['truncated_fraction']:.1%} of its training examples" for a in trunc) + ".")
     top = [a for a in agg if a["scale"] == scales[-1]] if scales else agg
-    cheap_train = min(top, key=lambda a: a.get("train_flops_per_example") or float("inf"))
-    fastest = min(top, key=lambda a: a.get("train_time_s") or float("inf"))
+    trained = [a for a in top if not a.get("evaluate_only")] or top  # (a zero-shot entry trains nothing)
+    cheap_train = min(trained, key=lambda a: a.get("train_flops_per_example") or float("inf"))
+    fastest = min(trained, key=lambda a: a.get("train_time_s") or float("inf"))
     lines.append(f"Training cost: **{cheap_train['entry']}** needs the fewest training FLOPs per example "
                  f"({_human(cheap_train.get('train_flops_per_example'))}); the shortest wall time was "
                  f"{fastest['entry']} ({_fmt(fastest.get('train_time_s'), 1)} s).")
+    if any(a.get("evaluate_only") for a in top):
+        lines.append("Zero-shot: " + ", ".join(f"**{a['entry']}**" for a in top if a.get("evaluate_only"))
+                     + " scored as its checkpoint came, without training on this task (its pretraining's "
+                       "cost is not in the FLOPs columns).")
     lat = [a for a in top if _num(a.get("latency_ms_per_example"))]
     if lat:
         ranked = sorted(lat, key=lambda a: a["latency_ms_per_example"])
@@ -99,6 +107,10 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
         if task_kind == "label":  # no decoding: the pooled head's batched time per example
             line = (f"Inference cost: **{f['entry']}** classifies fastest "
                     f"({_fmt(f['latency_ms_per_example'], 2)} ms per example, batched)")
+        elif task_kind == "pairs":  # retrieval: embed the queries, rank the pre-embedded pool
+            line = (f"Search cost: **{f['entry']}** answers the most queries per second "
+                    f"({_fmt(f.get('queries_per_s'), 0)}: queries embedded in batches and ranked against "
+                    f"candidates embedded beforehand; {_fmt(f['latency_ms_per_example'], 2)} ms per query)")
         else:
             line = (f"Inference cost: **{f['entry']}** has the lowest decoding latency "
                     f"({_fmt(f['latency_ms_per_example'], 1)} ms per example at beam {f['num_beams']})")
@@ -110,7 +122,7 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
                          f"(repeated timings of the same models move such ratios by up to about 10 %)")
             else:
                 line += f"; {second['entry']}, the next, takes {rel + 1:.2f}x as long"
-        if task_kind != "label":
+        if task_kind == "pair":
             line += (f"; the smallest decoding state (KV cache + SSM state) per example is {kv['entry']}'s "
                      f"({_human(decode_state_bytes(kv), 'B')})")
         lines.append(line + ".")
@@ -169,7 +181,7 @@ def _tuning_lines(agg: list[dict[str, Any]], tuning: list[dict[str, Any]] | None
         if tuned:
             return ["Tuning: " + "; ".join(f"{a['entry']} {_tuned(a['tuned'])}" for a in tuned) + "."]
         # untuned: say where each entry's rate came from (one shared rate may favour one family)
-        lrs = {a["entry"]: a.get("lr") for a in agg if _num(a.get("lr"))}
+        lrs = {a["entry"]: a.get("lr") for a in agg if _num(a.get("lr")) and not a.get("evaluate_only")}
         if not lrs:
             return []
         if len(set(lrs.values())) == 1:

@@ -28,7 +28,8 @@ from archlab.compare.report.tables import (
 SIGNIFICANCE_NOTE = (
     "Significance: at each budget every entry is compared with the best one on the same test "
     "examples by paired bootstrap resampling (Koehn 2004; {n} resamples; BLEU/chrF with sacrebleu's "
-    "own test, accuracy and ROUGE-L per example), seed paired with seed (by seed id); `p vs best` is the "
+    "own test, accuracy and ROUGE-L per example, MRR by each query's reciprocal rank), seed paired with "
+    "seed (by seed id); `p vs best` is the "
     "largest p-value over the seed pairings, `95% CI` the bootstrap half-width of the entry's own score. "
     "A winner is called only at p < 0.05 and, with several seeds, a gap larger than the seed-to-seed "
     "standard deviation in the same direction in every seed both entries ran.")
@@ -47,6 +48,12 @@ COLUMN_NOTES: dict[str, str] = {
                 "cross-attention included, plus the Mamba layers' conv and SSM states (constant in length)",
     "len ratio": "output words / reference words",
     "repeat": "share of word 3-grams that repeat an earlier one in the same output (looping)",
+    "MRR": "mean reciprocal rank of each test query's partner among all test candidates (cosine similarity; "
+           "ties ranked against the query)",
+    "R@1": "share of queries whose partner is ranked first",
+    "R@10": "share of queries whose partner is among the top 10",
+    "queries/s": "queries embedded in batches and ranked against the whole pool, its candidates embedded "
+                 "beforehand (ms/ex: per query, batched)",
 }
 
 
@@ -140,6 +147,11 @@ def column_legend(head: Sequence[str]) -> str:
     return " ".join(parts)
 
 
+def _pool(rows: list[dict[str, Any]]) -> str:
+    sizes = {r.get("pool_size") for r in rows if r.get("pool_size")}
+    return " / ".join(str(x) for x in sorted(sizes)) or "?"
+
+
 def _largest_seeds(cfg: Any, scales: Sequence[float]) -> str:
     extra = getattr(getattr(cfg, "budget", None), "seeds_at_largest", None)
     if not extra or len(scales) < 2 or list(extra) == list(cfg.seeds):
@@ -179,8 +191,10 @@ def build_view(cfg: Any, *, rows: list[dict[str, Any]], agg: list[dict[str, Any]
     intro = (f"Task **{task}** ({task_kind}); budget matched on **{cfg.budget.match}** "
              f"(typical example {shape.src_len:.1f} + {shape.tgt_len:.1f} tokens); "
              f"{len(cfg.seeds)} seed(s) per entry{_largest_seeds(cfg, scales)}; {steps_txt} of "
-             f"{cfg.train.tokens_per_batch} padded tokens; decoding with beam {cfg.decode.num_beams}; "
-             f"total wall time {wall_time_s / 60:.1f} min.")
+             f"{cfg.train.tokens_per_batch} padded tokens; "
+             + (f"decoding with beam {cfg.decode.num_beams}; " if task_kind != "pairs" else
+                f"retrieval over the {_pool(rows)} test pairs; ")
+             + f"total wall time {wall_time_s / 60:.1f} min.")
     head, table = _main_table(agg, task_kind, rows)
     legend = column_legend(head)
     results = Section("Results (mean ± sd over seeds)", table=Table(head, table), notes=[legend] if legend else [])
