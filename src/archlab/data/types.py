@@ -32,3 +32,7 @@ class Example:
     src: list[int] | None = None  # seq2seq source
     tgt: list[int] | None = None  # seq2seq target
     label: int | None = None  # classification
+    # indices into ``tgt`` of target tokens that are given, not predicted: teacher-forced in
+    # training (label -100) and forced, not generated, when decoding (the query keys of MQAR's
+    # interleaved layout, Arora et al. 2023); None: every target token is predicted
+    tgt_given: list[int] | None = None
