@@ -53,6 +53,8 @@ def test_mqar_source_layout():
         table = dict(zip(s[0:12:2], s[1:12:2]))
         assert len(s) == 12 + 3 and ex.tgt_given is None
         assert ex.target.split() == [table[k] for k in s[12:]]
+    same = load("mqar", vocab_size=64, n_pairs=6, n_queries=3, queries="source", seq_len=18)  # 12 + 3 + 3
+    assert same.train == ds.train
 
 
 def test_selective_copy_answer_is_the_data_tokens_in_order():
@@ -125,7 +127,7 @@ def test_held_out_sources_are_not_training_sources(task):
     ("mqar", {"n_pair": 3}, "unknown key data.options.n_pair; valid keys here: n_pairs, n_queries"),
     ("mqar", {"n_pairs": 8, "seq_len": 30}, "data.options.seq_len: 30 leaves 14 tokens after 8 pairs"),
     ("mqar", {"queries": "after"}, "data.options.queries: 'after' is not valid; choose one of: interleaved, source"),
-    ("mqar", {"queries": "source", "seq_len": 64}, "data.options.seq_len: applies to queries: interleaved"),
+    ("mqar", {"queries": "source", "seq_len": 64}, "data.options.seq_len: with queries: source an example is 32"),
     ("mqar", {"n_queries": 9}, "data.options.n_queries: must be in [1, n_pairs=8]"),
     ("mqar", {"vocab_size": 10}, "data.options.vocab_size: 10 symbols cannot hold 8 distinct keys"),
     ("selective-copy", {"n_tokens": 20, "seq_len": 10}, "data.options.n_tokens: 20 data tokens do not fit"),

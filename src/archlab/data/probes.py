@@ -71,7 +71,9 @@ class ProbeOptions:
 class MQAROptions(ProbeOptions):
     vocab_size: int = 8192  # keys from the lower half, values from the upper half (Zoology)
     n_pairs: int = 8  # key-value pairs D
-    seq_len: int = 64  # interleaved: the pairs plus the query region (Zoology's input_seq_len)
+    # source + target tokens (Zoology's input_seq_len): the pairs, then a query region with
+    # filler (interleaved); queries: source has no filler (2 n_pairs + 2 n_queries)
+    seq_len: int = 64
     n_queries: int | None = None  # keys queried (distinct); None: every key (Zoology)
     queries: Literal["interleaved", "source"] = "interleaved"
 
@@ -88,10 +90,11 @@ class MQAROptions(ProbeOptions):
                        f"and values (keys and values take half each); need >= {2 * self.n_pairs}")
         if not 1 <= self.queried <= self.n_pairs:
             raise _bad("n_queries", f"must be in [1, n_pairs={self.n_pairs}], got {self.queried}")
-        if self.queries == "source":
-            if "seq_len" in raw:
-                raise _bad("seq_len", "applies to queries: interleaved (the query region); with queries: "
-                           "source the input is the pairs and the query keys")
+        if self.queries == "source":  # no filler: pairs and query keys, then the values
+            need = 2 * self.n_pairs + 2 * self.queried
+            if "seq_len" in raw and self.seq_len != need:
+                raise _bad("seq_len", f"with queries: source an example is {need} tokens (2 x n_pairs + "
+                           f"2 x n_queries, no filler), got {self.seq_len}; filler needs queries: interleaved")
             return
         region = self.seq_len - 2 * self.n_pairs
         if region < 2 * self.queried:
