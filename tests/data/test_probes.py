@@ -101,6 +101,7 @@ def test_extrapolation_test_split_holds_every_eval_length():
     assert {len(ex.source.split()) for ex in ds.train + ds.valid} == {16}
     groups = {ex.group: len(ex.source.split()) for ex in ds.test}
     assert groups == {"16": 16, "32": 32, "64": 64, "128": 128}
+    assert len({ex.group for ex in ds.test[:12]}) == 4  # shuffled: a prefix holds every length
     long = load("induction", train_len=16, vocab=4, eval_lens=[1024])  # 64 x is allowed
     assert {len(ex.source.split()) for ex in long.test} == {1024}
 

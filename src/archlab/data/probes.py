@@ -312,5 +312,10 @@ def load_probe(cfg: DataConfig) -> Dataset:
             for ex in part:
                 ex.group = str(n)
             test += part
+        # a seeded shuffle, as every split's held-out order (datasets.split_by_key): the first N
+        # test examples that evaluation may read (--max-examples, decode.test_examples) then
+        # hold every length
+        order = _rng(cfg.seed, task, "test-order", None).permutation(len(test))
+        test = [test[i] for i in order]
         notes["eval_lens"] = lengths
     return Dataset(train, valid, test, "pair", task, notes=notes, symbols=spec.symbols(o), scoring="probe")
