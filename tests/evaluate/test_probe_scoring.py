@@ -197,3 +197,15 @@ def test_probe_config_trains_and_evaluates(config, tmp_path, capsys):
         assert report["n@16"] == 4 and report["n@64"] == 4
     if config == "probe-copy":
         assert [report[f"n@{n}"] for n in (16, 32, 64)] == [4, 4, 4]
+
+
+@pytest.mark.parametrize("extra", [["model.arch=encoder-decoder"], ["model.arch=prefix-lm"], ["model.layers=M"],
+                                   ["model.layers=S"]], ids=["encoder-decoder", "prefix-lm", "mamba", "mamba2"])
+def test_mqar_trains_and_evaluates_on_other_families(extra, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", str(ROOT / "configs" / "probe-mqar.yaml"), *TINY, *SHORT["probe-mqar"], *extra,
+               "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert main(["evaluate", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["examples"] == 4 and 0.0 <= report["token_acc"] <= 1.0
