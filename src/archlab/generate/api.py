@@ -14,7 +14,7 @@ token is position 0, as in training). Encoder sources are right-padded and maske
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,6 +234,7 @@ def _resolve(model: Any, cfg: GenerationConfig | None, overrides: dict[str, Any]
 @torch.inference_mode()
 def generate(model: Any, inputs: Sequence[Sequence[int]], config: GenerationConfig | None = None,
              *, special: Any | None = None, output_logits: bool = False,
+             forced: Sequence[Mapping[int, int]] | None = None,
              **overrides: Any) -> GenerationOutput:
     """Decode a batch of token-id inputs.
 
@@ -244,8 +245,16 @@ def generate(model: Any, inputs: Sequence[Sequence[int]], config: GenerationConf
         special: the tokenizer's ``SpecialTokens`` (``tokenizer.special``); without it the
             model config's pad/bos/eos ids are used (enough for ``raw`` and ``lm`` layouts).
         output_logits: keep each step's (B, V) logits (greedy/sample; for checks).
+        forced: per input, {step: token}: new token ``step`` (0-based) is ``token`` whatever
+            the model predicts (greedy/sample): the given positions of a target, such as the
+            query keys of MQAR's interleaved layout (Arora et al. 2023), are fed, not generated.
     """
     cfg = _resolve(model, config, overrides)
+    if forced is not None:
+        if cfg.strategy == "beam":
+            raise ArchlabError("generate: forced tokens need greedy or sample decoding, not beam search")
+        if len(forced) != len(inputs):
+            raise ArchlabError(f"generate: {len(forced)} forced-token maps for {len(inputs)} inputs")
     if not inputs:
         return GenerationOutput([], [], [], 0, [], [] if output_logits else None)
     pad, _, eos, _ = _special_ids(model, special)
@@ -267,7 +276,7 @@ def generate(model: Any, inputs: Sequence[Sequence[int]], config: GenerationConf
             if cfg.strategy == "beam":
                 out = _beam_search(dec, cfg, len(prompts), max_new, eos, pad)
             else:
-                out = _sample_or_greedy(dec, cfg, max_new, eos, pad, output_logits)
+                out = _sample_or_greedy(dec, cfg, max_new, eos, pad, output_logits, forced)
     finally:
         model.train(was_training)
     out.prompts = [p.decoder for p in prompts]
@@ -275,7 +284,7 @@ def generate(model: Any, inputs: Sequence[Sequence[int]], config: GenerationConf
 
 
 def _sample_or_greedy(dec: _Decoding, cfg: GenerationConfig, max_new: int, eos: int, pad: int,
-                      output_logits: bool) -> GenerationOutput:
+                      output_logits: bool, forced: Sequence[Mapping[int, int]] | None = None) -> GenerationOutput:
     n = cfg.num_return_sequences
     logits = dec.prefill()  # (B, V)
     if n > 1:
@@ -283,6 +292,14 @@ def _sample_or_greedy(dec: _Decoding, cfg: GenerationConfig, max_new: int, eos: 
         logits = logits.repeat_interleave(n, dim=0)
     N = logits.shape[0]
     dev = logits.device
+    force = None  # (N, max_new): the token fed at each step, -1 where the model chooses
+    if forced is not None and any(forced):
+        force = torch.full((len(forced), max_new), -1, dtype=torch.long)
+        for i, f in enumerate(forced):
+            for t, tok in f.items():
+                if 0 <= t < max_new:
+                    force[i, t] = int(tok)
+        force = force.repeat_interleave(n, dim=0).to(dev)
     gen = None
     if cfg.strategy == "sample" and cfg.seed is not None:
         gen = torch.Generator(device=dev).manual_seed(cfg.seed)
@@ -303,6 +320,8 @@ def _sample_or_greedy(dec: _Decoding, cfg: GenerationConfig, max_new: int, eos: 
         else:
             probs = _filter_logits(logits, cfg).softmax(-1)
             nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+        if force is not None:
+            nxt = torch.where(force[:, t] >= 0, force[:, t], nxt)
         logp = logits.log_softmax(-1).gather(1, nxt[:, None]).squeeze(1)
         if any_done:
             logp = logp.masked_fill(done, 0.0)

@@ -177,14 +177,22 @@ def seq2seq_prompt(arch: str, src: Sequence[int], special: Any, decoder_start: i
     return [special.bos, *src, special.sep], None
 
 
-def seq2seq_pair(arch: str, src: Sequence[int], tgt: Sequence[int], special: Any, decoder_start: int) -> PairLayout:
-    """The training layout of an already truncated pair: the prompt, then ``target <eos>``."""
+def seq2seq_pair(arch: str, src: Sequence[int], tgt: Sequence[int], special: Any, decoder_start: int,
+                 given: Sequence[int] | None = None) -> PairLayout:
+    """The training layout of an already truncated pair: the prompt, then ``target <eos>``.
+    ``given``: indices of target tokens that are given, not predicted (they stay in the
+    inputs, teacher-forced, and carry no loss: the query keys of MQAR's interleaved layout,
+    Arora et al. 2023); indices past a truncated target are dropped."""
     prompt, enc = seq2seq_prompt(arch, src, special, decoder_start)
     tail = [*tgt, special.eos]
     seq = prompt + tail
+    labels = list(tail)
+    for j in given or ():
+        if 0 <= j < len(tgt):
+            labels[j] = IGNORE
     # the model predicts token i+1 from tokens <= i: inputs drop the last token, labels the
     # first, and positions inside the prompt (but its last) carry no loss
-    return PairLayout(enc, seq[:-1], [IGNORE] * (len(prompt) - 1) + tail, len(prompt))
+    return PairLayout(enc, seq[:-1], [IGNORE] * (len(prompt) - 1) + labels, len(prompt))
 
 
 def lm_prompt(arch: str, text: Sequence[int], special: Any) -> tuple[list[int], list[int] | None]:

@@ -86,16 +86,20 @@ class Seq2Seq(Objective):
     needs = "pair"
 
     def build(self, examples: Sequence[Example], rng: np.random.Generator) -> Batch:
-        return build_seq2seq(self, [ex.src or [] for ex in examples], [ex.tgt or [] for ex in examples])
+        return build_seq2seq(self, [ex.src or [] for ex in examples], [ex.tgt or [] for ex in examples],
+                             [ex.tgt_given for ex in examples])
 
 
-def build_seq2seq(obj: Objective, srcs: Sequence[Sequence[int]], tgts: Sequence[Sequence[int]]) -> Batch:
+def build_seq2seq(obj: Objective, srcs: Sequence[Sequence[int]], tgts: Sequence[Sequence[int]],
+                  givens: Sequence[Sequence[int] | None] | None = None) -> Batch:
     """Shared by seq2seq, prefix-LM, span corruption and denoising: a (source, target) pair in
     the layout of ``obj.arch`` (``objectives.layout``, the same definition decoding uses),
-    truncated to the objective's source/target budgets."""
+    truncated to the objective's source/target budgets. ``givens``: per pair, the target
+    indices that are given (no loss; ``Example.tgt_given``)."""
     sp = obj.special
-    lay = [seq2seq_pair(obj.arch, *obj.budget.cut_pair(obj.arch, s, t), sp, obj.decoder_start)
-           for s, t in zip(srcs, tgts)]
+    givens = givens if givens is not None else [None] * len(srcs)
+    lay = [seq2seq_pair(obj.arch, *obj.budget.cut_pair(obj.arch, s, t), sp, obj.decoder_start, g)
+           for s, t, g in zip(srcs, tgts, givens)]
     if obj.arch == "encoder-decoder":
         ids, mask = pad_sequences([x.encoder or [] for x in lay], sp.pad)
         dids, dmask = pad_sequences([x.decoder for x in lay], sp.pad)

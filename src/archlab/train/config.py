@@ -19,7 +19,7 @@ from archlab.generate.config import default_from_generation
 
 @dataclass
 class TokenizerConfig:
-    kind: Literal["bpe", "unigram"] = "bpe"
+    kind: Literal["bpe", "unigram", "word"] = "bpe"  # word: one token per whitespace-separated word (probe tasks)
     vocab_size: int = 8000
     n_sentinels: int = 100  # T5 sentinels, needed by span-corruption
     min_frequency: int = 2

@@ -149,6 +149,9 @@ def train_run(
 
         tok = Tokenizer.load(layout.tokenizer)
 
+    from archlab.data.datasets import check_symbols, score_kind
+
+    check_symbols(ds, tok)  # probe tasks: one token per symbol (tokenizer.kind: word)
     n_classes = len(ds.label_names) if ds.kind == "label" and ds.label_names else 0
     mcfg = model_config_for(cfg, tok, n_classes, base)
     cfg = replace(cfg, model=mcfg)
@@ -207,7 +210,7 @@ def train_run(
         # validation subset, so best/ can track BLEU or accuracy rather than the loss
         from archlab.evaluate.runner import decode_metric_fn
 
-        metric_fn = decode_metric_fn(tok, ds.valid, ds.kind, base_name, n=cfg.eval.decode_examples,
+        metric_fn = decode_metric_fn(tok, ds.valid, score_kind(ds), base_name, n=cfg.eval.decode_examples,
                                      max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams,
                                      max_source_len=cfg.train.max_source_len,
                                      max_target_len=cfg.train.max_target_len,
@@ -217,6 +220,9 @@ def train_run(
     if metric_fn is None and cfg.eval.metric not in built_in:
         raise ArchlabError(f"eval.metric={cfg.eval.metric}: task metrics need eval.decode_examples > 0 "
                            f"on a pair or pairs task (this task is {ds.kind}); use eval.metric=loss")
+    if score_kind(ds) == "probe" and cfg.eval.metric in ("bleu", "chrf", "rougeL"):
+        raise ArchlabError(f"eval.metric={cfg.eval.metric}: probe task {ds.name} is scored by token_acc and "
+                           "exact_match (or loss)")
     trainer = Trainer(model=model, objective=objective, batches_for_epoch=batcher.epoch_batches,
                       valid_examples=valid_ex, train_cfg=cfg.train, eval_cfg=cfg.eval, run_dir=run_dir,
                       metric_fn=metric_fn, save_model_dir=save_dir, progress=progress,
