@@ -61,8 +61,16 @@ ENTRY_TRAIN_KEYS = ("lr", "min_lr_ratio", "warmup_steps", "schedule", "decay_fra
 
 @dataclass
 class BudgetConfig:
-    match: Literal["params", "flops"] = "flops"
-    reference: str = "encoder-decoder"  # arch whose base size sets the target ...
+    # params / flops: every entry is sized to the reference's parameters or forward FLOPs per
+    # example and trains train.steps steps. total_flops: entries keep their own models (not
+    # sized) and each trains the steps that give it the reference's total training FLOPs
+    # (steps x examples per step x FLOPs per example), on the same example stream (a smaller
+    # model reads further into it): the question "a big pretrained model fine-tuned briefly,
+    # or a small one trained from scratch for longer, at the same compute?"
+    match: Literal["params", "flops", "total_flops"] = "flops"
+    # arch (its first entry, a sized one if any) or, with total_flops, also an entry name,
+    # whose base size sets the target ...
+    reference: str = "encoder-decoder"
     target: float | None = None  # ... unless given: parameters, or forward FLOPs per example
     tolerance: float = 0.05  # sizing aims within this; entries outside 10 % are an error
     d_ff_multiple: int = 32
@@ -453,7 +461,17 @@ def compare_config_from_dict(data: dict[str, Any], where: str) -> CompareConfig:
             raise ConfigError(f"{where}: tune.dropout must be in [0, 1), got {t.dropout}")
         if t.metric == "task" and t.decode_examples < 1:
             raise ConfigError(f"{where}: tune.decode_examples must be >= 1 with tune.metric=task")
-    if cfg.budget.reference not in {e.arch for e in cfg.entries} and cfg.budget.target is None:
+    if b.match == "total_flops":
+        if b.target is not None:
+            raise ConfigError(f"{where}: budget.target: not used with budget.match=total_flops (the reference "
+                              "entry's steps x FLOPs set the budget); remove it")
+        if b.scale_model:
+            raise ConfigError(f"{where}: budget.scale_model: not used with budget.match=total_flops (models are "
+                              "not sized); remove it")
+        if b.reference not in {e.arch for e in cfg.entries} | set(labels):
+            raise ConfigError(f"{where}: budget.reference={b.reference} is neither an entry's name nor its "
+                              f"architecture; choose one of: {', '.join(labels)}")
+    elif cfg.budget.reference not in {e.arch for e in cfg.entries} and cfg.budget.target is None:
         raise ConfigError(f"{where}: budget.reference={cfg.budget.reference} is not among the entries' "
                           "architectures; set budget.target or add such an entry")
     return cfg
