@@ -150,3 +150,41 @@ def test_decoding_state_in_results_counts_kv_only_for_attention_layers():
     ed = ModelConfig(**{**base, "arch": "encoder-decoder"}, layers="AAA/MMA")
     want = decode_memory(ed, int(tgt + 1), src_len=int(src + 1))
     assert kv_cache_bytes(ed, src, tgt, 1) == want.kv + want.cross_kv
+
+
+def test_total_flops_matching_gives_each_entry_the_reference_total(tmp_path):
+    """budget.match total_flops: models are not sized; each entry trains the steps that give it the
+    reference entry's steps x FLOPs per example, and the jobs carry those steps."""
+    from types import SimpleNamespace
+
+    from archlab.compare.runner import NATURAL_OBJECTIVE, build_jobs, size_entries
+    from archlab.compare.sizing import example_flops
+    from archlab.objectives.base import SpecialTokens
+
+    cfg = load_compare_config(None, [
+        "entries=[{arch: decoder, name: big, model: {d_model: 128, n_layers: 4}}, {arch: encoder-decoder}, "
+        "{arch: decoder, name: small}]", "budget.match=total_flops", "budget.reference=big", "train.steps=40"],
+        preset="smoke")
+    tok = SimpleNamespace(vocab_size=600, special=SpecialTokens(vocab_size=600, first_normal=12))
+    shape = Shape(20.0, 24.0)
+    sized = size_entries(cfg, cfg.entries, tok, shape, 0, kind="pair")
+    big, ed, small = sized
+    assert big["model"].d_model == 128 and small["model"].d_model == cfg.model["d_model"]  # not sized
+    for s in sized:
+        assert s["flops_per_example"] == example_flops(s["model"], shape, NATURAL_OBJECTIVE["pair"])
+    jobs = build_jobs(cfg, cfg.entries, {1.0: sized}, "pair", tmp_path, 40.0, "tok")
+    steps = {j.entry: j.run.train.steps for j in jobs if j.seed == cfg.seeds[0]}
+    assert steps["big"] == 40
+    assert steps["small"] > 40  # the smaller model reads further into the same example stream
+    target = 40 * big["flops_per_example"]
+    for s in sized:
+        total = steps[s["entry"]] * s["flops_per_example"]
+        assert abs(total / target - 1) <= 0.5 / steps[s["entry"]] + 1e-9, (s["entry"], total, target)
+
+
+def test_total_flops_matching_refuses_an_unknown_reference():
+    with pytest.raises(ConfigError, match="budget.reference=nobody is neither an entry's name"):
+        load_compare_config(None, ["budget.match=total_flops", "budget.reference=nobody"], preset="smoke")
+    with pytest.raises(ConfigError, match="budget.target: not used with budget.match=total_flops"):
+        load_compare_config(None, ["budget.match=total_flops", "budget.target=1e6",
+                                   "budget.reference=decoder"], preset="smoke")

@@ -199,6 +199,8 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
             if chosen.get("dropout") is not None:
                 model = replace(model, dropout=chosen["dropout"])
             steps = _scaled_steps(cfg.train.steps, scale, cfg.budget.scale_model)
+            if "steps_factor" in s:  # budget.match total_flops: the entry's share of the steps
+                steps = max(1, round(steps * s["steps_factor"]))
             tr: dict[str, Any] = {"seed": seed, "steps": steps, "max_len": layout.context(e.arch),
                                   "max_source_len": src_budget, "max_target_len": tgt_budget}
             ev = cfg.eval
@@ -487,6 +489,8 @@ def size_entries(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape
     """Sized model config per entry, plus the sizing record printed and saved. With
     ``budget.scale_model`` the target is multiplied by ``scale``."""
     b = cfg.budget
+    if b.match == "total_flops":
+        return _steps_matched(cfg, entries, tok, shape, n_classes, kind)
     if b.target is not None:
         target = float(b.target)
         how = f"target {target:.4g} given"
@@ -529,6 +533,42 @@ def size_entries(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape
         s = bad[0]
         raise ConfigError(f"entry {s['entry']}: cannot be sized within 10 % of the {b.match} target "
                           f"({s['deviation']:+.1%}); adjust model.d_model or the entry's model overrides")
+    return sized
+
+
+def _steps_matched(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape: Shape, n_classes: int,
+                   kind: str) -> list[dict[str, Any]]:
+    """``budget.match: total_flops``: every entry keeps its own model and trains the steps that
+    give it the reference entry's total training FLOPs. All entries read the same batches in the
+    same order (one TaskLayout), so an entry with k times fewer FLOPs per example trains k times
+    the steps and reads k times further into the same example stream. The reference (an entry
+    name, or the first entry of that arch) trains ``train.steps``."""
+    b = cfg.budget
+    ref_i = next((i for i, e in enumerate(entries) if e.label == b.reference), None)
+    if ref_i is None:
+        ref_i = next(i for i, e in enumerate(entries) if e.arch == b.reference)
+    sized = []
+    for e in entries:
+        m = entry_model_config(cfg, e, tok, n_classes)
+        ob = (e.objective or NATURAL_OBJECTIVE[kind], e.objective_options)
+        sized.append({"entry": e.label, "arch": e.arch, "model": m, "params": measure(m, "params", shape),
+                      "flops_per_example": measure(m, "flops", shape, *ob), "scale": 1.0,
+                      "active_params": measure(m, "active_params", shape), "imported": bool(e.init_from)})
+    target = sized[ref_i]["flops_per_example"] * cfg.train.steps  # per example-per-step slot
+    for s in sized:
+        steps = max(1, round(target / s["flops_per_example"]))
+        # training FLOPs are proportional to forward FLOPs x examples for every entry (forward +
+        # backward of what runs), so matching forward FLOPs x steps matches the totals
+        s.update(value=s["flops_per_example"] * steps, target=target, steps_factor=steps / cfg.train.steps,
+                 deviation=s["flops_per_example"] * steps / target - 1,
+                 rule=("imported checkpoint" if s["imported"] else "as configured") + f", {steps} steps")
+    ref = sized[ref_i]
+    log(f"budget: match total_flops, reference {ref['entry']} ({cfg.train.steps} steps x "
+        f"{ref['flops_per_example'] / 1e6:.1f}M FLOPs/example); typical example {shape.src_len:.1f} + "
+        f"{shape.tgt_len:.1f} tokens")
+    for s in sized:
+        log(f"  {s['entry']:<28} {s['rule']:<34} params {s['params'] / 1e6:6.2f}M  "
+            f"FLOPs/example {s['flops_per_example'] / 1e6:8.1f}M  ({s['deviation']:+.1%} of target)")
     return sized
 
 

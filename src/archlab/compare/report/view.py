@@ -188,6 +188,9 @@ def build_view(cfg: Any, *, rows: list[dict[str, Any]], agg: list[dict[str, Any]
     steps_txt = (f"{cfg.train.steps} training steps" if len(scales) == 1 else
                  f"budget scales {', '.join(_scale(s) for s in scales)} "
                  f"({', '.join(str(s) for s in steps)} training steps)")
+    if cfg.budget.match == "total_flops":  # steps differ by entry: name them
+        per_entry = sorted({(r["entry"], r["train_steps"]) for r in rows if r.get("train_steps") is not None})
+        steps_txt = "training steps per entry (" + ", ".join(f"{e} {n}" for e, n in per_entry) + ")"
     intro = (f"Task **{task}** ({task_kind}); budget matched on **{cfg.budget.match}** "
              f"(typical example {shape.src_len:.1f} + {shape.tgt_len:.1f} tokens); "
              f"{len(cfg.seeds)} seed(s) per entry{_largest_seeds(cfg, scales)}; {steps_txt} of "
@@ -209,7 +212,11 @@ def build_view(cfg: Any, *, rows: list[dict[str, Any]], agg: list[dict[str, Any]
     sections.append(Section(
         "Sizing rule",
         paragraphs=[f"All entries share d_model and the block; depth is chosen per architecture to match "
-                    f"the {cfg.budget.match} target, then d_ff adjusted."],
+                    f"the {cfg.budget.match} target, then d_ff adjusted." if cfg.budget.match != "total_flops"
+                    else f"Models are not sized (each as configured or imported); each entry trains the steps "
+                    f"that give it {cfg.budget.reference}'s total training FLOPs ({cfg.train.steps} steps), "
+                    "on the same batches in the same order: an entry with fewer FLOPs per example reads "
+                    "further into the same example stream."],
         table=Table(*_sizing_table(sizing))))
     return ReportView(
         title=f"archlab compare: {cfg.name}", intro=intro, verdict=list(verdict_lines), results=results,
