@@ -299,20 +299,25 @@ def _bundled(cfg: DataConfig) -> Dataset:
 # ---------------------------------------------------------------------------------------------
 # user files
 # ---------------------------------------------------------------------------------------------
-def _read_text(path: Path) -> str:
+def read_text(path: Path, label: str | None = None,
+              dir_hint: str = "give a file, or a directory with train/valid/test files",
+              empty: str = "file is empty") -> str:
+    """A user's UTF-8 text file, BOM dropped; a missing, directory, non-UTF-8 or empty file is a
+    one-line error starting with ``label`` (default: the path)."""
+    name = label or str(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ArchlabError(f"{path}: file not found") from None
+        raise ArchlabError(f"{name}: file not found") from None
     except IsADirectoryError:
-        raise ArchlabError(f"{path}: is a directory; give a file, or a directory with train/valid/test files") from None
+        raise ArchlabError(f"{name}: is a directory; {dir_hint}") from None
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8").lstrip("\ufeff")
     except UnicodeDecodeError as e:
-        raise ArchlabError(f"{path}: not UTF-8 text (invalid byte 0x{raw[e.start]:02x} at byte offset {e.start})") from None
+        raise ArchlabError(f"{name}: not UTF-8 text (invalid byte 0x{raw[e.start]:02x} at byte offset {e.start})") from None
     if not text.strip():
-        raise ArchlabError(f"{path}: file is empty")
-    return text.lstrip("\ufeff")
+        raise ArchlabError(f"{name}: {empty}")
+    return text
 
 
 def _detect_format(path: Path, fmt: str) -> str:
@@ -331,7 +336,7 @@ def _detect_format(path: Path, fmt: str) -> str:
 
 
 def _records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    text = _read_text(path)
+    text = read_text(path)
     if fmt == "text":
         for i, line in enumerate(text.splitlines(), 1):
             if line.strip():

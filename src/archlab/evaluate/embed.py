@@ -31,22 +31,11 @@ def _add(p: argparse.ArgumentParser) -> None:
 
 def read_lines(path: str | Path) -> list[str]:
     """Every line of a UTF-8 text file (row i of the output is line i; empty lines included)."""
+    from archlab.data.datasets import read_text
+
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise ArchlabError(f"--input {p}: file not found") from None
-    except IsADirectoryError:
-        raise ArchlabError(f"--input {p}: is a directory; give a text file, one text per line") from None
-    try:
-        text = raw.decode("utf-8").lstrip("\ufeff")
-    except UnicodeDecodeError as e:
-        raise ArchlabError(f"--input {p}: not UTF-8 text (invalid byte 0x{raw[e.start]:02x} at byte "
-                           f"offset {e.start})") from None
-    lines = text.splitlines()
-    if not any(line.strip() for line in lines):
-        raise ArchlabError(f"--input {p}: no texts (the file is empty)")
-    return lines
+    return read_text(p, f"--input {p}", dir_hint="give a text file, one text per line",
+                       empty="no texts (the file is empty)").splitlines()
 
 
 def load_embedder(checkpoint: str | Path, which: str = "auto") -> tuple[Any, Any, dict[str, Any], int | None]:
