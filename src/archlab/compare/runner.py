@@ -523,11 +523,7 @@ def size_entries(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape
                       "active_params": measure(s_cfg, "active_params", shape), "imported": bool(e.init_from)})
     log(f"budget: match {b.match}, {how}; typical example {shape.src_len:.1f} + {shape.tgt_len:.1f} tokens "
         "(as trained, after the shared source/target budgets)")
-    for s in sized:
-        act = (f" (active {s['active_params'] / 1e6:.2f}M)"
-               if s["active_params"] != s["params"] else "")  # MoE: k of E experts
-        log(f"  {s['entry']:<28} {s['rule']:<34} params {s['params'] / 1e6:6.2f}M{act}  "
-            f"FLOPs/example {s['flops_per_example'] / 1e6:8.1f}M  ({s['deviation']:+.1%} of target)")
+    _log_sized(sized)
     bad = [s for s in sized if abs(s["deviation"]) > 0.10 and not s["imported"]]
     if bad:
         s = bad[0]
@@ -566,10 +562,17 @@ def _steps_matched(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, sha
     log(f"budget: match total_flops, reference {ref['entry']} ({cfg.train.steps} steps x "
         f"{ref['flops_per_example'] / 1e6:.1f}M FLOPs/example); typical example {shape.src_len:.1f} + "
         f"{shape.tgt_len:.1f} tokens")
-    for s in sized:
-        log(f"  {s['entry']:<28} {s['rule']:<34} params {s['params'] / 1e6:6.2f}M  "
-            f"FLOPs/example {s['flops_per_example'] / 1e6:8.1f}M  ({s['deviation']:+.1%} of target)")
+    _log_sized(sized)
     return sized
+
+
+def _log_sized(sized: list[dict[str, Any]]) -> None:
+    """One line per entry of the sizing record (both budget modes)."""
+    for s in sized:
+        act = (f" (active {s['active_params'] / 1e6:.2f}M)"
+               if s["active_params"] != s["params"] else "")  # MoE: k of E experts
+        log(f"  {s['entry']:<28} {s['rule']:<34} params {s['params'] / 1e6:6.2f}M{act}  "
+            f"FLOPs/example {s['flops_per_example'] / 1e6:8.1f}M  ({s['deviation']:+.1%} of target)")
 
 
 def _slug(s: str) -> str:
