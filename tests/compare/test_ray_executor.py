@@ -152,7 +152,7 @@ def test_the_output_directory_check_runs_on_the_nodes(cluster, tmp_path):
     with pytest.raises(ArchlabError, match=r"not-on-the-nodes: Ray node .* has no such directory"):
         ex.check_shared(tmp_path / "out", [n for n in cluster.nodes() if n["Alive"]])
     with pytest.raises(ConfigError, match="gpus_per_job=2: the Ray cluster has no GPU"):
-        executors.make_executor(_smoke(tmp_path / "o2", "executor=ray", "gpus_per_job=2")).start(tmp_path / "o2")
+        executors.make_executor(_smoke(tmp_path / "o2", "executor=ray", "gpus_per_job=2", "train.global_batch=2")).start(tmp_path / "o2")
     with pytest.raises(ConfigError, match=r"a job needs 4 CPU\(s\).*most: 2"):
         executors.make_executor(_smoke(tmp_path / "o3", "executor=ray", "ray.cpus_per_job=4")).start(tmp_path / "o3")
 
