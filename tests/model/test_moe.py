@@ -519,3 +519,24 @@ def test_cpu_training_steps_take_grouped_mm_and_equal_the_loop(kw, monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=True):
         assert not moe_module._use_grouped_mm(x)
     assert len(calls) == n
+
+
+@pytest.mark.parametrize("arch", ["decoder", "encoder-decoder"])
+def test_moe_model_trains_under_cpu_bf16_autocast(arch):
+    # the experts' products come out bf16 under autocast while the residual stream is fp32:
+    # the combine must still run (it raised "index_add_(): self (Float) and source (BFloat16)")
+    # and give the fp32 forward's logits to bf16 precision, with gradients on every expert
+    cfg = ModelConfig(arch=arch, vocab_size=32, d_model=C, n_heads=2, n_layers=2, d_ff=24, ffn="E*",
+                      moe=MoEConfig(n_experts=4, top_k=2), max_seq_len=16)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    ids = torch.randint(0, 32, (2, 8))
+    kw = {"decoder_input_ids": ids} if arch == "encoder-decoder" else {}
+    ref = model(ids, **kw).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, **kw).logits
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.05)
+    out.float().square().mean().backward()
+    experts = [p for n, p in model.named_parameters() if "w_in" in n]
+    assert experts and all(p.grad is not None and p.grad.abs().sum() > 0 for p in experts)

@@ -310,7 +310,10 @@ class MoE(nn.Module):
         counts = run_t.tolist()
         y = self.experts(flat.index_select(0, token), counts)  # (M, C)
         y = y * gate[:, None].to(y.dtype)
-        out = torch.zeros_like(flat).index_add_(0, token, y)  # (N, C)
+        # summed in the residual stream's dtype: under CPU/GPU autocast the experts' products
+        # come out bf16 while ``flat`` is fp32 (index_add_ takes one dtype); fp32 also keeps the
+        # k contributions' sum exact to the residual's precision, as a dense FFN's output is added
+        out = torch.zeros_like(flat).index_add_(0, token, y.to(flat.dtype))  # (N, C)
         if self.shared is not None:
             out = out + self.shared(flat)
         if record:
