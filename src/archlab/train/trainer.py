@@ -331,8 +331,10 @@ class Trainer:
         result: dict[str, float] = {}
         if n_tok:
             result["loss"] = total / n_tok
-            if getattr(self.objective, "base", self.objective).name in ("classification", "contrastive"):
-                # (contrastive: in-batch top-1 accuracy, query -> its positive)
+            if getattr(self.objective, "base", self.objective).name in ("classification", "contrastive",
+                                                                        "token-classification"):
+                # (contrastive: in-batch top-1 accuracy, query -> its positive; token
+                # classification: accuracy over the labelled tokens)
                 result["accuracy"] = n_correct / n_tok
             else:
                 result["ppl"] = math.exp(min(result["loss"], 50.0))

@@ -56,6 +56,15 @@ def _quality_line(w: S.Winner, by: dict[str, dict[str, Any]], key: str, label: s
     return line + "."
 
 
+# what each family's tag is computed from (objectives/tokcls.py): part of reading a NER table
+TAGGING_LAYOUTS = (
+    "Tagging layouts: encoder entries (pretrained ones too) tag from bidirectional states; the "
+    "**decoder's tags see only the left context** (causal mask: a word is tagged before the words "
+    "after it are read); the prefix-LM reads the whole sentence as one bidirectional prefix; the "
+    "encoder-decoder tags from its encoder's states (its decoder does not run, so its decoder weights "
+    "count in Params, not in FLOPs). A word's tag is its first sub-token's.")
+
+
 def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, Any]], *,
             spike_list: list[dict[str, Any]] | None = None,
             tuning: list[dict[str, Any]] | None = None, tune_metric: str = "val_loss") -> list[str]:
@@ -78,6 +87,8 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
                 lines.append(_quality_line(w, by, key, label, at + ": ", short=i > 0))
             lines.append(_crossing_line(ws))
     lines += _ablation_lines(agg, task_kind, key, label)
+    if task_kind == "tags":
+        lines.append(TAGGING_LAYOUTS)
     lines += _tuning_lines(agg, tuning, tune_metric)
     lines += _moe_lines(agg, results)
     if spike_list is not None and any(r.get("train_curve") for r in results):
@@ -104,8 +115,8 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
         ranked = sorted(lat, key=lambda a: a["latency_ms_per_example"])
         f = ranked[0]
         kv = min(lat, key=lambda a: decode_state_bytes(a) or float("inf"))
-        if task_kind == "label":  # no decoding: the pooled head's batched time per example
-            line = (f"Inference cost: **{f['entry']}** classifies fastest "
+        if task_kind in ("label", "tags"):  # no decoding: the head's batched time per example
+            line = (f"Inference cost: **{f['entry']}** {'tags' if task_kind == 'tags' else 'classifies'} fastest "
                     f"({_fmt(f['latency_ms_per_example'], 2)} ms per example, batched)")
         elif task_kind == "pairs":  # retrieval: embed the queries, rank the pre-embedded pool
             line = (f"Search cost: **{f['entry']}** answers the most queries per second "

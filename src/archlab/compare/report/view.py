@@ -195,8 +195,9 @@ def build_view(cfg: Any, *, rows: list[dict[str, Any]], agg: list[dict[str, Any]
              f"(typical example {shape.src_len:.1f} + {shape.tgt_len:.1f} tokens); "
              f"{len(cfg.seeds)} seed(s) per entry{_largest_seeds(cfg, scales)}; {steps_txt} of "
              f"{cfg.train.tokens_per_batch} padded tokens; "
-             + (f"decoding with beam {cfg.decode.num_beams}; " if task_kind != "pairs" else
-                f"retrieval over the {_pool(rows)} test pairs; ")
+             + (f"retrieval over the {_pool(rows)} test pairs; " if task_kind == "pairs" else
+                "every test word tagged (entity-level F1, conlleval's definition); " if task_kind == "tags" else
+                f"decoding with beam {cfg.decode.num_beams}; ")
              + f"total wall time {wall_time_s / 60:.1f} min.")
     head, table = _main_table(agg, task_kind, rows)
     legend = column_legend(head)
