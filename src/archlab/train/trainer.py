@@ -542,8 +542,9 @@ class Trainer:
 
     @staticmethod
     def _n_targets(batch: Batch) -> int:
-        if "labels" in batch:
-            return int((batch["labels"] != -100).sum())
+        for key in ("labels", "tag_labels"):  # (tag_labels: token classification's tags)
+            if key in batch:
+                return int((batch[key] != -100).sum())
         return int(batch["class_labels"].numel())
 
 

@@ -54,6 +54,9 @@ COLUMN_NOTES: dict[str, str] = {
     "R@10": "share of queries whose partner is among the top 10",
     "queries/s": "queries embedded in batches and ranked against the whole pool, its candidates embedded "
                  "beforehand (ms/ex: per query, batched)",
+    "entity F1": "micro F1 over the test entities, conlleval's definition (type and both boundaries must "
+                 "match; a word's tag is its first sub-token's)",
+    "token acc": "share of test words whose tag is right, O included",
 }
 
 
