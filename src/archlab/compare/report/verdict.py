@@ -21,7 +21,7 @@ LATENCY_TIE = 0.10
 # Models that read their input fall to the score of unrelated text (BLEU of about 1-2).
 ABLATION_KEEP = 0.5
 ABLATION_MIN_SCORE = 1.0  # below this the normal score is itself noise; no ratio is judged
-FINE_METRICS = ("mrr", "recall_at_1", "recall_at_10")  # scores in [0, 1] shown with 3 decimals
+FINE_METRICS = ("mrr", "recall_at_1", "recall_at_10", "f1")  # scores in [0, 1] shown with 3 decimals
 
 
 def _quality_line(w: S.Winner, by: dict[str, dict[str, Any]], key: str, label: str, prefix: str,
@@ -29,7 +29,8 @@ def _quality_line(w: S.Winner, by: dict[str, dict[str, Any]], key: str, label: s
     d = 3 if key in FINE_METRICS else 2
     lead = by[w.leader]
     if w.runner_up is None:
-        return f"{prefix}**{w.leader}** is the only entry with a {label} ({_pm(lead, key, d)})."
+        article = "an" if label[:1].lower() in "aeiou" else "a"
+        return f"{prefix}**{w.leader}** is the only entry with {article} {label} ({_pm(lead, key, d)})."
     second = by[w.runner_up]
     n_seeds = len(lead["seeds"])
     test = lead.get("test") or second.get("test")

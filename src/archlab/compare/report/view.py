@@ -28,7 +28,8 @@ from archlab.compare.report.tables import (
 SIGNIFICANCE_NOTE = (
     "Significance: at each budget every entry is compared with the best one on the same test "
     "examples by paired bootstrap resampling (Koehn 2004; {n} resamples; BLEU/chrF with sacrebleu's "
-    "own test, accuracy and ROUGE-L per example, MRR by each query's reciprocal rank), seed paired with "
+    "own test, accuracy and ROUGE-L per example, MRR by each query's reciprocal rank, entity F1 "
+    "recomputed from each resample's summed entity counts), seed paired with "
     "seed (by seed id); `p vs best` is the "
     "largest p-value over the seed pairings, `95% CI` the bootstrap half-width of the entry's own score. "
     "A winner is called only at p < 0.05 and, with several seeds, a gap larger than the seed-to-seed "
