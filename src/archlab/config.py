@@ -457,6 +457,9 @@ class ModelConfig:
     lm_head_bias: bool = False  # output bias (BERT MLM decoder bias, BART final_logits_bias)
     mlm_transform: bool = True  # encoder MLM head: dense + activation + norm before output
     n_classes: int = 0  # > 0 adds a sequence-classification head
+    # > 0 adds a token-classification head (one tag per token: NER's BIO tags), a linear map of
+    # every final hidden state (BERT's BertForTokenClassification, Devlin et al. 2019 Sec. 4.3)
+    n_tags: int = 0
     pooling: Pooling = "auto"  # classification pooling; auto picks per family
     cls_activation: ClsActivation = "tanh"  # classifier's hidden activation (DistilBERT: relu)
     init_std: float = 0.02
@@ -626,6 +629,8 @@ class ModelConfig:
                           f"{self.encoder_layers}+{self.decoder_layers}")
         if self.n_classes < 0:
             raise bad("n_classes", f"must be >= 0, got {self.n_classes}")
+        if self.n_tags < 0:
+            raise bad("n_tags", f"must be >= 0, got {self.n_tags}")
         if self.pooling == "decoder" and self.arch != "encoder-decoder":
             raise bad("pooling", f"'decoder' pooling needs arch encoder-decoder (arch is "
                                  f"{self.arch}); choose auto, first, last or mean")

@@ -56,7 +56,7 @@ def counted(fn) -> int:
 
 def cfg_for(arch: str, **kw) -> ModelConfig:
     base = dict(arch=arch, vocab_size=V, d_model=32, n_heads=4, n_layers=2, d_ff=48, max_seq_len=128,
-                n_classes=3, pad_token_id=SP.pad, bos_token_id=SP.bos, eos_token_id=SP.eos)
+                n_classes=3, n_tags=5, pad_token_id=SP.pad, bos_token_id=SP.bos, eos_token_id=SP.eos)
     base.update(kw)
     return ModelConfig(**base)
 
@@ -97,6 +97,7 @@ OBJECTIVES = {  # objective -> families it runs on
     "causal-lm": ("decoder", "prefix-lm", "encoder-decoder"),
     "masked-lm": ("encoder",),
     "classification": ("encoder", "decoder", "prefix-lm", "encoder-decoder"),
+    "token-classification": ("encoder", "decoder", "prefix-lm", "encoder-decoder"),
 }
 CASES = [(arch, obj) for obj, archs in OBJECTIVES.items() for arch in archs]
 
@@ -107,6 +108,10 @@ def _examples(objective: str, s: int, t: int, B: int) -> tuple[list[Example], Sh
         return [Example(src=text(s, i), tgt=text(t, 100 + i)) for i in range(B)], Shape(s, t)
     if objective == "classification":
         return [Example(ids=text(s, i), label=i % 3) for i in range(B)], Shape(s, 0)
+    if objective == "token-classification":  # words of one or two pieces
+        wids = [k // 2 for k in range(s)]
+        return [Example(ids=text(s, i), word_ids=wids, tags=[(w + i) % 5 for w in range(wids[-1] + 1)])
+                for i in range(B)], Shape(s, 0)
     return [Example(ids=text(s, i)) for i in range(B)], Shape(s, 0)
 
 
@@ -160,6 +165,21 @@ def test_contrastive_count_is_the_sum_of_the_two_towers(arch):
     assert f.forward != 2 * tower(s + 2).forward
     exs = [Example(src=text(s, i), tgt=text(t, 100 + i)) for i in range(B)]
     assert loss_flops(cfg, "contrastive", exs) == 2 * B * tower(s + 2).matmul + 2 * B * B * cfg.d_model
+
+
+@pytest.mark.parametrize("arch", ["encoder", "decoder", "prefix-lm", "encoder-decoder"])
+def test_token_classification_of_probe_answers(arch):
+    """mqar by token classification: the row <cls> source <sep> target through the family's
+    tagging path and the LM head at the answer slots only (``Shape.predicted`` of them)."""
+    cfg = cfg_for(arch, n_tags=0)
+    s, t, B = 12, 16, 2
+    given = [j for j in range(t) if j % 4 != 1]  # 4 answer slots of 16
+    exs = [Example(src=text(s, i), tgt=text(t, 50 + i), tgt_given=given) for i in range(B)]
+    f = example_flop_count(cfg, Shape(s, t, predicted=4), "token-classification")
+    d = cfg.d_model
+    assert f.head == 4 * (2 * d * V + (2 * d * d if arch == "encoder" else 0))  # (+ the encoder's MLM transform)
+    assert loss_flops(cfg, "token-classification", exs) == B * f.matmul
+    assert example_flop_count(cfg, Shape(s, t), "token-classification").head > f.head  # default: every slot
 
 
 @pytest.mark.parametrize("pooling", ["mean", "first", "decoder"])

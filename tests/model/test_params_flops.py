@@ -20,7 +20,7 @@ def n_params(model) -> int:
                                                 [False, True], [False, True])))
 def test_count_params_matches_built_model(arch, position, norm, activation, bias, tie):
     cfg = tiny(arch, position=position, norm=norm, activation=activation, bias=bias,
-               tie_embeddings=tie, n_kv_heads=2, n_classes=3, embedding_norm=bias,
+               tie_embeddings=tie, n_kv_heads=2, n_classes=3, n_tags=5 if bias else 0, embedding_norm=bias,
                type_vocab_size=2 if bias else 0, lm_head_bias=bias, position_offset=2 if bias else 0)
     assert count_params(cfg).total == n_params(build_model(cfg))
 

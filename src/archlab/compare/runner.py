@@ -28,15 +28,17 @@ from archlab.errors import ArchlabError, ConfigError
 from archlab.objectives.layout import TaskLayout
 from archlab.train.config import ObjectiveConfig, RunConfig
 
-NATURAL_OBJECTIVE = {"pair": "seq2seq", "label": "classification", "text": "causal-lm", "pairs": "contrastive"}
+NATURAL_OBJECTIVE = {"pair": "seq2seq", "label": "classification", "text": "causal-lm", "pairs": "contrastive",
+                     "tags": "token-classification"}
 TASK_KIND_ARCHS = {
     "pair": ("decoder", "prefix-lm", "encoder-decoder"),
     "text": ("decoder", "prefix-lm", "encoder-decoder", "encoder"),
     "label": ("encoder", "decoder", "prefix-lm", "encoder-decoder"),
     "pairs": ("encoder", "decoder", "prefix-lm", "encoder-decoder"),  # bi-encoders of every family
+    "tags": ("encoder", "decoder", "prefix-lm", "encoder-decoder"),  # taggers of every family
 }
 # the validation task metric of each kind (tune.metric: task; pair: decoded, pairs: retrieved)
-TASK_METRIC = {"pair": "bleu", "label": "accuracy", "pairs": "mrr"}
+TASK_METRIC = {"pair": "bleu", "label": "accuracy", "pairs": "mrr", "tags": "f1"}
 RETRIEVAL_K = 10  # the largest k of recall@k: a retrieval pool must hold at least this many
 
 
@@ -59,13 +61,13 @@ def resolved_entries(cfg: CompareConfig, kind: str) -> list[EntryConfig]:
 def pair_budgets(cfg: CompareConfig, kind: str) -> tuple[int | None, int | None]:
     """Source and target token budgets shared by every entry: ``train.max_source_len`` /
     ``train.max_target_len``, else ``train.max_len - 1`` each (pair tasks; retrieval pairs
-    ``max_len - 2`` each; label tasks only cut the text, to ``max_len - 2``)."""
+    ``max_len - 2`` each; label and tags tasks only cut the text, to ``max_len - 2``)."""
     t = cfg.train
     if kind == "pair":
         return (t.max_source_len or t.max_len - 1, t.max_target_len or t.max_len - 1)
     if kind == "pairs":  # each text its own row <cls> text <sep>
         return (t.max_source_len or t.max_len - 2, t.max_target_len or t.max_len - 2)
-    if kind == "label":
+    if kind in ("label", "tags"):  # one text framed <cls> text <sep>
         return (t.max_source_len or t.max_len - 2, None)
     return (None, None)
 
@@ -186,7 +188,8 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
         plan = [(sc, seed, None) for sc, seeds in scale_seeds(cfg) for seed in seeds]
     for i, e in enumerate(entries):
         objective = e.objective or NATURAL_OBJECTIVE[kind]
-        if e.arch not in TASK_KIND_ARCHS[kind]:
+        # (an encoder answers the mqar probe by token classification: objectives/tokcls.py)
+        if e.arch not in TASK_KIND_ARCHS[kind] and not (kind == "pair" and objective == "token-classification"):
             raise ConfigError(f"entry {e.label}: arch {e.arch} cannot do a {kind} task; choose one of: "
                               f"{', '.join(TASK_KIND_ARCHS[kind])}")
         tpe = float(tokens_per_example[e.label] if isinstance(tokens_per_example, Mapping) else tokens_per_example)
@@ -201,7 +204,7 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
             steps = _scaled_steps(cfg.train.steps, scale, cfg.budget.scale_model)
             if "steps_factor" in s:  # budget.match total_flops: the entry's share of the steps
                 steps = max(1, round(steps * s["steps_factor"]))
-            tr: dict[str, Any] = {"seed": seed, "steps": steps, "max_len": layout.context(e.arch),
+            tr: dict[str, Any] = {"seed": seed, "steps": steps, "max_len": layout.context(e.arch, objective),
                                   "max_source_len": src_budget, "max_target_len": tgt_budget}
             ev = cfg.eval
             tr.update(e.train)  # the entry's own optimiser settings (ENTRY_TRAIN_KEYS); tuning wins
@@ -219,7 +222,7 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
                 assert cfg.tune is not None
                 task_metric = cfg.tune.metric == "task"
                 metric = TASK_METRIC.get(kind, "accuracy") if task_metric else "loss"
-                decode_examples = cfg.tune.decode_examples if task_metric and kind in ("pair", "pairs") else 0
+                decode_examples = cfg.tune.decode_examples if task_metric and kind in ("pair", "pairs", "tags") else 0
                 name = "-".join(f"{k[:2]}{_tag(v)}" for k, v in cand.items() if v is not None)
                 if full:  # the budget's own run length, checkpoints and evaluations
                     ev = _full_tune_eval(cfg, kind)
@@ -318,11 +321,11 @@ def entry_tokens_per_example(cfg: CompareConfig, entries: list[EntryConfig], ds:
     from archlab.train.run import examples_for_objective
 
     layout = task_layout(cfg, kind)
-    sample = tokenize_examples(ds.train[:n], tok)
+    sample = tokenize_examples(ds.train[:n], tok, ds.label_names if kind == "tags" else None)
     out = {}
     for e in entries:
         name = e.objective or NATURAL_OBJECTIVE[kind]
-        obj = make_objective(name, tok.special, e.arch, layout.context(e.arch), max_source_len=layout.max_source,
+        obj = make_objective(name, tok.special, e.arch, layout.context(e.arch, name), max_source_len=layout.max_source,
                              max_target_len=layout.max_target, **dict(e.objective_options))
         out[e.label] = counted_tokens(obj, examples_for_objective(sample, name))
     return out
@@ -348,7 +351,7 @@ def _full_tune_eval(cfg: CompareConfig, kind: str) -> Any:
     assert cfg.tune is not None
     if cfg.tune.metric != "task":
         return replace(cfg.eval, metric="loss")
-    scored = kind in ("pair", "pairs")  # decoded / retrieved validation examples
+    scored = kind in ("pair", "pairs", "tags")  # decoded / retrieved / tagged validation examples
     return replace(cfg.eval, metric=TASK_METRIC.get(kind, "accuracy"),
                    decode_examples=max(cfg.eval.decode_examples, cfg.tune.decode_examples) if scored
                    else cfg.eval.decode_examples)
@@ -360,19 +363,21 @@ def _data_cls() -> Any:
     return DataConfig
 
 
-def validate(cfg: CompareConfig, entries: list[EntryConfig], kind: str, n_classes: int) -> None:
+def validate(cfg: CompareConfig, entries: list[EntryConfig], kind: str, n_classes: int, *, n_tags: int = 0,
+             task: str | None = None) -> None:
     """Check the whole compare before any work: every entry's model, and every job's resolved
-    run config (each scale, seed and tuning candidate), with a stand-in vocabulary (the
-    tokenizer is trained later). Raises ConfigError naming the entry and key."""
+    run config (each scale, seed and tuning candidate) and that its objective reads the task's
+    data (``task``: the loaded dataset's name), with a stand-in vocabulary (the tokenizer is
+    trained later). Raises ConfigError naming the entry and key."""
     from archlab.train.config import run_config_from_dict
-    from archlab.train.run import check_objective
+    from archlab.train.run import _check_objective_data, check_objective
 
     class _Tok:  # stand-in for the tokenizer: sizes and special ids only
         vocab_size = cfg.tokenizer.vocab_size
         from archlab.objectives import SpecialTokens as _S
         special = _S()
 
-    base = [entry_model_config(cfg, e, _Tok, n_classes) for e in entries]
+    base = [entry_model_config(cfg, e, _Tok, n_classes, n_tags=n_tags) for e in entries]
     stand_in = {sc: [{"model": m, "params": 0, "flops_per_example": 0, "rule": "", "deviation": 0.0,
                       "value": 0.0, "target": 0.0, "entry": e.label} for m, e in zip(base, entries)]
                 for sc in {*cfg.budget.scales, 1.0}}
@@ -390,6 +395,8 @@ def validate(cfg: CompareConfig, entries: list[EntryConfig], kind: str, n_classe
         typed = run_config_from_dict(d, where=where)
         try:
             check_objective(typed, job.arch)
+            if job.kind != "pretrain":  # (pretraining reads its own data, checked when it runs)
+                _check_objective_data(typed, kind, task)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
 
@@ -447,17 +454,27 @@ def prepare(cfg: CompareConfig, ds: Any, kind: str) -> tuple[Path, Any, Shape]:
     if ds.kind in ("pair", "pairs"):
         shape = Shape(float(np.mean([min(len(e.src), src_b) for e in ex])),
                       float(np.mean([min(len(e.tgt), tgt_b) for e in ex])))
+        if any(e.tgt_given for e in ex):  # probe answers among given tokens (mqar): the scored slots
+            given = [set(e.tgt_given or ()) for e in ex]
+            shape.predicted = float(np.mean([sum(j not in g for j in range(min(len(e.tgt), tgt_b)))
+                                             for e, g in zip(ex, given)]))
     else:
         shape = Shape(float(np.mean([min(len(e.ids), src_b or len(e.ids)) for e in ex])), 0.0)
     return out, tok, shape
 
 
-def base_model_config(cfg: CompareConfig, entry: EntryConfig, tok: Any, n_classes: int) -> ModelConfig:
+def base_model_config(cfg: CompareConfig, entry: EntryConfig, tok: Any, n_classes: int, *,
+                      n_tags: int = 0) -> ModelConfig:
+    """An entry's unsized model: the compare's base block in the entry's architecture, with the
+    tokenizer's vocabulary and the task's heads (``n_classes``: a label task's classes;
+    ``n_tags``: a tags task's tags)."""
     sp = tok.special
     data = {**cfg.model, **entry.model, "arch": entry.arch, "vocab_size": tok.vocab_size,
             "pad_token_id": sp.pad, "bos_token_id": sp.bos, "eos_token_id": sp.eos}
     if n_classes:
         data["n_classes"] = n_classes
+    if n_tags:
+        data["n_tags"] = n_tags
     if not any(k in entry.model for k in ("n_layers", "n_encoder_layers", "n_decoder_layers")):
         # sizing picks the depth: a layer pattern is a unit repeated to it ("MMA" -> "MMA*")
         for key in ("layers", "ffn"):
@@ -469,15 +486,18 @@ def base_model_config(cfg: CompareConfig, entry: EntryConfig, tok: Any, n_classe
         raise ConfigError(f"entry {entry.label}: {e}") from None
 
 
-def entry_model_config(cfg: CompareConfig, entry: EntryConfig, tok: Any, n_classes: int) -> ModelConfig:
+def entry_model_config(cfg: CompareConfig, entry: EntryConfig, tok: Any, n_classes: int, *,
+                       n_tags: int = 0) -> ModelConfig:
     """An entry's unsized model: its checkpoint's (``init_from``, with the entry's model
-    overrides) or the compare's base block in the entry's architecture."""
+    overrides and a fresh head for the task's classes or tags) or the compare's base block in
+    the entry's architecture."""
     if not entry.init_from:
-        return base_model_config(cfg, entry, tok, n_classes)
+        return base_model_config(cfg, entry, tok, n_classes, n_tags=n_tags)
     from archlab.compare.config import checkpoint_model_config
 
     m = checkpoint_model_config(entry.init_from, f"entry {entry.label}: init_from")
-    changes = {**entry.model, **({"n_classes": n_classes} if n_classes else {})}
+    changes = {**entry.model, **({"n_classes": n_classes} if n_classes else {}),
+               **({"n_tags": n_tags} if n_tags else {})}
     try:
         return replace(m, **changes)
     except (ConfigError, TypeError) as e:
@@ -485,19 +505,19 @@ def entry_model_config(cfg: CompareConfig, entry: EntryConfig, tok: Any, n_class
 
 
 def size_entries(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape: Shape, n_classes: int,
-                 scale: float = 1.0, kind: str = "pair") -> list[dict[str, Any]]:
+                 scale: float = 1.0, kind: str = "pair", *, n_tags: int = 0) -> list[dict[str, Any]]:
     """Sized model config per entry, plus the sizing record printed and saved. With
     ``budget.scale_model`` the target is multiplied by ``scale``."""
     b = cfg.budget
     if b.match == "total_flops":
-        return _steps_matched(cfg, entries, tok, shape, n_classes, kind)
+        return _steps_matched(cfg, entries, tok, shape, n_classes, kind, n_tags=n_tags)
     if b.target is not None:
         target = float(b.target)
         how = f"target {target:.4g} given"
     else:
         # the first entry of the reference arch, a sized one if any (else a checkpoint's size)
         ref_entry = min((e for e in entries if e.arch == b.reference), key=lambda e: e.init_from is not None)
-        ref = entry_model_config(cfg, ref_entry, tok, n_classes)
+        ref = entry_model_config(cfg, ref_entry, tok, n_classes, n_tags=n_tags)
         target = measure(ref, b.match, shape, ref_entry.objective or NATURAL_OBJECTIVE[kind], ref_entry.objective_options)
         how = f"target = {b.reference} base model ({ref.n_layers}{'+' + str(ref.n_layers) if ref.arch == 'encoder-decoder' else ''} layers, d_model {ref.d_model})"
     if b.scale_model and scale != 1.0:
@@ -505,7 +525,7 @@ def size_entries(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape
         how += f" x scale {scale:g}"
     sized = []
     for e in entries:
-        base = entry_model_config(cfg, e, tok, n_classes)
+        base = entry_model_config(cfg, e, tok, n_classes, n_tags=n_tags)
         fixed_depth = any(k in e.model for k in ("n_layers", "n_encoder_layers", "n_decoder_layers", "d_ff"))
         ob = (e.objective or NATURAL_OBJECTIVE[kind], e.objective_options)  # FLOPs of what it runs
         if e.init_from:
@@ -533,7 +553,7 @@ def size_entries(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape
 
 
 def _steps_matched(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape: Shape, n_classes: int,
-                   kind: str) -> list[dict[str, Any]]:
+                   kind: str, *, n_tags: int = 0) -> list[dict[str, Any]]:
     """``budget.match: total_flops``: every entry keeps its own model and trains the steps that
     give it the reference entry's total training FLOPs. All entries read the same batches in the
     same order (one TaskLayout), so an entry with k times fewer FLOPs per example trains k times
@@ -545,7 +565,7 @@ def _steps_matched(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, sha
         ref_i = next(i for i, e in enumerate(entries) if e.arch == b.reference)
     sized = []
     for e in entries:
-        m = entry_model_config(cfg, e, tok, n_classes)
+        m = entry_model_config(cfg, e, tok, n_classes, n_tags=n_tags)
         ob = (e.objective or NATURAL_OBJECTIVE[kind], e.objective_options)
         sized.append({"entry": e.label, "arch": e.arch, "model": m, "params": measure(m, "params", shape),
                       "flops_per_example": measure(m, "flops", shape, *ob), "scale": 1.0,
@@ -634,7 +654,8 @@ def measure_latency(cfg: CompareConfig, out: Path, ds: Any, tok: Any, jobs: list
         return
     path = out / "latency.json"
     done: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
-    todo = [j for j in jobs if j.run_dir not in done]
+    # (a token-classification entry of a probe answers without decoding: no decoding latency)
+    todo = [j for j in jobs if j.run_dir not in done and j.objective != "token-classification"]
     if todo:
         torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
         opts = DecodeOptions(**to_dict(cfg.decode), max_source_len=pair_budgets(cfg, ds.kind)[0])
@@ -648,7 +669,7 @@ def measure_latency(cfg: CompareConfig, out: Path, ds: Any, tok: Any, jobs: list
             path.write_text(json.dumps(done, indent=1))
             del models
     for job, res in zip(jobs, results):
-        res["latency_ms_per_example"] = done[job.run_dir]
+        res["latency_ms_per_example"] = done.get(job.run_dir, math.nan)
 
 
 def measure_search_speed(cfg: CompareConfig, out: Path, ds: Any, tok: Any, jobs: list[JobSpec],
@@ -700,25 +721,27 @@ def compare(cfg: CompareConfig) -> Path:
     ds = load_dataset(from_dict(_data_cls(), cfg.data, prefix="data"))
     kind = ds.kind
     n_classes = len(ds.label_names) if kind == "label" and ds.label_names else 0
+    n_tags = len(ds.label_names) if kind == "tags" and ds.label_names else 0
     entries = resolved_entries(cfg, kind)
-    validate(cfg, entries, kind, n_classes)  # before anything is written
+    validate(cfg, entries, kind, n_classes, n_tags=n_tags, task=ds.name)  # before anything is written
     if kind == "pairs":
         check_retrieval_pool(cfg, ds)
     try:
         # (before the tokenizer is trained: a cluster that cannot run the jobs is said at once)
         executor.start(cfg.run_dir)
-        return _compare(cfg, executor, t0, ds, kind, n_classes, entries)
+        return _compare(cfg, executor, t0, ds, kind, n_classes, entries, n_tags=n_tags)
     finally:
         executor.close()
 
 
 def _compare(cfg: CompareConfig, executor: Any, t0: float, ds: Any, kind: str, n_classes: int,
-             entries: list[EntryConfig]) -> Path:
+             entries: list[EntryConfig], *, n_tags: int = 0) -> Path:
     from archlab.compare.report import write_report
 
     out, tok, shape = prepare(cfg, ds, kind)
     tokens_per_example = entry_tokens_per_example(cfg, entries, ds, tok, kind)
-    sized = {sc: size_entries(cfg, entries, tok, shape, n_classes, sc if cfg.budget.scale_model else 1.0, kind)
+    sized = {sc: size_entries(cfg, entries, tok, shape, n_classes, sc if cfg.budget.scale_model else 1.0, kind,
+                              n_tags=n_tags)
              for sc in sorted({*cfg.budget.scales, 1.0})}
     (out / "sizing.json").write_text(json.dumps(
         {"match": cfg.budget.match, "shape": shape.__dict__,

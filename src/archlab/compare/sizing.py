@@ -46,6 +46,10 @@ class Shape:
 
     src_len: float
     tgt_len: float
+    # target positions that carry a loss, where fewer than all (a probe's answers among given
+    # tokens, ``Example.tgt_given``); None: every target position. Only token-classification's
+    # count reads it (its LM head runs at the answer slots alone)
+    predicted: float | None = None
 
     @property
     def total(self) -> float:
@@ -62,6 +66,11 @@ def example_flop_count(cfg: ModelConfig, shape: Shape, objective: str | None = N
       decoder; prefix-LM with the whole text as its prefix; an encoder-decoder's encoder
       alone), no head. The B x B similarity matrix of a batch (2 B C FLOPs per example, under
       0.1 % at compare widths) depends on the batch, not the example, and is not counted;
+    - token-classification: ``<cls> text <sep>`` through the family's tagging path (encoder;
+      decoder, causal; prefix-LM with the whole row as its prefix; an encoder-decoder's encoder
+      alone) and the token-classification head at every position; on pair data (the mqar
+      probe) the row ``<cls> source <sep> target`` and the LM head at the
+      ``shape.predicted`` answer slots (default: every target position);
     - classification: ``<cls> text <sep>`` through the family's pooling path (an
       encoder-decoder runs one decoder step when it pools from the decoder) and the
       classification head; no LM head;
@@ -88,6 +97,13 @@ def example_flop_count(cfg: ModelConfig, shape: Shape, objective: str | None = N
         q, p = _tower_flops(cfg, s + 2), _tower_flops(cfg, t + 2)
         return FlopCount(q.encoder + p.encoder, q.decoder + p.decoder, 0, q.forward + p.forward,
                          q.train + p.train, q.elementwise + p.elementwise)
+    if objective == "token-classification":
+        n = s + t + 2
+        head: Any = "tokens" if t == 0 else "lm"
+        k = n if t == 0 else (round(shape.predicted) if shape.predicted is not None else t)
+        if arch in ("encoder", "encoder-decoder"):  # (an encoder-decoder: its encoder alone)
+            return flops_per_example(cfg, src_len=n, predicted=k, head=head)
+        return flops_per_example(cfg, tgt_len=n, prefix_len=n if arch == "prefix-lm" else 0, predicted=k, head=head)
     if objective == "classification":
         n = s + t + 2
         if arch == "encoder":
@@ -99,7 +115,8 @@ def example_flop_count(cfg: ModelConfig, shape: Shape, objective: str | None = N
         return flops_per_example(cfg, tgt_len=n, prefix_len=n if arch == "prefix-lm" else 0,
                                  head="classification")
     if arch == "encoder" and objective != "masked-lm":
-        raise ValueError(f"objective {objective} does not run on arch encoder (masked-lm, classification do)")
+        raise ValueError(f"objective {objective} does not run on arch encoder (masked-lm, classification, "
+                         "token-classification, contrastive do)")
     n = s + t  # the text of a text task
     if objective == "masked-lm":
         k = max(1, round(float(o.get("rate", 0.15)) * n)) if n else 0
@@ -118,8 +135,8 @@ def example_flop_count(cfg: ModelConfig, shape: Shape, objective: str | None = N
         masks = max(1, round(budget / float(o.get("poisson_lambda", 3.0)))) if budget else 0
         s, t = n - budget + masks, n
     elif objective != "seq2seq":
-        raise ValueError(f"objective {objective!r}: choose classification, contrastive, masked-lm, causal-lm, "
-                         "prefix-lm, seq2seq, span-corruption or denoising")
+        raise ValueError(f"objective {objective!r}: choose classification, token-classification, contrastive, "
+                         "masked-lm, causal-lm, prefix-lm, seq2seq, span-corruption or denoising")
     if arch == "encoder-decoder":
         return flops_per_example(cfg, src_len=s + 1, tgt_len=t + 1)
     # decoder-only layout: <bos> src <sep> tgt <eos>, loss (and LM head) on the target only

@@ -152,6 +152,41 @@ def paired_bootstrap_mean(system: Sequence[float], baseline: Sequence[float], *,
                         ci=float((s_hi - s_lo) / 2), p_value=min(p, 1.0), ci_low=float(lo), ci_high=float(hi))
 
 
+def _f1(counts: np.ndarray) -> np.ndarray:
+    """Entity F1 2 C / (P + G) from summed (..., 3) counts [correct, predicted, gold] (0 where
+    nothing was predicted or to find)."""
+    c, p, g = counts[..., 0], counts[..., 1], counts[..., 2]
+    den = p + g
+    return np.where(den > 0, 2.0 * c / np.maximum(den, 1), 0.0)
+
+
+def paired_bootstrap_f1(system: Sequence[Sequence[int]], baseline: Sequence[Sequence[int]], *,
+                        n_samples: int = 1000, seed: int = 0) -> PairedResult:
+    """Paired bootstrap of the difference in corpus entity F1 (NER): per sentence the
+    [correct, predicted, gold] entity counts of ``system`` and ``baseline`` on the same
+    sentences. F1 is not a mean of per-sentence scores, so each resample of sentences (the same
+    indices for both) sums the counts and recomputes F1 from them, as sacrebleu does for BLEU
+    (Koehn 2004); p-value and intervals as :func:`paired_bootstrap_mean`."""
+    a = np.asarray(system, dtype=np.float64)
+    b = np.asarray(baseline, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] != 3:
+        raise ValueError(f"entity counts need equal (N, 3) shapes, got {a.shape} and {b.shape}")
+    if len(a) < 2:
+        raise ValueError(f"a paired bootstrap needs at least 2 examples, got {len(a)}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(n_samples, len(a)))  # (S, N)
+    fa, fb = _f1(a[idx].sum(axis=1)), _f1(b[idx].sum(axis=1))  # (S,) each
+    score = float(_f1(a.sum(axis=0)))
+    obs = score - float(_f1(b.sum(axis=0)))
+    boot = fa - fb
+    centred = boot - boot.mean()
+    p = (int(np.sum(np.abs(centred) >= abs(obs) - 1e-12)) + 1) / (n_samples + 1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    s_lo, s_hi = np.percentile(fa, [2.5, 97.5])
+    return PairedResult(score=score, delta=obs, mean=float(fa.mean()), ci=float((s_hi - s_lo) / 2),
+                        p_value=min(p, 1.0), ci_low=float(lo), ci_high=float(hi))
+
+
 def combine_seed_pairings(results: Sequence[PairedResult | None]) -> float | None:
     """One p-value for a comparison repeated once per seed (entry A seed s against entry B
     seed s): the largest, i.e. the difference must be significant in every pairing (the

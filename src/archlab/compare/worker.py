@@ -155,7 +155,7 @@ def evaluate_job(job: Any, ds: Any) -> dict[str, Any]:
         raise ArchlabError(f"data.task={ds.name}: the test split is empty")
     # probe tasks: answer accuracy (token_acc, exact_match, per length token_acc@N ...)
     scores = score_task(loaded.model, loaded.tokenizer, test, score_kind(ds), opts, objective=job.objective,
-                        objective_options=dict(job.run.objective.options))
+                        objective_options=dict(job.run.objective.options), label_names=ds.label_names)
     scores.pop("_outputs", None)
     rows = scores.pop("_outputs_rows", None)
     scores["outputs_path"] = None
@@ -275,7 +275,7 @@ def run(job_path: str) -> None:
         "tokens_per_example": job.tokens_per_example,
         **scores,
     }
-    if job.task_kind == "pair":  # decoding state; a classifier keeps no cache
+    if job.task_kind == "pair" and job.objective != "token-classification":  # decoding state; a classifier keeps none
         kv = kv_cache_bytes(mcfg, shape["src_len"], shape["tgt_len"], beams)
         state = ssm_state_bytes(mcfg, beams)
         result["kv_cache_bytes_per_example"] = kv
@@ -326,7 +326,8 @@ def _tune_result(job: Any, ds: Any, run_dir: Path) -> None:
     from archlab.compare.runner import TASK_METRIC
 
     ev = main["last_eval"]
-    # probe tasks track token_acc (the trainer's periodic probe metric), pair tasks BLEU
+    # probe tasks track token_acc (the trainer's periodic probe metric), pair tasks BLEU, tags
+    # tasks entity F1
     metric = (ev.get("token_acc", ev.get("bleu")) if job.task_kind == "pair"
               else ev.get(TASK_METRIC.get(job.task_kind, "accuracy")))
     _write(run_dir, {"entry": job.entry, "candidate": job.candidate, "val_loss": ev.get("loss"),

@@ -258,6 +258,9 @@ def load_hf_weights(model: torch.nn.Module, path: str | Path, *, strict: bool = 
     view = _View(ckpt, family, str(ckpt.path))
     cfg: ModelConfig = model.cfg  # type: ignore[assignment]
     imp = _import_state(family, cfg, view, strict=strict, progress=progress)
+    # a token-classification head (model.n_tags, added for fine-tuning: NER) is never read
+    # from a checkpoint; it keeps its initialisation
+    imp.fresh += [k for k in model.state_dict() if k.startswith("tag_head.")]
     with torch.no_grad():
         _load_state(model, imp, family.rules(cfg, view.prefix), str(ckpt.path))
     return imp

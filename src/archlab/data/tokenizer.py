@@ -270,6 +270,38 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
 
+    def encode_words_batch(self, sentences: list[list[str]]) -> list[tuple[list[int], list[int]]]:
+        """Per sentence (a list of words), (token ids, the word index of every token).
+
+        Each sentence is encoded as its words joined by single spaces, the running text the
+        tokenizer was trained on and a model reads at inference, and each token is mapped to a
+        word by its character offsets (into the original text, whatever the normalizer did). A
+        token's word is the one holding the last character of its span; a byte-level token
+        that is only the space before a word (``Ġ`` before a split character) belongs to the
+        word it precedes. A word the tokenizer drops entirely (only characters its normalizer
+        removes) has no token."""
+        texts, owners = [], []
+        for words in sentences:
+            text = " ".join(words)
+            owner = [0] * len(text)  # character -> word; the separating space -> the next word
+            pos = 0
+            for w, word in enumerate(words):
+                if w:
+                    owner[pos] = w
+                    pos += 1
+                owner[pos : pos + len(word)] = [w] * len(word)
+                pos += len(word)
+            texts.append(text)
+            owners.append(owner)
+        out = []
+        for enc, owner in zip(self.tok.encode_batch(texts, add_special_tokens=False), owners):
+            wids = []
+            for start, end in enc.offsets:
+                c = min(max(start, end - 1), len(owner) - 1)
+                wids.append(owner[c] if owner else 0)
+            out.append((list(enc.ids), wids))
+        return out
+
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         ids = [int(i) for i in ids]
         if skip_special:

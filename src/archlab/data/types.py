@@ -37,11 +37,18 @@ class Example:
     # training (label -100) and forced, not generated, when decoding (the query keys of MQAR's
     # interleaved layout, Arora et al. 2023); None: every target token is predicted
     tgt_given: list[int] | None = None
+    # tagging (token classification): per token of ``ids``, the index of the word it belongs
+    # to; per word, its tag id, and the tag a word's later sub-tokens get (the I- tag of a
+    # B- word: ``data.tags.inside_tags``)
+    word_ids: list[int] | None = None
+    tags: list[int] | None = None
+    cont_tags: list[int] | None = None
 
 
 # text: one text per example; pair: source -> target (generation); label: text and class;
-# pairs: (query, positive) pairs for retrieval (source, target; each query's positive is unique)
-Kind = Literal["text", "pair", "label", "pairs"]
+# pairs: (query, positive) pairs for retrieval (source, target; each query's positive is unique);
+# tags: words with one tag each (named entities, BIO: token classification)
+Kind = Literal["text", "pair", "label", "pairs", "tags"]
 
 
 @dataclass
@@ -50,13 +57,16 @@ class DataConfig:
 
     task: str = "translation-en-de"  # a bundled task (archlab.data.TASKS) or "file"
     path: str | None = None  # task file: a file, or a directory with train/valid/test files
-    format: Literal["auto", "text", "jsonl", "tsv", "csv"] = "auto"
+    # conll: one ``token<TAB>tag`` line per word, a blank (or tab-only) line between sentences
+    format: Literal["auto", "text", "jsonl", "tsv", "csv", "conll"] = "auto"
     text_field: str = "text"
     source_field: str = "source"
     target_field: str = "target"
     label_field: str = "label"
-    valid_fraction: float = 0.03
-    test_fraction: float = 0.03
+    # shares of the examples held out by a seeded hash (datasets.split_by_key); None: the task's
+    # default, 0.03 each (wnut16-ner: 0.1 each, its documented 80/10/10 split)
+    valid_fraction: float | None = None
+    test_fraction: float | None = None
     seed: int = 1234  # split seed (the training order has its own seed, train.seed)
     max_examples: int | None = None  # keep a seeded sample of this many training examples
     max_source_chars: int | None = None  # pairs: drop pairs whose source is longer (all splits)
@@ -78,6 +88,10 @@ class TextExample:
     # see Example.tgt_given) and the evaluation group (e.g. "512": the input length)
     tgt_given: list[int] | None = None
     group: str | None = None
+    # tags tasks: the words of a sentence and their tag ids (``Dataset.label_names``); ``text``
+    # is the words joined by spaces (what tokenizers are trained on)
+    words: list[str] | None = None
+    tags: list[int] | None = None
 
 
 @dataclass
@@ -87,7 +101,7 @@ class Dataset:
     test: list[TextExample]
     kind: Kind
     name: str
-    label_names: list[str] | None = None
+    label_names: list[str] | None = None  # label tasks: the classes; tags tasks: the tags
     notes: dict[str, Any] = field(default_factory=dict)
     # probe tasks: every symbol the task can produce (one word-level token each, see
     # tokenizer kind ``word``) and the scoring they take ("probe": per-token accuracy and

@@ -10,7 +10,12 @@
   tokenizers are comparable (Gao et al. 2020, The Pile);
 - probe tasks (``archlab.data.probes``): accuracy per scored answer token and exact match per
   example, overall and per evaluation group (length), as the synthetic-task papers report
-  them (Arora et al. 2023; Gu & Dao 2023; Jelassi et al. 2024).
+  them (Arora et al. 2023; Gu & Dao 2023; Jelassi et al. 2024);
+- tagging (NER): entity-level precision, recall and F1 with the CoNLL shared tasks'
+  ``conlleval`` definition (Tjong Kim Sang & De Meulder 2003), which ``seqeval``'s default
+  mode implements (an entity counts only if its type and both boundaries match), and token
+  (word) accuracy. In-house, not ``seqeval``: that package pulls in scikit-learn for this one
+  function; tests/evaluate/test_metrics.py checks it on conlleval's cases.
 """
 
 from __future__ import annotations
@@ -133,3 +138,82 @@ def probe_metrics(preds: Sequence[Sequence[int]], refs: Sequence[Sequence[int]],
     if not tot:
         out.update(token_acc=0.0, exact_match=0.0)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# tagging (NER)
+# ---------------------------------------------------------------------------------------------
+def _split_tag(tag: str) -> tuple[str, str]:
+    """(prefix, type) of a BIO tag: ("O", "") for outside, ("B", "geo-loc") for B-geo-loc."""
+    if tag == "O" or len(tag) < 2 or tag[1] != "-":
+        return "O", ""
+    return tag[0], tag[2:]
+
+
+def bio_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """The entities of one BIO tag sequence as (type, first, last + 1), by conlleval's rules
+    (seqeval's ``get_entities`` in its default mode): an entity starts at a ``B-`` tag, at an
+    ``I-`` tag after ``O`` (or at the start), or where the type changes; it ends before an
+    ``O``, a ``B-`` or a change of type. So ``I-PER I-PER`` is one PER entity, ``B-PER I-LOC``
+    two entities, and ``B-PER B-PER`` two."""
+    out: list[tuple[str, int, int]] = []
+    start: int | None = None
+    prev, prev_type = "O", ""
+    for i, t in enumerate([*tags, "O"]):
+        tag, typ = _split_tag(t)
+        ends = prev != "O" and (tag in ("O", "B") or typ != prev_type)
+        if ends and start is not None:
+            out.append((prev_type, start, i))
+            start = None
+        if tag == "B" or (tag == "I" and (prev == "O" or typ != prev_type)):
+            start = i
+        prev, prev_type = tag, typ
+    return out
+
+
+def entity_counts(gold: Sequence[str], pred: Sequence[str]) -> tuple[int, int, int]:
+    """(correct, predicted, gold) entities of one sentence: correct when type, start and end
+    all match."""
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(pred)} predicted tags for {len(gold)} gold tags")
+    g, p = set(bio_entities(gold)), set(bio_entities(pred))
+    return len(g & p), len(p), len(g)
+
+
+def _prf(correct: int, n_pred: int, n_gold: int) -> tuple[float, float, float]:
+    prec = correct / n_pred if n_pred else 0.0
+    rec = correct / n_gold if n_gold else 0.0
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+    return prec, rec, f1
+
+
+def ner_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """Entity-level (micro) precision, recall and F1 over all sentences, as conlleval and
+    seqeval report them (0 where undefined: nothing predicted, or nothing to find), token
+    accuracy (words whose tag is right, ``O`` included: seqeval's ``accuracy_score``), the
+    entity counts, and per entity type precision / recall / F1 / support (``per_type``)."""
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(pred)} predicted sentences for {len(gold)} gold sentences")
+    correct = n_pred = n_gold = right = words = 0
+    by_type: dict[str, list[int]] = {}  # type -> [correct, predicted, gold]
+    for g, p in zip(gold, pred):
+        if len(g) != len(p):
+            raise ValueError(f"{len(p)} predicted tags for {len(g)} gold tags")
+        ge, pe = set(bio_entities(g)), set(bio_entities(p))
+        correct += len(ge & pe)
+        n_pred += len(pe)
+        n_gold += len(ge)
+        for ent_set, slot in ((ge & pe, 0), (pe, 1), (ge, 2)):
+            for typ, _, _ in ent_set:
+                by_type.setdefault(typ, [0, 0, 0])[slot] += 1
+        right += sum(int(a == b) for a, b in zip(g, p))
+        words += len(g)
+    prec, rec, f1 = _prf(correct, n_pred, n_gold)
+    per_type = {}
+    for typ in sorted(by_type):
+        c, np_, ng = by_type[typ]
+        tp, tr, tf = _prf(c, np_, ng)
+        per_type[typ] = {"precision": tp, "recall": tr, "f1": tf, "support": ng}
+    return {"f1": f1, "precision": prec, "recall": rec, "token_acc": right / max(words, 1),
+            "entities_gold": n_gold, "entities_predicted": n_pred, "entities_correct": correct,
+            "per_type": per_type}

@@ -216,6 +216,117 @@ def score_probes(model: Any, tok: Any, examples: list[Any], opts: DecodeOptions,
     return out
 
 
+def check_row_fits(model: Any, n: int, where: str) -> None:
+    """A token-classification row of ``n`` positions must fit an absolute-position model."""
+    cfg = model.cfg
+    if cfg.position in ("learned", "sinusoidal") and n > cfg.max_seq_len:
+        raise ArchlabError(f"{where} needs {n} positions but model.max_seq_len={cfg.max_seq_len} ({cfg.position} "
+                           "positions cannot extrapolate)")
+
+
+def _token_objective(model: Any, tok: Any, options: dict[str, Any] | None, need: int) -> Any:
+    """The token-classification objective that scores rows of up to ``need`` positions: no
+    training cut (words past a cut would go untagged, answers unread); rows that do not fit an
+    absolute-position model are refused by :func:`check_row_fits` instead."""
+    from archlab.objectives import make_objective
+
+    return make_objective("token-classification", tok.special, model.cfg.arch, max(model.cfg.max_seq_len, need),
+                          **dict(options or {}))
+
+
+@torch.inference_mode()
+def score_tags(model: Any, tok: Any, examples: list[Any], names: list[str], *, batch_size: int = 32,
+               objective_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Tag every word with the model's token-classification head (a word's tag is its first
+    sub-token's) and score the sentences: entity-level precision / recall / F1 and token
+    accuracy (:func:`archlab.evaluate.metrics.ner_metrics`), time per sentence (batched). A
+    word without a token (dropped by the tokenizer's normalizer) is tagged ``O``."""
+    from archlab.data import tokenize_examples
+
+    if model.cfg.n_tags != len(names):
+        raise ArchlabError(f"the model has {model.cfg.n_tags} tags (model.n_tags) but the task has {len(names)}; "
+                           "evaluate a model trained with objective token-classification on this task")
+    was = model.training
+    model.eval()
+    exs = tokenize_examples(examples, tok, names)
+    for ex in exs:
+        check_row_fits(model, len(ex.ids) + 2, "a sentence")
+    obj = _token_objective(model, tok, objective_options, max(len(ex.ids) for ex in exs) + 2)
+    gold, pred = [], []
+    t0 = time.perf_counter()
+    for i in range(0, len(exs), batch_size):
+        chunk = exs[i : i + batch_size]
+        rows = obj.predict(model, obj.build(chunk, np.random.default_rng(0))).tolist()  # (B, T)
+        for ex, row in zip(chunk, rows):
+            tags = ["O"] * len(ex.tags or [])
+            prev = -1
+            for k, w in enumerate(ex.word_ids or []):
+                if w != prev:
+                    tags[w] = names[row[k + 1]]  # (+1: <cls>)
+                prev = w
+            pred.append(tags)
+            gold.append([names[t] for t in ex.tags or []])
+    dt = time.perf_counter() - t0
+    model.train(was)
+    res: dict[str, Any] = M.ner_metrics(gold, pred)
+    res["latency_ms_per_example"] = 1000.0 * dt / max(len(examples), 1)
+    out_rows = []
+    for ex, g, p in zip(examples, gold, pred):
+        c, n_p, n_g = M.entity_counts(g, p)
+        out_rows.append({"words": ex.words, "gold": g, "pred": p, "correct": c, "predicted": n_p,
+                         "gold_entities": n_g})
+    res["_outputs_rows"] = out_rows
+    res["samples"] = [{"source": " ".join(ex.words or []), "reference": " ".join(g), "output": " ".join(p)}
+                      for ex, g, p in zip(examples[:3], gold[:3], pred[:3])]
+    res["_shape"] = {"src_len": float(np.mean([len(ex.ids) for ex in exs])), "tgt_len": 0.0}
+    return res
+
+
+@torch.inference_mode()
+def score_probe_tokens(model: Any, tok: Any, examples: list[Any], *, batch_size: int = 32,
+                       objective_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A probe task (mqar) answered by token classification: every predicted target position
+    is ``<mask>`` in the row and classified over the vocabulary, the given ones stay
+    (``objectives/tokcls.py``); scored as the generative probes are
+    (:func:`archlab.evaluate.metrics.probe_metrics`: ``token_acc``, ``exact_match``, per
+    group), so an encoder's MQAR stands beside the decoders'."""
+    from archlab.objectives import Example
+
+    was = model.training
+    model.eval()
+    srcs, refs, _forced, scored = probe_answers(tok, examples)
+    exs = [Example(src=s, tgt=r, tgt_given=[j for j in range(len(r)) if j not in set(sc)])
+           for s, r, sc in zip(srcs, refs, scored)]
+    for ex, e in zip(exs, examples):
+        at = f" (test length {e.group})" if e.group else ""
+        check_row_fits(model, len(ex.src or []) + len(ex.tgt or []) + 2, f"a probe example{at}")
+    obj = _token_objective(model, tok, objective_options, max(len(s) + len(r) + 2 for s, r in zip(srcs, refs)))
+    hyps: list[list[int]] = []
+    t0 = time.perf_counter()
+    for i in range(0, len(exs), batch_size):
+        chunk = exs[i : i + batch_size]
+        rows = obj.predict(model, obj.build(chunk, np.random.default_rng(0))).tolist()  # (B, T)
+        for ex, row in zip(chunk, rows):
+            off = len(ex.src or []) + 2  # <cls> source <sep>
+            given = set(ex.tgt_given or ())
+            hyps.append([t if j in given else row[off + j] for j, t in enumerate(ex.tgt or [])])
+    dt = time.perf_counter() - t0
+    model.train(was)
+    out: dict[str, Any] = M.probe_metrics(hyps, refs, scored, [ex.group for ex in examples])
+    out["decoding"] = "token classification: each answer slot masked and classified, given tokens kept"
+    # (time per example, batched: not the batch-1 decoding latency the generative entries report)
+    out["classify_ms_per_example"] = 1000.0 * dt / max(len(examples), 1)
+    texts = [tok.decode(h) for h in hyps]
+    out["samples"] = [{"source": ex.source, "reference": ex.target, "output": h}
+                      for ex, h in zip(examples[:3], texts[:3])]
+    out["_shape"] = {"src_len": float(np.mean([len(s) for s in srcs])),
+                     "tgt_len": float(np.mean([len(r) for r in refs]))}
+    out["_outputs"] = texts
+    out["_outputs_rows"] = [{"source": ex.source, "reference": ex.target, "hypothesis": h, "group": ex.group}
+                            for ex, h in zip(examples, texts)]
+    return out
+
+
 @torch.inference_mode()
 def score_labels(model: Any, tok: Any, examples: list[Any], batch_size: int = 32) -> dict[str, Any]:
     """Classify with the model's pooled head: accuracy, macro-F1, time per example."""
@@ -275,12 +386,15 @@ def score_texts(model: Any, tok: Any, examples: list[Any], objective: str) -> di
 
 def score_task(model: Any, tok: Any, examples: list[Any], kind: str, opts: DecodeOptions, *,
                objective: str, progress: Callable[[int], None] | None = None,
-               objective_options: dict[str, Any] | None = None) -> dict[str, Any]:
+               objective_options: dict[str, Any] | None = None,
+               label_names: list[str] | None = None) -> dict[str, Any]:
     """Metrics for ``examples`` (archlab.data.TextExample) of a task of ``kind`` (pair | pairs |
-    label | text | probe: :func:`archlab.data.datasets.score_kind`). Keys starting with ``_``
-    are internal (``_shape``: mean source/target lengths). A ``pairs`` task, or a model trained
-    with the ``contrastive`` objective, is scored by retrieval over the examples as the pool
-    (``objective_options``: its pooling)."""
+    label | tags | text | probe: :func:`archlab.data.datasets.score_kind`). Keys starting with
+    ``_`` are internal (``_shape``: mean source/target lengths). A ``pairs`` task, or a model
+    trained with the ``contrastive`` objective, is scored by retrieval over the examples as the
+    pool (``objective_options``: its pooling). A ``tags`` task (``label_names``: its tags) is
+    tagged word by word (entity F1); a probe task with a model trained by token-classification
+    is answered slot by slot (the same keys as decoding)."""
     if not examples:
         raise ArchlabError("no examples to evaluate")
     model.eval()
@@ -290,6 +404,15 @@ def score_task(model: Any, tok: Any, examples: list[Any], kind: str, opts: Decod
         obj = embedding_objective(model, tok, options=objective_options, max_len=opts.max_len,
                                   max_source_len=opts.max_source_len, max_target_len=opts.max_target_len)
         out = score_retrieval(model, tok, examples, objective=obj, batch_size=opts.batch_size)
+    elif kind == "tags":
+        if objective != "token-classification" or not label_names:
+            raise ArchlabError(f"a tags task is scored by a model trained with objective token-classification "
+                               f"(this one: {objective})")
+        out = score_tags(model, tok, examples, label_names, batch_size=opts.batch_size,
+                         objective_options=objective_options)
+    elif kind == "probe" and objective == "token-classification":
+        out = score_probe_tokens(model, tok, examples, batch_size=opts.batch_size,
+                                 objective_options=objective_options)
     elif kind == "probe":
         if model.cfg.arch == "encoder":
             raise ArchlabError("an encoder-only model cannot generate the answers of a probe task")
@@ -314,14 +437,16 @@ def score_task(model: Any, tok: Any, examples: list[Any], kind: str, opts: Decod
 def decode_metric_fn(tok: Any, examples: list[Any], kind: str, objective: str, *, n: int,
                      max_new_tokens: int, num_beams: int, max_source_len: int | None = None,
                      max_target_len: int | None = None, objective_options: dict[str, Any] | None = None,
-                     max_len: int | None = None) -> Callable[[Any, int], dict[str, float]] | None:
+                     max_len: int | None = None,
+                     label_names: list[str] | None = None) -> Callable[[Any, int], dict[str, float]] | None:
     """The trainer's periodic task metric: decode the first ``n`` validation examples (pair
-    tasks: BLEU/chrF/ROUGE-L; probe tasks: token_acc, exact_match), or retrieve among them
+    tasks: BLEU/chrF/ROUGE-L; probe tasks: token_acc, exact_match), retrieve among them
     (pairs tasks and contrastive models: MRR, recall@1, and recall@10 when there are at least
-    10); None for other tasks."""
+    10), or tag them (tags tasks, ``label_names`` their tags: f1, precision, recall,
+    token_acc); None for other tasks."""
     subset = examples[:n]
     retrieval = kind == "pairs" or objective == "contrastive"
-    if n <= 0 or not subset or (kind not in ("pair", "probe") and not retrieval):  # label: the loss pass counts accuracy
+    if n <= 0 or not subset or (kind not in ("pair", "probe", "tags") and not retrieval):  # label: the loss pass counts accuracy
         return None
     if retrieval:
         from archlab.evaluate.retrieval import KS, embedding_objective, score_retrieval
@@ -340,10 +465,12 @@ def decode_metric_fn(tok: Any, examples: list[Any], kind: str, objective: str, *
     def fn(model: Any, step: int) -> dict[str, float]:
         was = model.training
         try:
-            res = score_task(model, tok, subset, kind, opts, objective=objective)
+            res = score_task(model, tok, subset, kind, opts, objective=objective, label_names=label_names,
+                             objective_options=objective_options)
         finally:
             model.train(was)
-        keep = ("token_acc", "exact_match") if kind == "probe" else ("bleu", "chrf", "rougeL")
+        keep = (("token_acc", "exact_match") if kind == "probe" else
+                ("f1", "precision", "recall", "token_acc") if kind == "tags" else ("bleu", "chrf", "rougeL"))
         return {k: float(res[k]) for k in keep}
 
     return fn
@@ -405,12 +532,12 @@ def evaluate_run(path: str | Path, *, split: str = "test", which: str = "auto",
 
     kind = score_kind(ds)
     objective = loaded.config.objective.base_name
-    decodes = kind in ("pair", "probe") and objective != "contrastive"
+    decodes = kind in ("pair", "probe") and objective not in ("contrastive", "token-classification")
     bar = _bar(len(examples), f"evaluate {split}", progress) if decodes else None
     try:
         res = score_task(loaded.model, loaded.tokenizer, examples, kind, opts, objective=objective,
                          progress=(lambda k: bar.update(k)) if bar else None,
-                         objective_options=dict(loaded.config.objective.options))
+                         objective_options=dict(loaded.config.objective.options), label_names=ds.label_names)
     finally:
         if bar is not None:
             bar.close()

@@ -204,6 +204,8 @@ def count_params(cfg: ModelConfig) -> ParamCount:
         head += _linear(cfg, cfg.d_model, cfg.d_model) + _norm_params(cfg)
     if cfg.n_classes:
         head += _linear(cfg, cfg.d_model, cfg.d_model, True) + _linear(cfg, cfg.d_model, cfg.n_classes, True)
+    if cfg.n_tags:
+        head += _linear(cfg, cfg.d_model, cfg.n_tags, True)
     total = emb + enc + dec + head
     n_moe = sum(f == "moe" for _, f in cfg.all_layer_kinds()) if cfg.has_moe else 0
     inactive = n_moe * (_moe_params(cfg) - _moe_params(cfg, active=True))
@@ -224,7 +226,7 @@ def moe_params(cfg: ModelConfig) -> dict[str, int]:
 # FLOPs
 # ---------------------------------------------------------------------------------------------
 
-HeadKind = Literal["lm", "classification", "none"]
+HeadKind = Literal["lm", "classification", "tokens", "none"]
 
 
 def _attn_matmul_flops(cfg: ModelConfig) -> int:
@@ -369,10 +371,15 @@ class FlopCount:
 
 def head_flops(cfg: ModelConfig, predicted: int, head: HeadKind = "lm") -> int:
     """Forward FLOPs of the output head for one example: the LM head over ``predicted``
-    positions (with the MLM transform of an encoder), or the classification head on the one
-    pooled vector (dense d x d, then d x n_classes), or nothing."""
+    positions (with the MLM transform of an encoder), the classification head on the one
+    pooled vector (dense d x d, then d x n_classes), the token-classification head (d x
+    n_tags) at ``predicted`` positions, or nothing."""
     if head == "none":
         return 0
+    if head == "tokens":
+        if cfg.n_tags <= 0:
+            raise ValueError("a token-classification head needs model.n_tags > 0")
+        return predicted * 2 * cfg.d_model * cfg.n_tags
     if head == "classification":
         if cfg.n_classes <= 0:
             raise ValueError("a classification head needs model.n_classes > 0")
@@ -398,7 +405,8 @@ def flops_per_example(
     them bidirectional, prefix-LM only); encoder-decoder: ``src_len`` encoder tokens,
     ``tgt_len`` decoder tokens (0: the decoder does not run). ``predicted``: positions that go
     through the LM head (default: every output position: ``src_len`` for an encoder,
-    ``tgt_len`` otherwise); ``head``: "lm", "classification" (one pooled vector) or "none".
+    ``tgt_len`` otherwise); ``head``: "lm", "classification" (one pooled vector), "tokens"
+    (the token-classification head at ``predicted`` positions) or "none".
     """
     el = [0]
     by = _flops_by_layer_type(cfg, src_len, tgt_len, prefix_len, el)

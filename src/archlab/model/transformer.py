@@ -380,6 +380,19 @@ class ClassificationHead(nn.Module):
         return self.out(self.drop(self.act(self.dense(pooled))))
 
 
+class TokenClassificationHead(nn.Module):
+    """dropout + linear on every hidden state: one tag score vector per token (BERT's
+    BertForTokenClassification; Devlin et al. 2019 Sec. 4.3, CoNLL-2003 NER)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.d_model, cfg.n_tags)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, n_tags)
+        return self.out(self.drop(hidden))
+
+
 @dataclass
 class ModelOutput:
     logits: torch.Tensor | None  # (B, T, V): MLM logits (encoder) or next-token logits
@@ -391,6 +404,7 @@ class ModelOutput:
     # their sum weighted by the config's coefficients (moe.aux_loss_coef, moe.z_loss_coef)
     aux_loss: torch.Tensor | None = None
     class_logits: torch.Tensor | None = None  # (B, n_classes), forward(..., classify=True)
+    token_logits: torch.Tensor | None = None  # (B, T, n_tags), forward(..., classify_tokens=True)
     head_out: Any = None  # what forward(..., head=fn) returned
 
 
@@ -462,6 +476,7 @@ class Transformer(nn.Module):
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.lm_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.lm_head_bias else None
         self.cls_head = ClassificationHead(cfg) if cfg.n_classes > 0 else None
+        self.tag_head = TokenClassificationHead(cfg) if cfg.n_tags > 0 else None
         self._moe = [m for m in self.modules() if isinstance(m, MoE)]  # plain list: not submodules
         self.reset_parameters()
 
@@ -647,6 +662,7 @@ class Transformer(nn.Module):
         return_logits: bool = True,
         head: HeadFn | None = None,
         classify: bool = False,
+        classify_tokens: bool = False,
         encoder_only: bool = False,
     ) -> ModelOutput:
         """Encoder: MLM logits over ``input_ids``. Decoder / prefix-LM: next-token logits
@@ -659,7 +675,9 @@ class Transformer(nn.Module):
         (``class_logits``; ``hidden`` is the pooled (B, C) vector), as :meth:`classify`.
         ``encoder_only=True`` (encoder-decoder): run the encoder alone, ``hidden`` is its
         (B, S, C) states (sentence embeddings from the encoder, as Sentence-T5 and GTR take
-        them; the decoder does not run)."""
+        them; the decoder does not run). ``classify_tokens=True``: the token-classification
+        head on the final hidden states of whichever stack ran (``token_logits`` (B, T,
+        n_tags); no LM head)."""
         arch = self.cfg.arch
         enc = None
         if classify:
@@ -686,6 +704,10 @@ class Transformer(nn.Module):
         else:
             hidden = self.decode(input_ids, attention_mask, prefix_lengths=prefix_lengths,
                                  position_ids=position_ids, cache=cache)
+        if classify_tokens:
+            if self.tag_head is None:
+                raise ValueError("this model has no token-classification head; set model.n_tags > 0")
+            return self._output(None, hidden, enc, token_logits=self.tag_head(hidden))
         if head is not None:
             weight, bias = self.lm_head_weight()
             return self._output(None, hidden, enc, head_out=head(hidden, LMHead(self.lm_head_input, weight, bias)))

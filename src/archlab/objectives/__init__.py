@@ -21,6 +21,7 @@ from archlab.objectives.denoise import Denoising, SpanCorruption
 from archlab.objectives.distill import Distillation
 from archlab.objectives.lm import CausalLM, Classification, MaskedLM, PrefixLM, Seq2Seq
 from archlab.objectives.registry import BASE_OBJECTIVES
+from archlab.objectives.tokcls import TokenClassification
 
 # the stand-alone objectives, then distillation (which wraps one of them)
 OBJECTIVES: dict[str, type[Objective]] = {**BASE_OBJECTIVES, Distillation.name: Distillation}
@@ -50,6 +51,7 @@ __all__ = [
     "Seq2Seq",
     "SpanCorruption",
     "SpecialTokens",
+    "TokenClassification",
     "make_objective",
     "pad_labels",
     "pad_sequences",

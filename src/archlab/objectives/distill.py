@@ -122,6 +122,9 @@ class Distillation(Objective):
         if base == "contrastive":  # soft targets here are token or class distributions, not embeddings
             raise ConfigError(f"{KEY}.base: contrastive is not supported (distillation matches token or class "
                               "distributions); train the bi-encoder with objective contrastive")
+        if base == "token-classification":  # (no soft tag targets from a teacher's head yet)
+            raise ConfigError(f"{KEY}.base: token-classification is not supported; train the tagger with "
+                              "objective token-classification")
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"{KEY}.alpha: must be in [0, 1] (weight of the KL term), got {alpha}")
         if not temperature > 0:

@@ -107,7 +107,7 @@ class TaskLayout:
     :func:`counted_tokens` gives the tokens the trainer counts per example (FLOPs per token).
 
     ``kind``: ``pair`` (source, target), ``pairs`` ((query, positive) for retrieval), ``label``
-    (a text and a class) or ``text``."""
+    (a text and a class), ``tags`` (words with a tag each) or ``text``."""
 
     kind: str
     max_len: int
@@ -118,16 +118,21 @@ class TaskLayout:
     def budget(self) -> PairBudget:
         return PairBudget(self.max_len, self.max_source, self.max_target)
 
-    def context(self, arch: str) -> int:
-        """``train.max_len`` of a run of ``arch``: the longest model input of the shared
-        budgets in the family's layout (a decoder-only sequence holds source, target and
-        three specials, less the ``<eos>`` its inputs drop; a classified text ``<cls> text
-        <sep>``; a retrieval pair's longer text so framed); without budgets, ``max_len``."""
+    def context(self, arch: str, objective: str | None = None) -> int:
+        """``train.max_len`` of a run of ``arch`` (and ``objective``): the longest model input
+        of the shared budgets in the family's layout (a decoder-only sequence holds source,
+        target and three specials, less the ``<eos>`` its inputs drop; a classified or tagged
+        text ``<cls> text <sep>``; a retrieval pair's longer text so framed; a probe pair
+        answered by token classification ``<cls> source <sep> target`` in every family);
+        without budgets, ``max_len``."""
+        if self.kind == "pair" and objective == "token-classification" and self.budget.explicit:
+            assert self.max_source is not None and self.max_target is not None
+            return self.max_source + self.max_target + 2
         if self.kind == "pair" and self.budget.explicit:
             ctx = self.budget.context(arch)
             assert ctx is not None
             return ctx
-        if self.kind == "label" and self.max_source is not None:
+        if self.kind in ("label", "tags") and self.max_source is not None:
             return self.max_source + 2
         if self.kind == "pairs" and self.max_source is not None and self.max_target is not None:
             # (contrastive) each text is its own row <cls> text <sep>, queries and positives stacked

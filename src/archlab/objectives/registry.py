@@ -12,10 +12,11 @@ from archlab.objectives.base import Objective, SpecialTokens
 from archlab.objectives.contrastive import Contrastive
 from archlab.objectives.denoise import Denoising, SpanCorruption
 from archlab.objectives.lm import CausalLM, Classification, MaskedLM, PrefixLM, Seq2Seq
+from archlab.objectives.tokcls import TokenClassification
 
 BASE_OBJECTIVES: dict[str, type[Objective]] = {
     cls.name: cls for cls in (CausalLM, PrefixLM, MaskedLM, SpanCorruption, Denoising, Seq2Seq, Classification,
-                           Contrastive)
+                           Contrastive, TokenClassification)
 }
 
 

@@ -29,7 +29,9 @@ class TokenizerConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "causal-lm"  # causal-lm | prefix-lm | masked-lm | span-corruption | denoising | seq2seq | classification | contrastive | distillation
+    # causal-lm | prefix-lm | masked-lm | span-corruption | denoising | seq2seq | classification |
+    # contrastive | token-classification | distillation
+    name: str = "causal-lm"
     options: dict[str, Any] = field(default_factory=dict)  # e.g. {rate: 0.15} for masked-lm
 
     @property

@@ -186,13 +186,15 @@ def micro_seed(seed: int, step: int, micro: int) -> int:
 
 def may_leave_parameters_unused(model: nn.Module, objective_name: str) -> bool:
     """Whether a training step can leave parameters without gradients (DDP must then look for
-    them, ``find_unused_parameters``, or it stops at the next step): classification and
-    contrastive do not use the LM head; a prefix-LM's bidirectional Mamba layers run their backward scan only over
+    them, ``find_unused_parameters``, or it stops at the next step): classification,
+    contrastive and token classification do not use the LM head; a prefix-LM's bidirectional Mamba layers run their backward scan only over
     a prefix, so a batch without one (causal-LM on a prefix-LM) leaves ``ssm_bwd`` unused.
     Other models use every parameter in every step (MoE experts are stacked tensors), and
     DDP's search for unused ones (a walk over the autograd graph each step) is not paid."""
-    if objective_name in ("classification", "contrastive"):  # contrastive: no LM head either, and
-        return True  # an encoder-decoder's embeddings leave its decoder unused
+    # contrastive and token-classification: no LM head either (token classification of tags; its
+    # probe answers skip the tag head), and an encoder-decoder's encoder leaves its decoder unused
+    if objective_name in ("classification", "contrastive", "token-classification"):
+        return True
     decoder = getattr(model, "decoder", None)
     return any(getattr(b, "ssm_bwd", None) is not None for b in getattr(decoder, "blocks", ()))
 

@@ -9,30 +9,43 @@ from typing import Any
 
 from archlab.config import ModelConfig, save_yaml, to_dict
 from archlab.errors import ArchlabError, ConfigError
-from archlab.objectives import OBJECTIVES, Contrastive, SpecialTokens, make_objective
+from archlab.objectives import OBJECTIVES, Contrastive, SpecialTokens, TokenClassification, make_objective
 from archlab.run import MODEL_CONFIG, WEIGHTS, RunDir
 from archlab.train.config import RunConfig, load_run_config, micro_batches_per_process
 from archlab.train.trainer import MetricFn, Trainer, TrainResult
 
 # which objectives read which kind of data (archlab.data.Dataset.kind); contrastive reads
-# (query, positive) pairs: a retrieval task's, or the (source, target) pairs of any pair task
-_DATA_KIND = {"seq2seq": "pair", "classification": "label", "contrastive": "pairs"}
-_ALSO_READS = {"contrastive": ("pair",)}
+# (query, positive) pairs: a retrieval task's, or the (source, target) pairs of any pair task;
+# token-classification reads tags, or the pairs of the mqar probe (the values classified at
+# the query positions, objectives/tokcls.py)
+_DATA_KIND = {"seq2seq": "pair", "classification": "label", "contrastive": "pairs",
+              "token-classification": "tags"}
+_ALSO_READS = {"contrastive": ("pair",), "token-classification": ("pair",)}
+TOKEN_CLASSIFIED_PROBES = ("mqar",)  # probe tasks whose answers token-classification can classify
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _check_objective_data(cfg: RunConfig, kind: str) -> None:
+def _check_objective_data(cfg: RunConfig, kind: str, task: str | None = None) -> None:
+    """The objective reads the data the task gives (one line otherwise). ``task``: the loaded
+    dataset's name (probe tasks: which one)."""
     name = cfg.objective.name
     if name not in OBJECTIVES:
         raise ConfigError(f"objective.name: unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")
-    need = _DATA_KIND.get(cfg.objective.base_name, "text")
+    base = cfg.objective.base_name
+    need = _DATA_KIND.get(base, "text")
     if need == "text" and kind in ("pair", "pairs"):
         return  # LM-style objectives on a parallel corpus train on the target side (see below)
-    if need != kind and kind not in _ALSO_READS.get(cfg.objective.base_name, ()):
+    if kind == "tags" and need != "tags":
+        raise ConfigError(f"objective {name} does not read tags data (data.task={cfg.data.task} gives words with "
+                          "tags); use objective token-classification")
+    if need != kind and kind not in _ALSO_READS.get(base, ()):
         raise ConfigError(f"objective {name} needs {need} data but data.task={cfg.data.task} gives {kind} data")
+    if base == "token-classification" and kind == "pair" and task not in TOKEN_CLASSIFIED_PROBES:
+        raise ConfigError(f"objective {name} needs tags data (words with tags, e.g. data.task=wnut16-ner) or the "
+                          f"mqar probe; data.task={cfg.data.task} gives pair data")
 
 
 def prepare_tokenizer(cfg: RunConfig, ds: Any, run_dir: Path, resume: bool) -> Any:
@@ -61,8 +74,11 @@ def prepare_tokenizer(cfg: RunConfig, ds: Any, run_dir: Path, resume: bool) -> A
     return tok
 
 
-def model_config_for(cfg: RunConfig, tok: Any, n_classes: int, base: ModelConfig | None = None) -> ModelConfig:
-    """The model config with vocabulary and special ids taken from the tokenizer."""
+def model_config_for(cfg: RunConfig, tok: Any, n_classes: int, base: ModelConfig | None = None, *,
+                     n_tags: int = 0) -> ModelConfig:
+    """The model config with vocabulary and special ids taken from the tokenizer, and the
+    task's classes (``n_classes``: a label task's, for the pooled head; ``n_tags``: a tags
+    task's, for the token-classification head)."""
     m = base or cfg.model
     sp = tok.special
     vocab = tok.vocab_size
@@ -81,6 +97,8 @@ def model_config_for(cfg: RunConfig, tok: Any, n_classes: int, base: ModelConfig
         changes["decoder_start_token_id"] = None
     if n_classes:
         changes["n_classes"] = n_classes
+    if n_tags:
+        changes["n_tags"] = n_tags
     return replace(m, **changes)
 
 
@@ -131,7 +149,10 @@ def train_run(
     arch = base.arch if base is not None else cfg.model.arch
     check_objective(cfg, arch)
     ds = dataset if dataset is not None else load_dataset(cfg.data)
-    _check_objective_data(cfg, ds.kind)
+    _check_objective_data(cfg, ds.kind, ds.name)
+    if cfg.train.pack and cfg.objective.base_name == "token-classification":
+        raise ConfigError("train.pack: packing joins texts into chunks, which loses each word's tag; "
+                          "token-classification trains unpacked (train.pack: false)")
     if not ds.train:
         raise ArchlabError(f"data.task={cfg.data.task}: zero training examples")
     from archlab.train.parallel import check_supported, init_distributed
@@ -153,7 +174,8 @@ def train_run(
 
     check_symbols(ds, tok)  # probe tasks: one token per symbol (tokenizer.kind: word)
     n_classes = len(ds.label_names) if ds.kind == "label" and ds.label_names else 0
-    mcfg = model_config_for(cfg, tok, n_classes, base)
+    n_tags = len(ds.label_names) if ds.kind == "tags" and ds.label_names else 0
+    mcfg = model_config_for(cfg, tok, n_classes, base, n_tags=n_tags)
     cfg = replace(cfg, model=mcfg)
     if resume:
         saved = load_run_config(cfg_path)
@@ -172,9 +194,10 @@ def train_run(
     objective = make_objective(cfg.objective.name, tok.special, mcfg.arch, cfg.train.max_len,
                                decoder_start=mcfg.start_token_id, **_budget_kw(cfg), **options)
     base_name = cfg.objective.base_name  # what sets the data layout (distillation's base)
-    train_ex = examples_for_objective(tokenize_examples(ds.train, tok), base_name)
+    names = ds.label_names if ds.kind == "tags" else None  # (tags: continuation tags of sub-tokens)
+    train_ex = examples_for_objective(tokenize_examples(ds.train, tok, names), base_name)
     n_truncated = sum(objective.truncated(ex) for ex in train_ex)
-    valid_ex = examples_for_objective(tokenize_examples(ds.valid, tok), base_name)
+    valid_ex = examples_for_objective(tokenize_examples(ds.valid, tok, names), base_name)
     batcher = Batcher(train_ex, tokens_per_batch=cfg.train.tokens_per_batch,
                       max_batch=cfg.train.max_batch, seed=cfg.train.seed,
                       pack=cfg.train.pack, pack_len=cfg.train.max_len if cfg.train.pack else None,
@@ -206,20 +229,22 @@ def train_run(
         save_model_dir(path, trainer.host_model, tok, extra={"run": str(run_dir), **provenance})
 
     if metric_fn is None and cfg.eval.decode_examples > 0:
-        # periodic task metrics: decode (pair tasks) or classify (label tasks) a fixed
-        # validation subset, so best/ can track BLEU or accuracy rather than the loss
+        # periodic task metrics: decode (pair tasks) or tag (tags tasks) a fixed validation
+        # subset, so best/ can track BLEU or entity F1 rather than the loss
         from archlab.evaluate.runner import decode_metric_fn
 
         metric_fn = decode_metric_fn(tok, ds.valid, score_kind(ds), base_name, n=cfg.eval.decode_examples,
                                      max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams,
                                      max_source_len=cfg.train.max_source_len,
                                      max_target_len=cfg.train.max_target_len,
-                                     objective_options=dict(cfg.objective.options), max_len=cfg.train.max_len)
+                                     objective_options=dict(cfg.objective.options), max_len=cfg.train.max_len,
+                                     label_names=ds.label_names)
     # (contrastive: accuracy is the in-batch top-1 accuracy of the validation batches)
-    built_in = ("loss", "ppl", "bpb", *(("accuracy",) if base_name in ("classification", "contrastive") else ()))
+    built_in = ("loss", "ppl", "bpb",
+                *(("accuracy",) if base_name in ("classification", "contrastive", "token-classification") else ()))
     if metric_fn is None and cfg.eval.metric not in built_in:
         raise ArchlabError(f"eval.metric={cfg.eval.metric}: task metrics need eval.decode_examples > 0 "
-                           f"on a pair or pairs task (this task is {ds.kind}); use eval.metric=loss")
+                           f"on a pair, pairs or tags task (this task is {ds.kind}); use eval.metric=loss")
     if score_kind(ds) == "probe" and cfg.eval.metric in ("bleu", "chrf", "rougeL"):
         raise ArchlabError(f"eval.metric={cfg.eval.metric}: probe task {ds.name} is scored by token_acc and "
                            "exact_match (or loss)")
@@ -253,7 +278,7 @@ def check_objective(cfg: RunConfig, arch: str) -> None:
                          **_budget_kw(cfg),
                          **{k: v for k, v in cfg.objective.options.items() if k != "sentence_end_ids"},
                          **({"sentence_end_ids": [1]} if cfg.objective.options.get("permute_sentences") else {}))
-    ctx = obj.context if isinstance(obj, Contrastive) else obj.budget.context(arch)
+    ctx = obj.context if isinstance(obj, (Contrastive, TokenClassification)) else obj.budget.context(arch)
     if ctx is not None and cfg.model.position in ("learned", "sinusoidal") and ctx > cfg.model.max_seq_len:
         raise ConfigError(f"train.max_source_len + train.max_target_len: a {arch} input of {ctx} tokens "
                           f"exceeds model.max_seq_len={cfg.model.max_seq_len} ({cfg.model.position} positions)")
@@ -301,8 +326,8 @@ def _init_model_config(init: str, cfg: RunConfig, raw_keys: set[str]) -> ModelCo
 def _load_init_weights(model: Any, init: str, load_weights: Any) -> None:
     p = Path(init)
     if (p / MODEL_CONFIG).exists():
-        # a classification head added for fine-tuning starts fresh
-        load_weights(model, p / WEIGHTS, allow_missing=("cls_head.",))
+        # a classification or token-classification head added for fine-tuning starts fresh
+        load_weights(model, p / WEIGHTS, allow_missing=("cls_head.", "tag_head."))
         return
     from archlab.convert import load_hf_weights
 

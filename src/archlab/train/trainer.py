@@ -331,8 +331,10 @@ class Trainer:
         result: dict[str, float] = {}
         if n_tok:
             result["loss"] = total / n_tok
-            if getattr(self.objective, "base", self.objective).name in ("classification", "contrastive"):
-                # (contrastive: in-batch top-1 accuracy, query -> its positive)
+            if getattr(self.objective, "base", self.objective).name in ("classification", "contrastive",
+                                                                        "token-classification"):
+                # (contrastive: in-batch top-1 accuracy, query -> its positive; token
+                # classification: accuracy over the labelled tokens)
                 result["accuracy"] = n_correct / n_tok
             else:
                 result["ppl"] = math.exp(min(result["loss"], 50.0))
@@ -540,8 +542,9 @@ class Trainer:
 
     @staticmethod
     def _n_targets(batch: Batch) -> int:
-        if "labels" in batch:
-            return int((batch["labels"] != -100).sum())
+        for key in ("labels", "tag_labels"):  # (tag_labels: token classification's tags)
+            if key in batch:
+                return int((batch[key] != -100).sum())
         return int(batch["class_labels"].numel())
 
 

@@ -16,6 +16,7 @@ PRIMARY = {
     "label": ("accuracy", "accuracy", True),
     "text": ("ppl", "perplexity", False),
     "pairs": ("mrr", "MRR", True),  # retrieval: mean reciprocal rank over the full test pool
+    "tags": ("f1", "entity F1", True),  # NER: conlleval's micro F1 over entities
 }
 SUMMARY_PRIMARY = ("rougeL", "ROUGE-L", True)
 
@@ -25,7 +26,7 @@ CSV_FIELDS = [
     "flops_per_example", "train_flops_per_example", "budget_deviation", "train_steps", "train_tokens",
     "train_flops", "tune_flops", "tuned", "lr", "train_time_s", "peak_memory_bytes", "val_loss", "bleu", "chrf",
     "rouge1", "rouge2", "rougeL", "accuracy", "macro_f1", "ppl", "bpb", "mrr", "recall_at_1", "recall_at_10",
-    "mean_rank", "pool_size", "queries_per_s", "ablation_bleu", "ablation_chrf",
+    "f1", "precision", "recall", "token_acc", "mean_rank", "pool_size", "queries_per_s", "ablation_bleu", "ablation_chrf",
     "ablation_rougeL", "len_ratio", "repetition_rate", "decode_tokens_per_s", "latency_ms_per_example",
     "kv_cache_bytes_per_example", "ssm_state_bytes_per_example", "decode_state_bytes_per_example", "num_beams",
     "examples_truncated", "truncated_fraction", "outputs_path",
@@ -133,6 +134,9 @@ def quality_columns(task_kind: str, results: list[dict[str, Any]]) -> list[tuple
         return [("accuracy", "accuracy", 3), ("macro_f1", "macro-F1", 3)]
     if task_kind == "pairs":
         return [("mrr", "MRR", 3), ("recall_at_1", "R@1", 3), ("recall_at_10", "R@10", 3)]
+    if task_kind == "tags":
+        return [("f1", "entity F1", 3), ("precision", "precision", 3), ("recall", "recall", 3),
+                ("token_acc", "token acc", 3)]
     return [("ppl", "ppl", 2), ("bpb", "bits/byte", 3)]
 
 

@@ -51,6 +51,12 @@ def _pair_test(key: str, task_kind: str, mine: list[dict[str, Any]], best: list[
         k = int(key[len("recall_at_"):])
         return S.paired_bootstrap_mean([float(o["rank"] <= k) for o in mine], [float(o["rank"] <= k) for o in best],
                                        n_samples=n_samples)
+    if task_kind == "tags" and key == "f1":
+        # NER: corpus entity F1 recomputed per resample of sentences from their entity counts
+        if [o.get("gold") for o in best] != [o.get("gold") for o in mine]:
+            return None
+        counts = [[[o["correct"], o["predicted"], o["gold_entities"]] for o in rows] for rows in (mine, best)]
+        return S.paired_bootstrap_f1(counts[0], counts[1], n_samples=n_samples)
     if task_kind == "label" and key == "accuracy":
         labels = [o.get("label") for o in best]
         if labels != [o.get("label") for o in mine]:
@@ -108,7 +114,8 @@ def significance(results: list[dict[str, Any]], agg: list[dict[str, Any]], task_
             if pairs:
                 a["p_value"] = S.combine_seed_pairings(pairs)
                 a["test"] = ("paired bootstrap (sacrebleu)" if key in ("bleu", "chrf") else
-                             "paired bootstrap (per example)") + f", {len(pairs)} seed pairing(s)"
+                             "paired bootstrap (sentences, F1 from summed entity counts)" if task_kind == "tags"
+                             else "paired bootstrap (per example)") + f", {len(pairs)} seed pairing(s)"
 
 
 def winners(agg: list[dict[str, Any]], results: list[dict[str, Any]], task_kind: str) -> list[S.Winner]:

@@ -170,7 +170,7 @@ def make_plots(results: list[dict[str, Any]], agg: list[dict[str, Any]], task_ki
 
     lat = [a for a in agg if _num(a.get("latency_ms_per_example")) and a["scale"] == top]
     if lat:
-        label = task_kind in ("label", "pairs")  # classification / retrieval: batched time, no decoding
+        label = task_kind in ("label", "pairs", "tags")  # classification / retrieval / tagging: batched time
         fig, axes = plt.subplots(1, 1 if label else 2, figsize=(4.5 if label else 9, 3.6), squeeze=False)
         axes = axes[0]
         names = [a["entry"] for a in lat]
@@ -178,8 +178,9 @@ def make_plots(results: list[dict[str, Any]], agg: list[dict[str, Any]], task_ki
                     yerr=[a.get("latency_ms_per_example_std", 0) for a in lat],
                     color=[color[n] for n in names])
         if label:
-            axes[0].set_ylabel("ms per example (batched)" if task_kind == "label" else "ms per query (batched)")
-            axes[0].set_title("Classification time" if task_kind == "label" else "Search time (pool pre-embedded)")
+            axes[0].set_ylabel("ms per query (batched)" if task_kind == "pairs" else "ms per example (batched)")
+            axes[0].set_title({"label": "Classification time", "tags": "Tagging time"}.get(
+                task_kind, "Search time (pool pre-embedded)"))
         else:
             axes[0].set_ylabel("ms per example (batch 1)")
             axes[0].set_title(f"Decoding latency, beam {lat[0]['num_beams']}")

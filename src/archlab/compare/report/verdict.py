@@ -21,7 +21,7 @@ LATENCY_TIE = 0.10
 # Models that read their input fall to the score of unrelated text (BLEU of about 1-2).
 ABLATION_KEEP = 0.5
 ABLATION_MIN_SCORE = 1.0  # below this the normal score is itself noise; no ratio is judged
-FINE_METRICS = ("mrr", "recall_at_1", "recall_at_10")  # scores in [0, 1] shown with 3 decimals
+FINE_METRICS = ("mrr", "recall_at_1", "recall_at_10", "f1")  # scores in [0, 1] shown with 3 decimals
 
 
 def _quality_line(w: S.Winner, by: dict[str, dict[str, Any]], key: str, label: str, prefix: str,
@@ -29,7 +29,8 @@ def _quality_line(w: S.Winner, by: dict[str, dict[str, Any]], key: str, label: s
     d = 3 if key in FINE_METRICS else 2
     lead = by[w.leader]
     if w.runner_up is None:
-        return f"{prefix}**{w.leader}** is the only entry with a {label} ({_pm(lead, key, d)})."
+        article = "an" if label[:1].lower() in "aeiou" else "a"
+        return f"{prefix}**{w.leader}** is the only entry with {article} {label} ({_pm(lead, key, d)})."
     second = by[w.runner_up]
     n_seeds = len(lead["seeds"])
     test = lead.get("test") or second.get("test")
@@ -56,6 +57,15 @@ def _quality_line(w: S.Winner, by: dict[str, dict[str, Any]], key: str, label: s
     return line + "."
 
 
+# what each family's tag is computed from (objectives/tokcls.py): part of reading a NER table
+TAGGING_LAYOUTS = (
+    "Tagging layouts: encoder entries (pretrained ones too) tag from bidirectional states; the "
+    "**decoder's tags see only the left context** (causal mask: a word is tagged before the words "
+    "after it are read); the prefix-LM reads the whole sentence as one bidirectional prefix; the "
+    "encoder-decoder tags from its encoder's states (its decoder does not run, so its decoder weights "
+    "count in Params, not in FLOPs). A word's tag is its first sub-token's.")
+
+
 def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, Any]], *,
             spike_list: list[dict[str, Any]] | None = None,
             tuning: list[dict[str, Any]] | None = None, tune_metric: str = "val_loss") -> list[str]:
@@ -78,6 +88,8 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
                 lines.append(_quality_line(w, by, key, label, at + ": ", short=i > 0))
             lines.append(_crossing_line(ws))
     lines += _ablation_lines(agg, task_kind, key, label)
+    if task_kind == "tags":
+        lines.append(TAGGING_LAYOUTS)
     lines += _tuning_lines(agg, tuning, tune_metric)
     lines += _moe_lines(agg, results)
     if spike_list is not None and any(r.get("train_curve") for r in results):
@@ -104,8 +116,8 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
         ranked = sorted(lat, key=lambda a: a["latency_ms_per_example"])
         f = ranked[0]
         kv = min(lat, key=lambda a: decode_state_bytes(a) or float("inf"))
-        if task_kind == "label":  # no decoding: the pooled head's batched time per example
-            line = (f"Inference cost: **{f['entry']}** classifies fastest "
+        if task_kind in ("label", "tags"):  # no decoding: the head's batched time per example
+            line = (f"Inference cost: **{f['entry']}** {'tags' if task_kind == 'tags' else 'classifies'} fastest "
                     f"({_fmt(f['latency_ms_per_example'], 2)} ms per example, batched)")
         elif task_kind == "pairs":  # retrieval: embed the queries, rank the pre-embedded pool
             line = (f"Search cost: **{f['entry']}** answers the most queries per second "

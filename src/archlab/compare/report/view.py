@@ -28,7 +28,8 @@ from archlab.compare.report.tables import (
 SIGNIFICANCE_NOTE = (
     "Significance: at each budget every entry is compared with the best one on the same test "
     "examples by paired bootstrap resampling (Koehn 2004; {n} resamples; BLEU/chrF with sacrebleu's "
-    "own test, accuracy and ROUGE-L per example, MRR by each query's reciprocal rank), seed paired with "
+    "own test, accuracy and ROUGE-L per example, MRR by each query's reciprocal rank, entity F1 "
+    "recomputed from each resample's summed entity counts), seed paired with "
     "seed (by seed id); `p vs best` is the "
     "largest p-value over the seed pairings, `95% CI` the bootstrap half-width of the entry's own score. "
     "A winner is called only at p < 0.05 and, with several seeds, a gap larger than the seed-to-seed "
@@ -54,6 +55,9 @@ COLUMN_NOTES: dict[str, str] = {
     "R@10": "share of queries whose partner is among the top 10",
     "queries/s": "queries embedded in batches and ranked against the whole pool, its candidates embedded "
                  "beforehand (ms/ex: per query, batched)",
+    "entity F1": "micro F1 over the test entities, conlleval's definition (type and both boundaries must "
+                 "match; a word's tag is its first sub-token's)",
+    "token acc": "share of test words whose tag is right, O included",
 }
 
 
@@ -195,8 +199,9 @@ def build_view(cfg: Any, *, rows: list[dict[str, Any]], agg: list[dict[str, Any]
              f"(typical example {shape.src_len:.1f} + {shape.tgt_len:.1f} tokens); "
              f"{len(cfg.seeds)} seed(s) per entry{_largest_seeds(cfg, scales)}; {steps_txt} of "
              f"{cfg.train.tokens_per_batch} padded tokens; "
-             + (f"decoding with beam {cfg.decode.num_beams}; " if task_kind != "pairs" else
-                f"retrieval over the {_pool(rows)} test pairs; ")
+             + (f"retrieval over the {_pool(rows)} test pairs; " if task_kind == "pairs" else
+                "every test word tagged (entity-level F1, conlleval's definition); " if task_kind == "tags" else
+                f"decoding with beam {cfg.decode.num_beams}; ")
              + f"total wall time {wall_time_s / 60:.1f} min.")
     head, table = _main_table(agg, task_kind, rows)
     legend = column_legend(head)

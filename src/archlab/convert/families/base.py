@@ -222,6 +222,8 @@ class Family:
             p.append(f"position_offset is {cfg.position_offset} ({n} uses {offset})")
         if cfg.n_classes and not self.classifies:
             p.append(f"n_classes is {cfg.n_classes} (no {n} classification head is supported)")
+        if cfg.n_tags:  # (archlab's tag head maps to no HF *ForTokenClassification export yet)
+            p.append(f"n_tags is {cfg.n_tags} (token-classification heads are not exported)")
         if cfg.attn_window is not None and not self.sliding_window:
             p.append(f"attn_window is {cfg.attn_window} ({n} has no sliding-window attention)")
         if cfg.pad_aware_positions != self.pad_aware:

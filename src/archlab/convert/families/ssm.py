@@ -53,7 +53,7 @@ def _ssm_problems(cfg: ModelConfig, n: str, mixers: set[str], ffn: str,
     if cfg.norm != "rmsnorm" or cfg.norm_position != "pre" or not cfg.use_final_norm:
         p.append(f"norm is {cfg.norm_position}-{cfg.norm} ({n} is pre-RMSNorm with a final norm)")
     if cfg.embedding_norm or cfg.type_vocab_size or cfg.embed_scale != 1.0 or cfg.lm_head_scale != 1.0 \
-            or cfg.lm_head_bias or cfg.n_classes:
+            or cfg.lm_head_bias or cfg.n_classes or cfg.n_tags:
         p.append(f"embedding norm / token types / scales / output bias / classifier are set ({n} has none)")
     if cfg.position in ("learned", "sinusoidal"):
         p.append(f"position is {cfg.position} ({n} adds no position embeddings)")
