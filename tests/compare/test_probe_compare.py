@@ -200,3 +200,27 @@ def test_a_suite_runs_each_member_and_reports_them_together(tmp_path):
                 assert f"- {name} ({doc['task']['task']}): {v}" in md
     # the copy member's extrapolation plot, inlined in the combined report
     assert (out / "copy" / "accuracy_vs_length.png").exists() and 'alt="copy/accuracy_vs_length"' in html
+
+
+@pytest.mark.parametrize("preset, members", [("recall", ["mqar-16", "mqar-32"]),
+                                             ("copying", ["selective-copy", "induction", "copy"])])
+def test_probe_presets_check_and_size(tmp_path, preset, members):
+    """Each member of --preset recall / copying passes the whole compare check and sizes every
+    entry within 10 % of its group's reference (no training)."""
+    from archlab.compare.config import load_compare_config
+    from archlab.compare.runner import _checked, prepare
+
+    cfg = load_compare_config(None, [f"out_dir={tmp_path / preset}"], preset)
+    assert [n for n, _ in suite_members(cfg)] == members and cfg.cpu_jobs == 2
+    for _, m in suite_members(cfg):
+        ds, kind, n_classes, entries = _checked(m)
+        assert score_kind(ds) == "probe" and m.eval.metric == "token_acc"
+        _, tok, shape = prepare(m, ds, kind)
+        sized = size_entries(m, entries, tok, shape, n_classes, 1.0, kind)
+        for s in sized:
+            assert abs(s["deviation"]) <= 0.10, s["entry"]
+            if "hybrid" in s["entry"]:  # a sized hybrid keeps its attention layer
+                assert "attention" in {k for k, _ in s["model"].layer_kinds("decoder")}
+        if preset == "recall":
+            assert {s["group"] for s in sized} == {"d64", "d128"}
+            assert {s["reference"] for s in sized} == {"attention d64", "attention d128"}
