@@ -214,3 +214,59 @@ def test_width_plot_only_when_entries_vary_the_width(probe_report, tmp_path):
     _write(tmp_path, rows, [s for s in _sizing() if s["entry"] in one], DATA)
     assert not (tmp_path / "accuracy_vs_width.png").exists()
     assert (tmp_path / "accuracy_vs_length.png").exists()
+
+
+def test_suite_of_one_probe_at_two_lengths_plots_accuracy_against_the_length(tmp_path):
+    """Two single-length members of one probe (MQAR at seq_len 16 and 32): the combined report
+    draws each entry's token accuracy against the member's length from the members'
+    results.json, beside the decoding state there, and shows each member's table."""
+    from archlab.compare.report import suite as suite_mod
+
+    members = []
+    for n in (16, 32):
+        out = tmp_path / f"mqar-{n}"
+        out.mkdir()
+        rows = []
+        for e in ("attention d64", "mamba-2 d64"):
+            for seed in (0, 1):
+                r = _row(out, e, seed)
+                for k in [k for k in r if "@" in k]:
+                    r.pop(k)
+                rows.append(r)
+        data = {"task": "mqar", "options": {"n_pairs": 4, "seq_len": n, "vocab_size": 128}}
+        _write(out, rows, [s for s in _sizing() if s["entry"].endswith("d64")], data)
+        members.append((f"mqar-{n}", out))
+    seen: dict[str, Any] = {}
+    real = suite_mod.length_plot
+
+    def spy(acc: Any, memory: Any, span: Any, title: str, xlabel: str = "test length") -> bytes:
+        seen.update(acc=acc, memory=memory, span=span)
+        return real(acc, memory, span, title, xlabel)
+
+    cfg = CompareConfig(name="recall", seeds=[0, 1])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(suite_mod, "length_plot", spy)
+        suite_mod.write_suite_report(tmp_path, cfg, members, wall_time_s=60.0)
+    docs = {name: json.loads((d / "results.json").read_text()) for name, d in members}
+    assert (tmp_path / "accuracy_vs_length_mqar.png").exists()
+    for e in ("attention d64", "mamba-2 d64"):
+        want = {n: next((a["token_acc"], a["token_acc_std"]) for a in docs[f"mqar-{n}"]["entries"] if a["entry"] == e)
+                for n in (16, 32)}
+        assert seen["acc"][e] == want
+    att, ssm = dict(seen["memory"]["attention d64"]), dict(seen["memory"]["mamba-2 d64"])
+    assert att[32] > att[16] and ssm[32] == ssm[16]
+    top = json.loads((tmp_path / "results.json").read_text())
+    assert [m["name"] for m in top["suite"]] == ["mqar-16", "mqar-32"]
+    md = (tmp_path / "report.md").read_text()
+    page = _Page()
+    page.feed((tmp_path / "report.html").read_text())
+    for name, doc in docs.items():
+        head, table = _md_table(md, f"{name}: mqar, accuracy per answer token and per example")
+        assert head == ["Entry", "Group", "d_model", "d_state", "token_acc", "exact_match"]
+        by = {a["entry"]: a for a in doc["entries"]}
+        assert [r[4] for r in table] == [f"{by[r[0]]['token_acc']:.3f} ± {by[r[0]]['token_acc_std']:.3f}"
+                                         for r in table]
+        assert [head, *table] in page.tables
+        solved = f"Solved (token accuracy >= 0.99, mean over seeds) at length {name.split('-')[1]}: "
+        assert any(v.startswith(f"{name} (mqar): {solved}") for v in top["verdict"])
+    assert "accuracy_vs_length_mqar" in page.images
