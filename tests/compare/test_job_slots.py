@@ -75,6 +75,24 @@ def test_jobs_run_concurrently_one_per_slot_and_students_after_teachers(monkeypa
     assert out[0]["devices"] == "0"
 
 
+def test_cpu_jobs_run_that_many_jobs_at_once_on_a_cpu(tmp_path, monkeypatch):
+    _gpus(monkeypatch, 0)
+    assert executors.job_slots(_cfg(tmp_path, "cpu_jobs=2")) == [None, None]
+    _gpus(monkeypatch, 1)  # (a GPU machine: one job per GPU, as before)
+    assert executors.job_slots(_cfg(tmp_path, "cpu_jobs=2")) == [None]
+    with pytest.raises(ConfigError, match="cpu_jobs must be >= 1, got 0"):
+        _cfg(tmp_path, "cpu_jobs=0")
+    both_running = threading.Barrier(2, timeout=10)  # broken unless the two jobs overlap
+
+    def fake_run_job(job, path, devices=None):
+        both_running.wait()
+        return {"run": job.run_dir, "devices": devices}
+
+    monkeypatch.setattr(executors, "run_job", fake_run_job)
+    items = [(f"job {d}", SimpleNamespace(run_dir=d, depends_on=[]), Path(f"{d}.json")) for d in ("a", "b")]
+    assert executors.run_jobs(items, [None, None]) == [{"run": "a", "devices": None}, {"run": "b", "devices": None}]
+
+
 def _job_train_sections(cfg) -> list[dict]:
     """The run.train section of every job (main and tuning) the compare would write."""
     from archlab.compare.runner import base_model_config, build_jobs, job_to_dict, resolved_entries

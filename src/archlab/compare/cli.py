@@ -17,6 +17,9 @@ def _add(p: argparse.ArgumentParser) -> None:
                         "sweep (tuned per entry at each of three budgets, 3 seeds at the largest; 2-core CPU, see README), "
                         "ssm (transformers vs Mamba-2 and hybrid decoders; 2-core CPU, see README), "
                         "moe (dense vs mixture-of-experts; 2-core CPU, see README), "
+                        "recall (MQAR: attention vs Mamba-1 vs Mamba-2 vs hybrid at two widths and two lengths), "
+                        "copying (selective copying, induction heads, string copying, with prefix-LM and "
+                        "encoder-decoder), "
                         "smoke (~2 min end-to-end check), t5-table2 (the T5 paper's grid; for GPUs)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/compare-<name>); "
                    "running again with the same DIR resumes")

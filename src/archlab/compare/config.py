@@ -47,6 +47,11 @@ class EntryConfig:
     train: dict[str, Any] = field(default_factory=dict)
     # evaluate the init_from checkpoint as it is (zero-shot: no training, no tuning)
     evaluate_only: bool = False
+    # budget group: the entries of a group are sized to that group's own reference entry (its
+    # entry named budget.reference, else its first of that architecture), so that a family can
+    # be compared at several widths or state sizes, FLOP-matched within each (entries without a
+    # group form one group)
+    group: str | None = None
 
     @property
     def label(self) -> str:
@@ -147,6 +152,24 @@ class RayConfig:
 
 
 @dataclass
+class SuiteMember:
+    """One task of a suite (``CompareConfig.suite``): a compare of its own over the suite's
+    entries, in ``<out_dir>/<name>/``, with its own data section and, merged over the compare's,
+    the sections its lengths need (context, batch, steps, vocabulary)."""
+
+    name: str = ""  # the task's directory and its name in the combined report
+    data: dict[str, Any] = field(default_factory=dict)  # the whole data section (replaces the compare's)
+    train: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict)
+    tokenizer: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    decode: dict[str, Any] = field(default_factory=dict)
+
+
+SUITE_SECTIONS = ("train", "eval", "tokenizer", "model", "decode")
+
+
+@dataclass
 class CompareConfig:
     name: str = "compare"
     out_dir: str | None = None  # default: runs/compare-<name>
@@ -165,12 +188,20 @@ class CompareConfig:
     # CUDA devices per job: with several GPUs, jobs run concurrently, one per gpus_per_job
     # devices (more than one: the job trains with DDP over them through torchrun)
     gpus_per_job: int = 1
+    # jobs at once on a machine without CUDA (executor local), each with train.threads torch
+    # threads: 2 with train.threads 1 keeps both cores of a 2-core CPU busy with small models
+    # (timings per job, train s and ms/ex, are then taken beside another job)
+    cpu_jobs: int = 1
     # where the jobs run: on this machine (local: one job per gpus_per_job GPUs at a time, one
     # at a time on a CPU) or as Ray tasks on a cluster (ray: see the ray section)
     executor: Literal["local", "ray"] = "local"
     ray: RayConfig = field(default_factory=RayConfig)
     # a sentence for the report's verdict (where the settings came from, what to read into it)
     note: str | None = None
+    # several tasks in one compare: each member runs as its own compare (the same entries,
+    # budget and seeds) in <out_dir>/<member name>/, and a combined report.md / report.html /
+    # results.json at <out_dir> gathers them; the top-level data section is then not used
+    suite: list[SuiteMember] = field(default_factory=list)
 
     @property
     def run_dir(self) -> Path:
@@ -188,6 +219,29 @@ def step_micro_batches(cfg: CompareConfig) -> int:
 # presets
 # --------------------------------------------------------------------------------------------
 _THREE = [{"arch": "encoder-decoder"}, {"arch": "decoder"}, {"arch": "prefix-lm"}]
+
+
+def _sequence_families(d_model: int, group: str | None = None) -> list[dict[str, Any]]:
+    """The probe presets' decoders at one width: attention (first: the budget reference of its
+    group), Mamba-1, Mamba-2 and the Mamba-2/attention hybrid SSA, the others sized to the
+    attention decoder's FLOPs."""
+    tag = f" d{d_model}" if group else ""
+    # the reference as configured (2 layers, 32-channel heads, d_ff 3 x d_model: the base block
+    # at d_model 64); the others take its FLOPs by their depth
+    wide = {"d_model": d_model, "n_heads": max(2, d_model // 32), "n_layers": 2, "d_ff": 3 * d_model}
+    width = {"d_model": d_model}
+    # Mamba-2 heads of 32 channels: d_inner = 2 d_model gives 4 heads at d_model 64
+    s2 = {"ssm": {"d_state": 64, "head_dim": 16, "chunk_size": 32}}
+    return [{"arch": "decoder", "name": f"attention{tag}", "group": group, "model": wide},
+            {"arch": "decoder", "name": f"mamba-1{tag}", "group": group,
+             "model": {**width, "layers": "M", "ssm": {"d_state": 16}}},
+            {"arch": "decoder", "name": f"mamba-2{tag}", "group": group, "model": {**width, "layers": "S", **s2}},
+            {"arch": "decoder", "name": f"hybrid SSA{tag}", "group": group, "model": {**width, "layers": "SSA", **s2}}]
+
+
+# the probe presets' base block (configs/probe-*.yaml's tiny decoder: RMSNorm, SwiGLU, RoPE)
+_PROBE_MODEL: dict[str, Any] = {"d_model": 64, "n_heads": 2, "n_layers": 2, "d_ff": 192, "max_seq_len": 2048,
+                                "dropout": 0.0, "norm": "rmsnorm", "activation": "swiglu", "position": "rope"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The default: sized for a 2-core CPU, about 24 minutes (README: the measured run).
@@ -448,6 +502,76 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": {"every": 1000000, "max_examples": 200, "decode_examples": 0},
         "decode": {"num_beams": 1, "max_new_tokens": 96, "test_examples": 200, "latency_examples": 8},
     },
+    # Associative recall (Zoology, Arora et al. 2023): MQAR at two sequence lengths (a suite
+    # member each), attention vs Mamba-1 vs Mamba-2 vs the SSA hybrid decoder at two widths,
+    # FLOP-matched within each width (budget groups d64 and d128, each sized to its attention
+    # decoder). The report: token accuracy and exact match per entry, which solve each length,
+    # accuracy vs width and vs sequence length beside the decoding state. Settings from
+    # configs/probe-mqar.yaml (4 pairs: a tiny decoder learns recall within 1000 steps; 8 pairs
+    # stayed on the 1/n plateau for ~1300). Not yet run in full (README).
+    "recall": {
+        "name": "recall",
+        "tokenizer": {"kind": "word", "vocab_size": 256, "n_sentinels": 0},
+        "model": _PROBE_MODEL,
+        "budget": {"match": "flops", "reference": "decoder"},
+        "entries": [*_sequence_families(64, "d64"), *_sequence_families(128, "d128")],
+        "note": ("Learning rate 3e-3 for every entry (configs/probe-mqar.yaml's), not tuned in this run; "
+                 "one seed."),
+        "seeds": [0],
+        # 1000 steps: the attention decoder d64 learned recall only at the end of 1000 steps
+        # (token_acc 0.9995 at seq_len 16, 0.969 at 32), and stayed on the 1/4 plateau at 600
+        # and 800 steps (also at 1024-token batches for 1000 steps, a constant rate or 6e-3).
+        # Two jobs at once, one torch thread each: ~3.6 s of one core per step for all 16
+        # entries (measured per entry here), about 30 minutes on two cores.
+        "cpu_jobs": 2,
+        "train": {"steps": 1000, "lr": 3e-3, "warmup_steps": 100, "schedule": "wsd", "decay_fraction": 0.2,
+                  "tokens_per_batch": 2048, "max_len": 32, "save_every": 0, "log_every": 25, "threads": 1},
+        "eval": {"every": 500, "max_examples": 200, "decode_examples": 100, "metric": "token_acc"},
+        "decode": {"num_beams": 1, "test_examples": 500, "latency_examples": 8},
+        "suite": [
+            {"name": "mqar-16", "data": {"task": "mqar", "options": {
+                "vocab_size": 128, "n_pairs": 4, "seq_len": 16, "n_train": 20000, "n_valid": 200, "n_test": 500}}},
+            {"name": "mqar-32", "data": {"task": "mqar", "options": {
+                "vocab_size": 128, "n_pairs": 4, "seq_len": 32, "n_train": 20000, "n_valid": 200, "n_test": 500}},
+             "train": {"max_len": 48}},
+        ],
+    },
+    # Copying (Mamba Sec. 4.1; Jelassi et al. 2024): selective copying, induction heads trained
+    # at 16 tokens and tested up to 16x longer (length extrapolation), and string copying
+    # trained on 4-16 symbols and tested at 16-64; the recall preset's four decoders at d_model
+    # 64, plus a prefix-LM and an encoder-decoder (attention), FLOP-matched to the attention
+    # decoder. Settings from configs/probe-*.yaml. Not yet run in full (README).
+    "copying": {
+        "name": "copying",
+        "tokenizer": {"kind": "word", "vocab_size": 64, "n_sentinels": 0},
+        "model": _PROBE_MODEL,
+        "budget": {"match": "flops", "reference": "decoder"},
+        "entries": [*_sequence_families(64), {"arch": "prefix-lm"}, {"arch": "encoder-decoder"}],
+        "note": ("Learning rate 3e-3 for every entry (configs/probe-*.yaml's), not tuned in this run; "
+                 "one seed."),
+        "seeds": [0],
+        # 1500 steps as configs/probe-induction.yaml and probe-copy.yaml (induction at 16 reached
+        # 0.81 after 1242 steps); selective copying 1000 steps of 4096 tokens. Two jobs at once,
+        # one torch thread each: ~1.45 s of one core per step for the six entries on selective
+        # copying and ~0.57 s on each of the others (measured per entry here), about 30 minutes.
+        "cpu_jobs": 2,
+        "train": {"steps": 1500, "lr": 3e-3, "warmup_steps": 100, "schedule": "wsd", "decay_fraction": 0.2,
+                  "tokens_per_batch": 2048, "max_len": 40, "save_every": 0, "log_every": 25, "threads": 1},
+        "eval": {"every": 500, "max_examples": 200, "decode_examples": 100, "metric": "token_acc"},
+        "decode": {"num_beams": 1, "test_examples": None, "latency_examples": 8},
+        "suite": [
+            {"name": "selective-copy", "data": {"task": "selective-copy", "options": {
+                "seq_len": 64, "n_tokens": 8, "vocab": 8, "n_train": 10000, "n_valid": 200, "n_test": 300}},
+             "train": {"max_len": 80, "tokens_per_batch": 4096, "steps": 1000}},
+            {"name": "induction", "data": {"task": "induction", "options": {
+                "train_len": 16, "eval_lens": [16, 32, 64, 128, 256], "vocab": 16, "n_train": 10000,
+                "n_valid": 200, "n_test": 100}},
+             "train": {"max_len": 24}},
+            {"name": "copy", "data": {"task": "copy", "options": {
+                "vocab": 16, "min_len": 4, "max_len": 16, "eval_lens": [16, 32, 64], "n_train": 10000,
+                "n_valid": 200, "n_test": 100}}},
+        ],
+    },
 }
 
 
@@ -519,6 +643,8 @@ def compare_config_from_dict(data: dict[str, Any], where: str) -> CompareConfig:
             raise ConfigError(f"{where}: {err}") from None
     if cfg.gpus_per_job < 1:
         raise ConfigError(f"{where}: gpus_per_job must be >= 1, got {cfg.gpus_per_job}")
+    if cfg.cpu_jobs < 1:
+        raise ConfigError(f"{where}: cpu_jobs must be >= 1, got {cfg.cpu_jobs}")
     if cfg.executor != "ray" and cfg.ray.address is not None:
         raise ConfigError(f"{where}: ray.address={cfg.ray.address} is set but executor is {cfg.executor}; "
                           "add executor=ray (--executor ray) or leave ray.address out")
@@ -575,10 +701,77 @@ def compare_config_from_dict(data: dict[str, Any], where: str) -> CompareConfig:
         if b.reference not in {e.arch for e in cfg.entries} | set(labels):
             raise ConfigError(f"{where}: budget.reference={b.reference} is neither an entry's name nor its "
                               f"architecture; choose one of: {', '.join(labels)}")
-    elif cfg.budget.reference not in {e.arch for e in cfg.entries} and cfg.budget.target is None:
+    elif b.reference not in {e.arch for e in cfg.entries} | set(labels) and b.target is None:
         raise ConfigError(f"{where}: budget.reference={cfg.budget.reference} is not among the entries' "
-                          "architectures; set budget.target or add such an entry")
+                          "architectures (or names); set budget.target or add such an entry")
+    if b.target is None:
+        try:
+            group_references(b, cfg.entries, prefer_sized=b.match != "total_flops")
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    _check_suite(cfg, where)
     return cfg
+
+
+def group_references(budget: BudgetConfig, entries: list[EntryConfig], *,
+                     prefer_sized: bool = True) -> dict[str | None, int]:
+    """Per budget group (``EntryConfig.group``; None: the entries without one), the index of the
+    entry whose size sets the group's target: the group's entry named ``budget.reference``, else
+    its first entry of that architecture (``prefer_sized``: a sized one, not an imported
+    checkpoint, if any). A group without one is a one-line ConfigError."""
+    out: dict[str | None, int] = {}
+    for g in dict.fromkeys(e.group for e in entries):
+        members = [i for i, e in enumerate(entries) if e.group == g]
+        named = [i for i in members if entries[i].label == budget.reference]
+        of_arch = [i for i in members if entries[i].arch == budget.reference]
+        if prefer_sized:  # (stable: the first sized one, else the first)
+            of_arch.sort(key=lambda i: entries[i].init_from is not None)
+        if not named and not of_arch:
+            what = f"group {g!r}" if g is not None else "the entries without a group"
+            raise ConfigError(f"budget.reference={budget.reference}: {what} has no entry of that architecture "
+                              f"or name (it has: {', '.join(entries[i].label for i in members)}); each budget "
+                              "group is sized to its own reference entry: add one to it")
+        out[g] = (named or of_arch)[0]
+    return out
+
+
+def _check_suite(cfg: CompareConfig, where: str) -> None:
+    """A suite's members: distinct names usable as directory names, a data section each, and
+    each member's whole compare config valid (checked here, before any member runs)."""
+    if not cfg.suite:
+        return
+    names = [m.name for m in cfg.suite]
+    for i, m in enumerate(cfg.suite):
+        if not m.name or any(not (c.isalnum() or c in "-_.") for c in m.name) or m.name.startswith("."):
+            raise ConfigError(f"{where}: suite[{i}].name: {m.name!r}; give each member a name of letters, digits, "
+                              "'-', '_' or '.' (its directory under the compare's out_dir)")
+        if m.name in names[:i]:
+            raise ConfigError(f"{where}: suite[{i}].name: {m.name!r} is used twice; names must differ")
+        if not m.data:
+            raise ConfigError(f"{where}: suite[{i}].data: give the member's data section (task: ...)")
+        if m.name in ("runs", "tune", "pretrain", "jobs", "tokenizer"):
+            raise ConfigError(f"{where}: suite[{i}].name: {m.name!r} is a directory a compare uses itself; "
+                              "choose another name")
+    suite_members(cfg, where)  # each member's config is checked like any compare's
+
+
+def suite_members(cfg: CompareConfig, where: str = "suite") -> list[tuple[str, CompareConfig]]:
+    """(name, config) of each suite member: the compare's own settings with the member's data
+    section and, merged over the compare's, its train / eval / tokenizer / model / decode
+    sections; out_dir ``<out_dir>/<name>``. The same entries, budget, seeds and tuning."""
+    base = to_dict(cfg)
+    base.pop("suite")
+    out = []
+    for i, m in enumerate(cfg.suite):
+        d = dict(base)
+        d["data"] = dict(m.data)
+        for section in SUITE_SECTIONS:
+            if getattr(m, section):
+                d[section] = merge(base[section], getattr(m, section))
+        d["name"] = f"{cfg.name}-{m.name}"
+        d["out_dir"] = str(cfg.run_dir / m.name)
+        out.append((m.name, compare_config_from_dict(d, f"{where}: suite[{i}] ({m.name})")))
+    return out
 
 
 def _resolve_gguf(ref: str, where: str) -> str:

@@ -125,13 +125,16 @@ class Executor:
 def job_slots(cfg: CompareConfig) -> list[str | None]:
     """Concurrent job slots: the visible CUDA devices in groups of ``gpus_per_job`` (each
     slot's ``CUDA_VISIBLE_DEVICES``); ``[None]`` (one job at a time, the parent's devices)
-    with fewer than two GPUs and ``gpus_per_job`` 1, as on a CPU."""
+    with fewer than two GPUs and ``gpus_per_job`` 1; on a machine without CUDA, ``cpu_jobs``
+    slots of ``None`` (that many jobs at once, each with ``train.threads`` threads)."""
     import torch
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     k = cfg.gpus_per_job
     if k > 1 and n < k:
         raise ConfigError(f"gpus_per_job={k}: this machine has {n} CUDA device(s)")
+    if n == 0 and k == 1:
+        return [None] * cfg.cpu_jobs
     if n < 2 and k == 1:
         return [None]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -168,7 +171,7 @@ def run_jobs(items: list[Item], slots: list[str | None]) -> list[dict[str, Any]]
                 pending.remove(i)
                 slot = free.pop(0)
                 line, job, path = items[i]
-                log(f"{line} (devices {slot})")
+                log(f"{line}" + (f" (devices {slot})" if slot is not None else ""))
                 running[pool.submit(run_job, job, path, slot)] = (i, slot)
             if not running:
                 raise ArchlabError("compare: jobs wait on a dependency that is not scheduled")  # (not reachable)
@@ -190,8 +193,9 @@ class LocalExecutor(Executor):
     def start(self, out: Path) -> None:
         self.slots = job_slots(self.cfg)  # one job per GPU (or per gpus_per_job GPUs) at a time; on a CPU, one
         if self.slots != [None]:
-            log(f"compare: {len(self.slots)} job(s) at a time, on CUDA devices "
-                f"{' | '.join(str(x) for x in self.slots)}")
+            log(f"compare: {len(self.slots)} job(s) at a time, " + (
+                f"on CUDA devices {' | '.join(str(x) for x in self.slots)}" if self.slots[0] is not None
+                else f"on the CPU ({self.cfg.train.threads or 'default'} torch thread(s) each)"))
 
     def run(self, items: list[Item]) -> list[dict[str, Any]]:
         return run_jobs(items, self.slots)

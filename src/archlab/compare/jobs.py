@@ -51,6 +51,9 @@ class JobSpec:
     depends_on: list[str] = field(default_factory=list)
     # the entry's checkpoint evaluated as it is (zero-shot): no training steps
     evaluate_only: bool = False
+    # how the test split is scored (archlab.data.datasets.score_kind: "probe" for the probe
+    # tasks, whose task_kind is pair); None: task_kind. Sets the tuning runs' task metric.
+    score_kind: str | None = None
 
 
 def job_to_dict(job: JobSpec) -> dict[str, Any]:

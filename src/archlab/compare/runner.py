@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from archlab.compare.config import CompareConfig, EntryConfig, step_micro_batches
+from archlab.compare.config import CompareConfig, EntryConfig, group_references, step_micro_batches
 from archlab.compare.jobs import JobSpec, job_from_dict, job_to_dict, log  # noqa: F401 (re-exported)
 from archlab.compare.sizing import Shape, _cyclic, measure, size_to_budget
 from archlab.config import ModelConfig, from_dict, save_yaml, to_dict
@@ -37,23 +37,26 @@ TASK_KIND_ARCHS = {
     "pairs": ("encoder", "decoder", "prefix-lm", "encoder-decoder"),  # bi-encoders of every family
     "tags": ("encoder", "decoder", "prefix-lm", "encoder-decoder"),  # taggers of every family
 }
-# the validation task metric of each kind (tune.metric: task; pair: decoded, pairs: retrieved)
-TASK_METRIC = {"pair": "bleu", "label": "accuracy", "pairs": "mrr", "tags": "f1"}
+# the validation task metric of each scoring kind (data.datasets.score_kind; tune.metric: task;
+# pair: decoded, pairs: retrieved, probe: the answers decoded, scored per answer token, tags: entity F1)
+TASK_METRIC = {"pair": "bleu", "label": "accuracy", "pairs": "mrr", "tags": "f1", "probe": "token_acc"}
 RETRIEVAL_K = 10  # the largest k of recall@k: a retrieval pool must hold at least this many
 
 
 def _config_fingerprint(cfg: CompareConfig) -> dict[str, Any]:
     d = to_dict(cfg)
-    for k in ("out_dir", "executor", "ray"):  # where jobs run is no part of the result: any resumes
+    for k in ("out_dir", "executor", "ray", "cpu_jobs"):  # where jobs run is no part of the result: any resumes
         d.pop(k, None)
     return d
 
 
 def resolved_entries(cfg: CompareConfig, kind: str) -> list[EntryConfig]:
     """The configured entries; on label tasks an encoder joins unless one is given (or
-    ``encoder_on_label_tasks: false``)."""
+    ``encoder_on_label_tasks: false``, or the entries are in budget groups: which group's
+    budget it would take is not for the compare to guess)."""
     entries = list(cfg.entries)
-    if kind == "label" and cfg.encoder_on_label_tasks and not any(e.arch == "encoder" for e in entries):
+    if kind == "label" and cfg.encoder_on_label_tasks and not any(e.arch == "encoder" for e in entries) \
+            and not any(e.group is not None for e in entries):
         entries.append(EntryConfig(arch="encoder"))
     return entries
 
@@ -158,7 +161,8 @@ def waves(entries: list[EntryConfig]) -> list[list[str]]:
 
 def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float, list[dict[str, Any]]],
                kind: str, out: Path, tokens_per_example: float | Mapping[str, float], tokenizer_path: str,
-               tuned: dict[Any, dict[str, Any]] | None = None, *, phase: str = "main") -> list[JobSpec]:
+               tuned: dict[Any, dict[str, Any]] | None = None, *, phase: str = "main",
+               scoring: str | None = None) -> list[JobSpec]:
     """Typed job specs: ``phase="tune"``, one per entry and tuning candidate (at scale 1, or
     at every scale with ``tune.horizon: full``), all at the tuning seed; else one per scale x
     entry x reported seed with each entry's tuned values (:func:`tuned_values`). Every
@@ -169,8 +173,12 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
     listed before them: the tuning candidates of a budget share one (the same model, seed and
     pretraining settings), and a job waits for the runs in its ``depends_on``.
     ``tokens_per_example``: per entry label (or one number for all), the tokens the trainer
-    counts per example in the entry's layout (FLOPs per token)."""
+    counts per example in the entry's layout (FLOPs per token). ``scoring``: how the test split
+    is scored (:func:`archlab.data.datasets.score_kind`: ``probe`` for the probe tasks, whose
+    data kind is pair; None: ``kind``), which sets the task metric of tuning."""
     from archlab.train.config import TrainConfig
+
+    scoring = scoring or kind
 
     layout = task_layout(cfg, kind)
     src_budget, tgt_budget = layout.max_source, layout.max_target
@@ -221,11 +229,11 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
             if cand is not None:
                 assert cfg.tune is not None
                 task_metric = cfg.tune.metric == "task"
-                metric = TASK_METRIC.get(kind, "accuracy") if task_metric else "loss"
+                metric = TASK_METRIC.get(scoring, "accuracy") if task_metric else "loss"
                 decode_examples = cfg.tune.decode_examples if task_metric and kind in ("pair", "pairs", "tags") else 0
                 name = "-".join(f"{k[:2]}{_tag(v)}" for k, v in cand.items() if v is not None)
                 if full:  # the budget's own run length, checkpoints and evaluations
-                    ev = _full_tune_eval(cfg, kind)
+                    ev = _full_tune_eval(cfg, kind, scoring)
                     sub = f"scale-{_tag(scale)}" if len(cfg.budget.scales) > 1 else ""
                     run_dir = out / "tune" / _slug(e.label) / sub / name
                 else:
@@ -281,14 +289,16 @@ def build_jobs(cfg: CompareConfig, entries: list[EntryConfig], sized: dict[float
                 run = replace(run, train=replace(train, init_from=str(pre_dir / "model")))
                 depends.append(str(pre_dir))
             decode = cfg.decode
-            if kind == "pair":  # timed afterwards, all entries interleaved (measure_latency)
+            if kind == "pair" and scoring != "probe":  # timed afterwards, all entries interleaved (measure_latency)
+                # (a probe's job times its own greedy decoding to the answer's length: the
+                # interleaved timing decodes up to decode.max_new_tokens, no answer length)
                 decode = replace(decode, latency_examples=0)
             jobs.append(JobSpec(
                 kind="tune" if cand is not None else "main", entry=e.label, arch=e.arch, seed=seed,
                 scale=scale, objective=objective, pretrain_objective=e.pretrain.objective if e.pretrain else None,
                 run_dir=str(run_dir), out_dir=str(out), run=run,
                 raw_model_keys=sorted(to_dict(model)), sizing=_jsonable(s), decode=decode, task_kind=kind,
-                tokens_per_example=tpe, tuned=chosen if cand is None else {},
+                score_kind=scoring, tokens_per_example=tpe, tuned=chosen if cand is None else {},
                 candidate=cand or {}, tune_metric=cfg.tune.metric if cfg.tune else "val_loss",
                 teacher_flops_per_example=teacher_flops,
                 teacher_run_dir=str(teacher_dir) if teacher_dir is not None else None,
@@ -345,14 +355,14 @@ def selection_note(cfg: CompareConfig, job: JobSpec) -> str:
             f"by {by} of {how} with tuning seed {tuning_seed(cfg)} (not a reported seed), every seed "
             "evaluated alike")
 
-def _full_tune_eval(cfg: CompareConfig, kind: str) -> Any:
+def _full_tune_eval(cfg: CompareConfig, kind: str, scoring: str | None = None) -> Any:
     """Evaluation of a full-horizon tuning run: the compare's, tracking the tuning metric
     (task metric: decoding that many validation examples). Reported runs keep ``eval``."""
     assert cfg.tune is not None
     if cfg.tune.metric != "task":
         return replace(cfg.eval, metric="loss")
     scored = kind in ("pair", "pairs", "tags")  # decoded / retrieved / tagged validation examples
-    return replace(cfg.eval, metric=TASK_METRIC.get(kind, "accuracy"),
+    return replace(cfg.eval, metric=TASK_METRIC.get(scoring or kind, "accuracy"),
                    decode_examples=max(cfg.eval.decode_examples, cfg.tune.decode_examples) if scored
                    else cfg.eval.decode_examples)
 
@@ -364,13 +374,13 @@ def _data_cls() -> Any:
 
 
 def validate(cfg: CompareConfig, entries: list[EntryConfig], kind: str, n_classes: int, *, n_tags: int = 0,
-             task: str | None = None) -> None:
+             task: str | None = None, scoring: str | None = None) -> None:
     """Check the whole compare before any work: every entry's model, and every job's resolved
     run config (each scale, seed and tuning candidate) and that its objective reads the task's
     data (``task``: the loaded dataset's name), with a stand-in vocabulary (the tokenizer is
     trained later). Raises ConfigError naming the entry and key."""
     from archlab.train.config import run_config_from_dict
-    from archlab.train.run import _check_objective_data, check_objective
+    from archlab.train.run import _check_objective_data, check_eval_metric, check_objective
 
     class _Tok:  # stand-in for the tokenizer: sizes and special ids only
         vocab_size = cfg.tokenizer.vocab_size
@@ -381,8 +391,8 @@ def validate(cfg: CompareConfig, entries: list[EntryConfig], kind: str, n_classe
     stand_in = {sc: [{"model": m, "params": 0, "flops_per_example": 0, "rule": "", "deviation": 0.0,
                       "value": 0.0, "target": 0.0, "entry": e.label} for m, e in zip(base, entries)]
                 for sc in {*cfg.budget.scales, 1.0}}
-    jobs = build_jobs(cfg, entries, stand_in, kind, cfg.run_dir, 1.0, "tokenizer", phase="tune")
-    jobs += build_jobs(cfg, entries, stand_in, kind, cfg.run_dir, 1.0, "tokenizer", phase="main")
+    jobs = build_jobs(cfg, entries, stand_in, kind, cfg.run_dir, 1.0, "tokenizer", phase="tune", scoring=scoring)
+    jobs += build_jobs(cfg, entries, stand_in, kind, cfg.run_dir, 1.0, "tokenizer", phase="main", scoring=scoring)
     for job in jobs:
         what = "pretraining" if job.kind == "pretrain" else "run"
         where = (f"entry {job.entry}" + (f" (tuning {job.candidate})" if job.candidate else "")
@@ -397,7 +407,8 @@ def validate(cfg: CompareConfig, entries: list[EntryConfig], kind: str, n_classe
             check_objective(typed, job.arch)
             if job.kind != "pretrain":  # (pretraining reads its own data, checked when it runs)
                 _check_objective_data(typed, kind, task)
-        except ConfigError as e:
+            check_eval_metric(typed.eval.metric, scoring or kind, str(cfg.data.get("task")))
+        except ArchlabError as e:
             raise ConfigError(f"{where}: {e}") from None
 
 
@@ -511,20 +522,27 @@ def size_entries(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape
     b = cfg.budget
     if b.match == "total_flops":
         return _steps_matched(cfg, entries, tok, shape, n_classes, kind, n_tags=n_tags)
+    groups = list(dict.fromkeys(e.group for e in entries))
+    targets: dict[str | None, tuple[float, str, str | None]] = {}  # group -> (target, how, reference entry)
     if b.target is not None:
-        target = float(b.target)
-        how = f"target {target:.4g} given"
+        for g in groups:
+            targets[g] = (float(b.target), f"target {float(b.target):.4g} given", None)
     else:
-        # the first entry of the reference arch, a sized one if any (else a checkpoint's size)
-        ref_entry = min((e for e in entries if e.arch == b.reference), key=lambda e: e.init_from is not None)
-        ref = entry_model_config(cfg, ref_entry, tok, n_classes, n_tags=n_tags)
-        target = measure(ref, b.match, shape, ref_entry.objective or NATURAL_OBJECTIVE[kind], ref_entry.objective_options)
-        how = f"target = {b.reference} base model ({ref.n_layers}{'+' + str(ref.n_layers) if ref.arch == 'encoder-decoder' else ''} layers, d_model {ref.d_model})"
+        # per budget group, its entry named budget.reference, else its first of that arch (a
+        # sized one if any; else a checkpoint's size)
+        for g, i in group_references(b, entries).items():
+            ref_entry = entries[i]
+            ref = entry_model_config(cfg, ref_entry, tok, n_classes, n_tags=n_tags)
+            value = measure(ref, b.match, shape, ref_entry.objective or NATURAL_OBJECTIVE[kind],
+                            ref_entry.objective_options)
+            depth = f"{ref.n_layers}{'+' + str(ref.n_layers) if ref.arch == 'encoder-decoder' else ''}"
+            targets[g] = (value, f"target = {ref_entry.label} base model ({depth} layers, d_model {ref.d_model})",
+                          ref_entry.label)
     if b.scale_model and scale != 1.0:
-        target *= scale
-        how += f" x scale {scale:g}"
+        targets = {g: (t * scale, how + f" x scale {scale:g}", r) for g, (t, how, r) in targets.items()}
     sized = []
     for e in entries:
+        target, _, ref_label = targets[e.group]
         base = entry_model_config(cfg, e, tok, n_classes, n_tags=n_tags)
         fixed_depth = any(k in e.model for k in ("n_layers", "n_encoder_layers", "n_decoder_layers", "d_ff"))
         ob = (e.objective or NATURAL_OBJECTIVE[kind], e.objective_options)  # FLOPs of what it runs
@@ -540,7 +558,10 @@ def size_entries(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, shape
         sized.append({"entry": e.label, "arch": e.arch, "model": s_cfg, "value": value, "target": target,
                       "deviation": dev, "rule": rule, "params": measure(s_cfg, "params", shape),
                       "flops_per_example": measure(s_cfg, "flops", shape, *ob), "scale": scale,
-                      "active_params": measure(s_cfg, "active_params", shape), "imported": bool(e.init_from)})
+                      "active_params": measure(s_cfg, "active_params", shape), "imported": bool(e.init_from),
+                      "group": e.group, "reference": ref_label, "family": entry_family(cfg, e)})
+    how = "; ".join(f"group {g}: {targets[g][1]}" if g is not None else targets[g][1] for g in groups) \
+        if len(groups) > 1 else targets[groups[0]][1]
     log(f"budget: match {b.match}, {how}; typical example {shape.src_len:.1f} + {shape.tgt_len:.1f} tokens "
         "(as trained, after the shared source/target budgets)")
     _log_sized(sized)
@@ -559,31 +580,49 @@ def _steps_matched(cfg: CompareConfig, entries: list[EntryConfig], tok: Any, sha
     same order (one TaskLayout), so an entry with k times fewer FLOPs per example trains k times
     the steps and reads k times further into the same example stream. The reference (an entry
     name, or the first entry of that arch) trains ``train.steps``."""
-    b = cfg.budget
-    ref_i = next((i for i, e in enumerate(entries) if e.label == b.reference), None)
-    if ref_i is None:
-        ref_i = next(i for i, e in enumerate(entries) if e.arch == b.reference)
+    refs = group_references(cfg.budget, entries, prefer_sized=False)  # per budget group
     sized = []
     for e in entries:
         m = entry_model_config(cfg, e, tok, n_classes, n_tags=n_tags)
         ob = (e.objective or NATURAL_OBJECTIVE[kind], e.objective_options)
         sized.append({"entry": e.label, "arch": e.arch, "model": m, "params": measure(m, "params", shape),
                       "flops_per_example": measure(m, "flops", shape, *ob), "scale": 1.0,
-                      "active_params": measure(m, "active_params", shape), "imported": bool(e.init_from)})
-    target = sized[ref_i]["flops_per_example"] * cfg.train.steps  # per example-per-step slot
-    for s in sized:
+                      "active_params": measure(m, "active_params", shape), "imported": bool(e.init_from),
+                      "group": e.group, "reference": entries[refs[e.group]].label, "family": entry_family(cfg, e)})
+    for e, s in zip(entries, sized):
+        # per example-per-step slot: the group's reference trains train.steps
+        target = sized[refs[e.group]]["flops_per_example"] * cfg.train.steps
         steps = max(1, round(target / s["flops_per_example"]))
         # training FLOPs are proportional to forward FLOPs x examples for every entry (forward +
         # backward of what runs), so matching forward FLOPs x steps matches the totals
         s.update(value=s["flops_per_example"] * steps, target=target, steps_factor=steps / cfg.train.steps,
                  deviation=s["flops_per_example"] * steps / target - 1,
                  rule=("imported checkpoint" if s["imported"] else "as configured") + f", {steps} steps")
-    ref = sized[ref_i]
-    log(f"budget: match total_flops, reference {ref['entry']} ({cfg.train.steps} steps x "
-        f"{ref['flops_per_example'] / 1e6:.1f}M FLOPs/example); typical example {shape.src_len:.1f} + "
-        f"{shape.tgt_len:.1f} tokens")
+    for g, i in refs.items():
+        ref = sized[i]
+        log(f"budget: match total_flops, reference {ref['entry']}{'' if g is None else f' (group {g})'} "
+            f"({cfg.train.steps} steps x {ref['flops_per_example'] / 1e6:.1f}M FLOPs/example); typical example "
+            f"{shape.src_len:.1f} + {shape.tgt_len:.1f} tokens")
     _log_sized(sized)
     return sized
+
+
+def entry_family(cfg: CompareConfig, e: EntryConfig) -> str:
+    """What an entry is apart from its size: architecture, layer pattern (``layers``; ``A``:
+    attention only), feed-forward pattern, objective and pretraining. The report joins the
+    entries of one family across widths (``d_model``) and Mamba state sizes (``ssm.d_state``)."""
+    layers = e.model.get("layers", cfg.model.get("layers")) or "A"
+    ffn = e.model.get("ffn", cfg.model.get("ffn"))
+    parts = [e.arch, str(layers)]
+    if ffn:
+        parts.append(f"ffn {ffn}")
+    if e.objective:
+        parts.append(e.objective)
+    if e.pretrain is not None:
+        parts.append(f"after {e.pretrain.objective}")
+    if e.init_from:
+        parts.append(f"from {Path(e.init_from).name}")
+    return " ".join(parts)
 
 
 def _log_sized(sized: list[dict[str, Any]]) -> None:
@@ -646,11 +685,12 @@ def measure_latency(cfg: CompareConfig, out: Path, ds: Any, tok: Any, jobs: list
     so that a resumed compare does not time again."""
     import torch
 
+    from archlab.data.datasets import score_kind
     from archlab.evaluate.runner import DecodeOptions, latency_ms_interleaved
     from archlab.run import load_run
 
     n = cfg.decode.latency_examples
-    if ds.kind != "pair" or not n:
+    if ds.kind != "pair" or score_kind(ds) == "probe" or not n:  # (probe jobs time themselves)
         return
     path = out / "latency.json"
     done: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
@@ -712,20 +752,15 @@ def measure_search_speed(cfg: CompareConfig, out: Path, ds: Any, tok: Any, jobs:
 
 
 def compare(cfg: CompareConfig) -> Path:
-    """Run the whole comparison; returns the output directory (report.md/html inside)."""
+    """Run the whole comparison; returns the output directory (report.md/html inside). A suite
+    (``cfg.suite``) runs each member's compare in turn, then writes the combined report."""
+    if cfg.suite:
+        return compare_suite(cfg)
     from archlab.compare.executors import make_executor
-    from archlab.data import load_dataset
 
     t0 = time.perf_counter()
     executor = make_executor(cfg)  # (executor ray without the package: one line, before any work)
-    ds = load_dataset(from_dict(_data_cls(), cfg.data, prefix="data"))
-    kind = ds.kind
-    n_classes = len(ds.label_names) if kind == "label" and ds.label_names else 0
-    n_tags = len(ds.label_names) if kind == "tags" and ds.label_names else 0
-    entries = resolved_entries(cfg, kind)
-    validate(cfg, entries, kind, n_classes, n_tags=n_tags, task=ds.name)  # before anything is written
-    if kind == "pairs":
-        check_retrieval_pool(cfg, ds)
+    ds, kind, n_classes, n_tags, entries = _checked(cfg)  # before anything is written
     try:
         # (before the tokenizer is trained: a cluster that cannot run the jobs is said at once)
         executor.start(cfg.run_dir)
@@ -734,9 +769,54 @@ def compare(cfg: CompareConfig) -> Path:
         executor.close()
 
 
+def _checked(cfg: CompareConfig) -> tuple[Any, str, int, int, list[EntryConfig]]:
+    """The task's dataset, its kind, class count, tag count and the resolved entries, with the
+    whole compare checked (:func:`validate`) before any work."""
+    from archlab.data import load_dataset
+    from archlab.data.datasets import score_kind
+
+    ds = load_dataset(from_dict(_data_cls(), cfg.data, prefix="data"))
+    kind = ds.kind
+    n_classes = len(ds.label_names) if kind == "label" and ds.label_names else 0
+    n_tags = len(ds.label_names) if kind == "tags" and ds.label_names else 0
+    entries = resolved_entries(cfg, kind)
+    validate(cfg, entries, kind, n_classes, n_tags=n_tags, task=ds.name, scoring=score_kind(ds))
+    if kind == "pairs":
+        check_retrieval_pool(cfg, ds)
+    return ds, kind, n_classes, n_tags, entries
+
+
+def compare_suite(cfg: CompareConfig) -> Path:
+    """A suite: every member's compare checked first (its data generated or read, every job's
+    config), so that a bad member fails before the first trains; then each member run as a
+    compare of its own in ``<out_dir>/<name>/`` (one code path: :func:`compare`), and the
+    combined report written at ``<out_dir>`` from the members' results.json."""
+    from archlab.compare.config import suite_members
+    from archlab.compare.report.suite import write_suite_report
+
+    t0 = time.perf_counter()
+    members = suite_members(cfg)
+    for name, m in members:
+        try:
+            _checked(m)
+        except ArchlabError as e:  # (ConfigError included: the same class, the member named)
+            raise type(e)(f"suite member {name}: {e}") from None
+    out = cfg.run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "compare.yaml")
+    for i, (name, m) in enumerate(members):
+        log(f"suite: member {i + 1}/{len(members)}: {name} (data.task={m.data.get('task')}) in {m.run_dir}")
+        compare(m)
+    write_suite_report(out, cfg, [(name, m.run_dir) for name, m in members], wall_time_s=time.perf_counter() - t0)
+    return out
+
+
 def _compare(cfg: CompareConfig, executor: Any, t0: float, ds: Any, kind: str, n_classes: int,
              entries: list[EntryConfig], *, n_tags: int = 0) -> Path:
     from archlab.compare.report import write_report
+    from archlab.data.datasets import score_kind
+
+    scoring = score_kind(ds)
 
     out, tok, shape = prepare(cfg, ds, kind)
     tokens_per_example = entry_tokens_per_example(cfg, entries, ds, tok, kind)
@@ -752,7 +832,7 @@ def _compare(cfg: CompareConfig, executor: Any, t0: float, ds: Any, kind: str, n
     tuned: dict[Any, dict[str, Any]] = {}
     tune_flops: dict[Any, float] = {}  # per entry (per entry and scale with horizon full)
     full = cfg.tune is not None and cfg.tune.horizon == "full"
-    tune_jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, phase="tune")
+    tune_jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, phase="tune", scoring=scoring)
     jobs: list[JobSpec] = []
     results: list[dict[str, Any]] = []
     # without tuning one pass (budget by budget, seed by seed; a teacher entry comes before its
@@ -785,7 +865,7 @@ def _compare(cfg: CompareConfig, executor: Any, t0: float, ds: Any, kind: str, n
                 tune_flops[k] = tune_flops.get(k, 0.0) + row["flops"]
             tuning += wave_tuning
             (out / "tuning.json").write_text(json.dumps(tuning, indent=1))
-        all_jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, tuned)
+        all_jobs = build_jobs(cfg, entries, sized, kind, out, tokens_per_example, tdir, tuned, scoring=scoring)
         todo = [(f"job {i + 1}/{len(all_jobs)}", job, out / "jobs" / f"job-{i:03d}.json")
                 for i, job in enumerate(all_jobs) if job.entry in wave]
         for (_, job, _), res in zip(todo, executor.run(todo)):
@@ -801,6 +881,6 @@ def _compare(cfg: CompareConfig, executor: Any, t0: float, ds: Any, kind: str, n
     measure_latency(cfg, out, ds, tok, [j for j, _ in timed], [r for _, r in timed])
     measure_search_speed(cfg, out, ds, tok, [j for j, _ in timed], [r for _, r in timed])
     write_report(out, cfg, results, sizing=sized[1.0 if 1.0 in cfg.budget.scales else top],
-                 shape=shape, task_kind=kind, wall_time_s=time.perf_counter() - t0,
+                 shape=shape, task_kind=scoring, wall_time_s=time.perf_counter() - t0,
                  tuning=tuning, scales=sorted(cfg.budget.scales))
     return out

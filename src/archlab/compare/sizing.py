@@ -5,7 +5,8 @@ heads, norm, activation, positions); each architecture gets the depth that comes
 the target, and then its feed-forward width ``d_ff`` (in steps of ``d_ff_multiple``) is
 adjusted so the matched quantity lands within ``tolerance`` of the target. Layer patterns
 (``model.layers``) are repeated as a unit to the chosen depth ("MMMA" at depth 6 is
-"MMMAMM"); when a Mamba stack is still off the target (no feed-forward to widen, as in pure
+"MMMAMM"), never shorter than one whole unit of a pattern that mixes layer kinds (a sized
+hybrid keeps its attention layer); when a Mamba stack is still off the target (no feed-forward to widen, as in pure
 Mamba), the mixers' inner width ``ssm.d_inner`` is tuned (whole heads for Mamba-2).
 
 Accounting follows the T5 paper (Raffel et al. 2020, Sec. 3.2.2 and Table 2): an
@@ -185,6 +186,18 @@ def _cyclic(pattern: str | None) -> str | None:
     return "/".join(p if p.strip().endswith("*") else p.strip() + "*" for p in pattern.split("/"))
 
 
+def hybrid_unit(pattern: str | None) -> int:
+    """Layers in the repeated unit of a layer pattern that mixes sequence mixers ("SSA*" -> 3;
+    the longer side of "ENCODER/DECODER"), else 1. Sizing never goes below it: cut to one or
+    two layers, "SSA*" would be a pure Mamba-2 stack, not the hybrid the entry names."""
+    n = 1
+    for side in (pattern or "").split("/"):
+        unit = side.strip().rstrip("*")
+        if len(set(unit)) > 1:
+            n = max(n, len(unit))
+    return n
+
+
 def _with_depth(cfg: ModelConfig, depth: int) -> ModelConfig:
     layers = {"layers": _cyclic(cfg.layers), "ffn": _cyclic(cfg.ffn)}
     if cfg.arch == "encoder-decoder":
@@ -240,7 +253,7 @@ def size_to_budget(
     if target <= 0:
         raise ConfigError(f"budget target must be > 0, got {target}")
     best = None
-    for depth in range(1, max_depth + 1):
+    for depth in range(hybrid_unit(base.layers), max_depth + 1):
         cfg = _with_depth(base, depth)
         v = value(cfg)
         err = abs(v / target - 1)

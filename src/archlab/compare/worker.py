@@ -248,7 +248,10 @@ def run(job_path: str) -> None:
         "budget_deviation": sizing["deviation"],
         "layers": (f"{mcfg.encoder_layers}+{mcfg.decoder_layers}" if mcfg.arch == "encoder-decoder"
                    else str(mcfg.n_layers)),
+        "group": sizing.get("group"),  # budget group (sized against its own reference entry)
+        "family": sizing.get("family"),  # the entry apart from its size (the report's width curves)
         "d_model": mcfg.d_model,
+        "d_state": mcfg.ssm.d_state if mcfg.has_ssm else None,  # Mamba state size (N); None: no Mamba layers
         "d_ff": mcfg.d_ff,
         "lr": job.run.train.lr,
         "warmup_steps": job.run.train.warmup_steps,
@@ -326,10 +329,8 @@ def _tune_result(job: Any, ds: Any, run_dir: Path) -> None:
     from archlab.compare.runner import TASK_METRIC
 
     ev = main["last_eval"]
-    # probe tasks track token_acc (the trainer's periodic probe metric), pair tasks BLEU, tags
-    # tasks entity F1
-    metric = (ev.get("token_acc", ev.get("bleu")) if job.task_kind == "pair"
-              else ev.get(TASK_METRIC.get(job.task_kind, "accuracy")))
+    # the task metric of how the task is scored (probe tasks: token_acc; pair tasks: BLEU; tags: entity F1)
+    metric = ev.get(TASK_METRIC.get(job.score_kind or job.task_kind, "accuracy"))
     _write(run_dir, {"entry": job.entry, "candidate": job.candidate, "val_loss": ev.get("loss"),
                      "metric": metric, "train_steps": main["steps"], "train_tokens": main["tokens"],
                      "train_flops": _train_flops(main, job), "train_time_s": main["train_time_s"]})

@@ -240,17 +240,35 @@ class Probe:
     make: Callable[[np.random.Generator, Any, int | None], TextExample]
     symbols: Callable[[Any], list[str]]  # every symbol the task uses
     answer_symbols: Callable[[Any], int]  # symbols an answer token is drawn from (chance: 1 / this)
+    # the lengths trained on (shortest, longest), in the unit of the test groups where there are
+    # groups (induction: input tokens; copy: string symbols), else the task's sequence length
+    train_lengths: Callable[[Any], tuple[int, int]]
     test_lengths: Callable[[Any], list[int]] | None = None  # grouped test split
 
 
+def _mqar_len(o: MQAROptions) -> tuple[int, int]:
+    n = o.seq_len if o.queries == "interleaved" else 2 * o.n_pairs + 2 * o.queried
+    return n, n
+
+
 PROBES: dict[str, Probe] = {
-    "mqar": Probe(MQAROptions, _mqar, lambda o: _digits(o.vocab_size), lambda o: o.vocab_size - o.vocab_size // 2),
+    "mqar": Probe(MQAROptions, _mqar, lambda o: _digits(o.vocab_size), lambda o: o.vocab_size - o.vocab_size // 2,
+                  _mqar_len),
     "selective-copy": Probe(SelectiveCopyOptions, _selective_copy, lambda o: [*_digits(o.vocab), NOISE],
-                            lambda o: o.vocab),
+                            lambda o: o.vocab, lambda o: (o.seq_len, o.seq_len)),
     "induction": Probe(InductionOptions, _induction, lambda o: [*_digits(o.vocab), TRIGGER], lambda o: o.vocab,
-                       lambda o: o.lengths),
-    "copy": Probe(CopyOptions, _copy, lambda o: _digits(o.vocab), lambda o: o.vocab, lambda o: o.lengths),
+                       lambda o: (o.train_len, o.train_len), lambda o: o.lengths),
+    "copy": Probe(CopyOptions, _copy, lambda o: _digits(o.vocab), lambda o: o.vocab, lambda o: (o.min_len, o.max_len),
+                  lambda o: o.lengths),
 }
+
+
+def training_lengths(task: str, options: dict[str, Any]) -> tuple[int, int]:
+    """(shortest, longest) length probe ``task`` trains on with ``options``: for the tasks
+    tested at several lengths (induction, copy) in the unit of their test groups
+    (``token_acc@N``), for the others their sequence length (mqar: input + answer tokens;
+    selective-copy: input tokens)."""
+    return PROBES[task].train_lengths(probe_options(task, options))
 
 
 def probe_options(task: str, options: dict[str, Any]) -> ProbeOptions:

@@ -98,6 +98,12 @@ def repetition_rate(hyps: Sequence[str], n: int = 3) -> float:
     return rep / tot if tot else 0.0
 
 
+def probe_hits(pred: Sequence[int], ref: Sequence[int], scored: Sequence[int]) -> int:
+    """Scored positions of one probe answer where the prediction holds the reference token
+    (a prediction that ends early misses the positions it lacks)."""
+    return sum(1 for j in scored if j < len(pred) and pred[j] == ref[j])
+
+
 def probe_metrics(preds: Sequence[Sequence[int]], refs: Sequence[Sequence[int]],
                   scored: Sequence[Sequence[int]], groups: Sequence[str | None] | None = None) -> dict[str, float]:
     """Answer accuracy of a probe task.
@@ -116,7 +122,7 @@ def probe_metrics(preds: Sequence[Sequence[int]], refs: Sequence[Sequence[int]],
         raise ValueError(f"{len(groups)} groups for {len(refs)} references")
     tot: dict[str | None, list[int]] = {}  # group -> [correct tokens, scored tokens, exact, examples]
     for p, r, sc, g in zip(preds, refs, scored, groups):
-        right = sum(1 for j in sc if j < len(p) and p[j] == r[j])
+        right = probe_hits(p, r, sc)
         for key in (None,) if g is None else (None, g):
             t = tot.setdefault(key, [0, 0, 0, 0])
             t[0] += right

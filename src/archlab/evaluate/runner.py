@@ -211,8 +211,11 @@ def score_probes(model: Any, tok: Any, examples: list[Any], opts: DecodeOptions,
     out["_shape"] = {"src_len": float(np.mean([len(s) for s in srcs])),
                      "tgt_len": float(np.mean([len(r) for r in refs]))}
     out["_outputs"] = hyps
-    out["_outputs_rows"] = [{"source": ex.source, "reference": ex.target, "hypothesis": h, "group": ex.group}
-                            for ex, h in zip(examples, hyps)]
+    # per example the scored answer tokens and those right: the compare's paired test of
+    # token_acc resamples examples with these (archlab.compare.report.analysis)
+    out["_outputs_rows"] = [{"source": ex.source, "reference": ex.target, "hypothesis": h, "group": ex.group,
+                             "scored": len(sc), "right": M.probe_hits(p, r, sc)}
+                            for ex, h, p, r, sc in zip(examples, hyps, hyp_ids, refs, scored)]
     return out
 
 

@@ -245,9 +245,7 @@ def train_run(
     if metric_fn is None and cfg.eval.metric not in built_in:
         raise ArchlabError(f"eval.metric={cfg.eval.metric}: task metrics need eval.decode_examples > 0 "
                            f"on a pair, pairs or tags task (this task is {ds.kind}); use eval.metric=loss")
-    if score_kind(ds) == "probe" and cfg.eval.metric in ("bleu", "chrf", "rougeL"):
-        raise ArchlabError(f"eval.metric={cfg.eval.metric}: probe task {ds.name} is scored by token_acc and "
-                           "exact_match (or loss)")
+    check_eval_metric(cfg.eval.metric, score_kind(ds), ds.name)
     trainer = Trainer(model=model, objective=objective, batches_for_epoch=batcher.epoch_batches,
                       valid_examples=valid_ex, train_cfg=cfg.train, eval_cfg=cfg.eval, run_dir=run_dir,
                       metric_fn=metric_fn, save_model_dir=save_dir, progress=progress,
@@ -268,6 +266,16 @@ def train_run(
 
 def _budget_kw(cfg: RunConfig) -> dict[str, Any]:
     return {"max_source_len": cfg.train.max_source_len, "max_target_len": cfg.train.max_target_len}
+
+
+def check_eval_metric(metric: str, scoring: str, task: str) -> None:
+    """``eval.metric`` against how the task is scored (``scoring``:
+    :func:`archlab.data.datasets.score_kind`): a probe task decodes answers scored by
+    token_acc / exact_match, not BLEU-like text metrics. (archlab compare checks every job with
+    it before any work.)"""
+    if scoring == "probe" and metric in ("bleu", "chrf", "rougeL"):
+        raise ArchlabError(f"eval.metric={metric}: probe task {task} is scored by token_acc and exact_match "
+                           "(or loss)")
 
 
 def check_objective(cfg: RunConfig, arch: str) -> None:

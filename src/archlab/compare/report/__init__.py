@@ -10,7 +10,10 @@ Modules, in the order :func:`write_report` uses them:
 - :mod:`.plots`: the PNG plots;
 - :mod:`.results`: results.json and results.csv;
 - :mod:`.view` (with :mod:`.tables`, :mod:`.fmt`): the view model of report.md / report.html;
-- :mod:`.render`: the two Jinja2 templates (``archlab/compare/templates``).
+- :mod:`.render`: the two Jinja2 templates (``archlab/compare/templates``);
+- :mod:`.probe`: the probe tasks' view (accuracy per test length, which entries solve the task
+  at which lengths, the extrapolation and width plots);
+- :mod:`.suite`: a suite's combined report over its members' results.json.
 
 Every run row may carry (older results lack them; the report then leaves those parts out):
 ``scale`` (budget multiplier, 1.0), ``train_flops`` / ``tune_flops`` (total FLOPs of the run
@@ -42,6 +45,7 @@ from archlab.compare.report.aggregate import (
     SUMMARY_PRIMARY,
     aggregate,
     decode_state_bytes,
+    eval_lengths,
     expert_health,
     load_outputs,
     normalize,
@@ -51,11 +55,20 @@ from archlab.compare.report.aggregate import (
 )
 from archlab.compare.report.analysis import N_BOOTSTRAP, power_law_fits, significance, spikes, winners
 from archlab.compare.report.plots import make_plots, state_plots
+from archlab.compare.report.probe import (
+    SOLVED,
+    probe_plots,
+    probe_table,
+    solved,
+    solved_line,
+    train_span,
+    width_plots,
+)
 from archlab.compare.report.render import render_html, render_markdown
 from archlab.compare.report.results import results_doc, write_results
 from archlab.compare.report.tables import _main_table
 from archlab.compare.report.verdict import ABLATION_KEEP, ABLATION_MIN_SCORE, LATENCY_TIE, verdict
-from archlab.compare.report.view import SIGNIFICANCE_NOTE, ReportView, build_view
+from archlab.compare.report.view import SIGNIFICANCE_NOTE, ReportView, Section, Table, build_view
 
 __all__ = [
     "ABLATION_KEEP", "ABLATION_MIN_SCORE", "CSV_FIELDS", "LATENCY_TIE", "N_BOOTSTRAP", "PRIMARY",
@@ -96,24 +109,51 @@ def write_report(
             r["_moe_health"] = h
     plots = make_plots(rows, agg, task_kind, tokens_per_example, fits=fits, tuning=tuning, spike_list=spike_list)
     plots.update(state_plots(rows, agg, sizing, shape, task_kind))
+    key, label, _ = primary_metric(rows, task_kind)
+    plots.update(width_plots(agg, key, label))  # entries that vary d_model / d_state (budget groups)
+    data = dict(getattr(cfg, "data", {}) or {})
+    probe = None
+    if task_kind == "probe":
+        plots.update(probe_plots(agg, sizing, data))
+        probe = {"solved_threshold": SOLVED, "train_lengths": train_span(data), "eval_lengths": eval_lengths(agg),
+                 "solved": solved(agg, data)}
     for name, data in plots.items():
         (out / f"{name}.png").write_bytes(data)
     tune_metric = getattr(getattr(cfg, "tune", None), "metric", None) or "val_loss"
     verdict_lines = verdict(agg, task_kind, rows, spike_list=spike_list, tuning=tuning, tune_metric=tune_metric)
+    if probe is not None:  # which entries solve the task at which lengths, after the quality line
+        at = (1 if len(ws) == 1 else len(ws) + 1) if ws else 0  # (a sweep: a line per budget, then the crossing)
+        verdict_lines.insert(at, solved_line(probe["solved"], bool(probe["eval_lengths"])))
     n_budgets = len({a["scale"] for a in agg})
     if 1 < n_budgets < 4:  # (a saturating power law has 3 free parameters)
         verdict_lines.append(f"Scaling fits: a saturating power law per entry needs at least 4 budgets; this "
                              f"run has {n_budgets}, so none is fitted (add budget.scales).")
     if getattr(cfg, "note", None):
         verdict_lines.append(f"Note: {cfg.note}")
-    key, label, _ = primary_metric(rows, task_kind)
     scale_list = sorted({float(s) for s in scales} if scales else {a["scale"] for a in agg})
     doc = results_doc(cfg, results, agg=agg, sizing=sizing, shape=shape, task_kind=task_kind,
                       wall_time_s=wall_time_s, scales=scale_list, verdict_lines=verdict_lines, key=key,
                       winners=ws, fits=fits, spike_list=spike_list, tuning=tuning)
+    if probe is not None:
+        doc["probe"] = probe
     write_results(out, doc, rows)
     view = build_view(cfg, rows=rows, agg=agg, task_kind=task_kind, shape=shape, sizing=sizing,
                       verdict_lines=verdict_lines, plots=plots, scales=scale_list, wall_time_s=wall_time_s,
                       n_bootstrap=n_bootstrap, fits=fits, tuning=tuning, spike_list=spike_list, key=key, label=label)
+    if probe is not None:
+        view.sections.insert(0, probe_section(agg, probe))
     (out / "report.md").write_text(render_markdown(view), encoding="utf-8")
     (out / "report.html").write_text(render_html(view), encoding="utf-8")
+
+
+def probe_section(agg: list[dict[str, Any]], probe: dict[str, Any]) -> Section:
+    """The probe view's table (token accuracy and exact match overall and per test length)."""
+    span = probe.get("train_lengths")
+    trained = ("" if not span else f"; trained at {span[0]}" if span[0] == span[1]
+               else f"; trained on lengths {span[0]}-{span[1]}")
+    lengths = probe.get("eval_lengths") or []
+    return Section(f"Probe accuracy (per answer token and per example{', per test length' if lengths else ''})",
+                   table=Table(*probe_table(agg)),
+                   notes=[f"token_acc: answer tokens right over all scored answer tokens; exact_match: examples "
+                          f"with every scored token right; @N: at test length N{trained}. Solved: token_acc >= "
+                          f"{probe['solved_threshold']:g} (mean over seeds)."])

@@ -17,22 +17,43 @@ PRIMARY = {
     "text": ("ppl", "perplexity", False),
     "pairs": ("mrr", "MRR", True),  # retrieval: mean reciprocal rank over the full test pool
     "tags": ("f1", "entity F1", True),  # NER: conlleval's micro F1 over entities
+    "probe": ("token_acc", "token accuracy", True),  # probe tasks: answer tokens right (evaluate.metrics)
 }
 SUMMARY_PRIMARY = ("rougeL", "ROUGE-L", True)
 
 CSV_FIELDS = [
-    "entry", "arch", "objective", "pretrain_objective", "seed", "scale", "layers", "d_model", "d_ff", "params",
-    "active_params",
+    "entry", "arch", "objective", "pretrain_objective", "seed", "scale", "group", "family", "layers", "d_model",
+    "d_state", "d_ff", "params", "active_params",
     "flops_per_example", "train_flops_per_example", "budget_deviation", "train_steps", "train_tokens",
     "train_flops", "tune_flops", "tuned", "lr", "train_time_s", "peak_memory_bytes", "val_loss", "bleu", "chrf",
-    "rouge1", "rouge2", "rougeL", "accuracy", "macro_f1", "ppl", "bpb", "mrr", "recall_at_1", "recall_at_10",
-    "f1", "precision", "recall", "token_acc", "mean_rank", "pool_size", "queries_per_s", "ablation_bleu", "ablation_chrf",
+    "rouge1", "rouge2", "rougeL", "accuracy", "macro_f1", "token_acc", "exact_match", "ppl", "bpb", "mrr", "recall_at_1", "recall_at_10",
+    "f1", "precision", "recall", "mean_rank", "pool_size", "queries_per_s", "ablation_bleu", "ablation_chrf",
     "ablation_rougeL", "len_ratio", "repetition_rate", "decode_tokens_per_s", "latency_ms_per_example",
     "kv_cache_bytes_per_example", "ssm_state_bytes_per_example", "decode_state_bytes_per_example", "num_beams",
     "examples_truncated", "truncated_fraction", "outputs_path",
 ]
-_GROUP_KEYS = ("entry", "arch", "objective", "pretrain_objective", "layers", "d_model", "d_ff", "num_beams",
-               "evaluate_only")
+_GROUP_KEYS = ("entry", "arch", "objective", "pretrain_objective", "group", "family", "layers", "d_model",
+               "d_state", "d_ff", "num_beams", "evaluate_only")
+# probe tasks tested at several lengths: token_acc@N, exact_match@N per test length N
+PER_LENGTH = ("token_acc@", "exact_match@")
+
+
+def length_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The per-length metric keys (``token_acc@N``, ``exact_match@N``) the rows carry, by metric
+    and then length ascending."""
+    keys = {k for r in rows for k in r if k.startswith(PER_LENGTH) and not k.endswith("_std")}  # (aggregated sd)
+    return sorted(keys, key=lambda k: (PER_LENGTH.index(k.split("@")[0] + "@"), _length(k)))
+
+
+def eval_lengths(rows: list[dict[str, Any]]) -> list[int]:
+    """The test lengths N of the rows' ``token_acc@N`` keys, ascending."""
+    return sorted({int(k.split("@", 1)[1]) for r in rows for k in r
+                   if k.startswith("token_acc@") and k.split("@", 1)[1].isdigit()})
+
+
+def _length(key: str) -> int:
+    tail = key.split("@", 1)[1]
+    return int(tail) if tail.isdigit() else 1 << 62
 
 
 def typical_tokens_per_example(shape: Any) -> float:
@@ -113,7 +134,7 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             agg["seeds"] = [r["seed"] for r in rows]
             tuned = [r.get("tuned") for r in rows if r.get("tuned")]
             agg["tuned"] = tuned[0] if tuned and all(t == tuned[0] for t in tuned) else (tuned or None)
-            for k in CSV_FIELDS:
+            for k in [*CSV_FIELDS, *length_keys(rows)]:
                 if k in agg or k == "seed":
                     continue
                 vals = [r.get(k) for r in rows]
@@ -137,6 +158,8 @@ def quality_columns(task_kind: str, results: list[dict[str, Any]]) -> list[tuple
     if task_kind == "tags":
         return [("f1", "entity F1", 3), ("precision", "precision", 3), ("recall", "recall", 3),
                 ("token_acc", "token acc", 3)]
+    if task_kind == "probe":
+        return [("token_acc", "token acc", 3), ("exact_match", "exact match", 3)]
     return [("ppl", "ppl", 2), ("bpb", "bits/byte", 3)]
 
 

@@ -57,6 +57,20 @@ def _pair_test(key: str, task_kind: str, mine: list[dict[str, Any]], best: list[
             return None
         counts = [[[o["correct"], o["predicted"], o["gold_entities"]] for o in rows] for rows in (mine, best)]
         return S.paired_bootstrap_f1(counts[0], counts[1], n_samples=n_samples)
+    if task_kind == "probe" and key in ("token_acc", "exact_match"):
+        # probe answers, paired by example: exact match is 0/1 per example; token accuracy is
+        # right / scored tokens summed over examples, so each example counts its right tokens
+        # x N / (all scored tokens): their mean is token_acc exactly (examples of one test set
+        # score the same tokens in both runs)
+        if [o.get("reference") for o in best] != [o.get("reference") for o in mine] \
+                or any("scored" not in o for o in (*mine, *best)):
+            return None
+        if key == "exact_match":
+            return S.paired_bootstrap_mean([float(o["right"] == o["scored"]) for o in mine],
+                                           [float(o["right"] == o["scored"]) for o in best], n_samples=n_samples)
+        w = len(best) / max(sum(o["scored"] for o in best), 1)
+        return S.paired_bootstrap_mean([o["right"] * w for o in mine], [o["right"] * w for o in best],
+                                       n_samples=n_samples)
     if task_kind == "label" and key == "accuracy":
         labels = [o.get("label") for o in best]
         if labels != [o.get("label") for o in mine]:

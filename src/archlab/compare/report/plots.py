@@ -12,6 +12,7 @@ from archlab.compare.report.aggregate import (
     _moe_layers,
     _num,
     decode_state_bytes,
+    eval_lengths,
     normalize,
     primary_metric,
     row_tokens_per_example,
@@ -220,7 +221,9 @@ def state_plots(rows: list[dict[str, Any]], agg: list[dict[str, Any]], sizing: l
             m = from_dict(ModelConfig, m)
         if m is not None and s.get("entry") in color and m.decoder_layers:
             models.append((s["entry"], m))
-    if task_kind == "pair" and models:
+    if task_kind in ("pair", "probe") and models and not (task_kind == "probe" and len(eval_lengths(rows)) > 1):
+        # (a probe tested at several lengths has this next to its accuracy per length instead:
+        # archlab.compare.report.probe.length_plot)
         lengths = [2 ** i for i in range(13)]  # 1 .. 4096 output tokens
         fig, ax = plt.subplots(figsize=(6.4, 4))
         for entry, m in models:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from archlab.compare import stats as S
-from archlab.compare.report.aggregate import CSV_FIELDS
+from archlab.compare.report.aggregate import CSV_FIELDS, length_keys
 from archlab.config import to_dict
 
 
@@ -46,11 +46,12 @@ def write_results(out: Path, doc: dict[str, Any], rows: list[dict[str, Any]]) ->
     """results.json from ``doc``; results.csv from the normalized run ``rows`` (dict and list
     cells as JSON)."""
     (out / "results.json").write_text(json.dumps(doc, indent=1, default=_json_default))
+    fields = [*CSV_FIELDS, *length_keys(rows)]  # probe tasks: token_acc@N ... per test length
     with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: (json.dumps(r[k]) if isinstance(r.get(k), (dict, list)) else r.get(k)) for k in CSV_FIELDS})
+            w.writerow({k: (json.dumps(r[k]) if isinstance(r.get(k), (dict, list)) else r.get(k)) for k in fields})
 
 
 def _json_default(o: Any) -> Any:

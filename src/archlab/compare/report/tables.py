@@ -12,7 +12,8 @@ def _main_table(agg: list[dict[str, Any]], task_kind: str,
                 results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     q = quality_columns(task_kind, results)
     key, label, _ = primary_metric(results, task_kind)
-    decoding = task_kind == "pair"  # label / text tasks decode nothing: no cache, length or loops
+    decoding = task_kind in ("pair", "probe")  # label / text tasks decode nothing: no cache, length or loops
+    texts = task_kind == "pair"  # output length and looping: free text only (a probe answer has its length)
     search = task_kind == "pairs"  # retrieval: queries per second instead
     multi = len({a["scale"] for a in agg}) > 1
     has = {k: any(a.get(k) is not None for a in agg) for k in ("train_flops", "tune_flops", "tuned", "p_value",
@@ -35,7 +36,7 @@ def _main_table(agg: list[dict[str, Any]], task_kind: str,
         head += [f"Δ{label} vs best", "p vs best"]
     head += ["val loss", *(["trunc"] if has["truncated_fraction"] else []), "train s",
              *(["dec tok/s"] if decoding else []), *(["queries/s"] if search else []), "ms/ex",
-             *(["state/ex", "len ratio", "repeat"] if decoding else [])]
+             *(["state/ex"] if decoding else []), *(["len ratio", "repeat"] if texts else [])]
     rows = []
     for a in agg:
         obj = a["objective"] if not a.get("pretrain_objective") else f"{a['pretrain_objective']} → {a['objective']}"
@@ -56,13 +57,14 @@ def _main_table(agg: list[dict[str, Any]], task_kind: str,
                 row.append(_pm(a, f"ablation_{key}", d))
         if "p vs best" in head:
             is_best = a.get("best") == a["entry"]
-            row += ["best" if is_best else _fmt(a.get("delta"), 2), "-" if is_best else _p(a.get("p_value"))]
+            d = next((d for k, _, d in q if k == key), 2)  # (the metric's own decimals)
+            row += ["best" if is_best else _fmt(a.get("delta"), d), "-" if is_best else _p(a.get("p_value"))]
         row += [_pm(a, "val_loss", 3), *([_fmt(a.get("truncated_fraction"), 3)] if has["truncated_fraction"] else []),
                 _fmt(a.get("train_time_s"), 1), *([_fmt(a.get("decode_tokens_per_s"), 0)] if decoding else []),
                 *([_fmt(a.get("queries_per_s"), 0)] if search else []),
                 _fmt(a.get("latency_ms_per_example"), 2 if search else 1),
-                *([_human(decode_state_bytes(a), "B"), _fmt(a.get("len_ratio"), 2),
-                   _fmt(a.get("repetition_rate"), 3)] if decoding else [])]
+                *([_human(decode_state_bytes(a), "B")] if decoding else []),
+                *([_fmt(a.get("len_ratio"), 2), _fmt(a.get("repetition_rate"), 3)] if texts else [])]
         rows.append(row)
     return head, rows
 
@@ -109,7 +111,8 @@ def _spike_table(spike_list: list[dict[str, Any]]) -> tuple[list[str], list[list
 
 
 def _sizing_table(sizing: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    head = ["Entry", "Rule", "Params", "FLOPs/ex", "vs target"]
-    rows = [[s["entry"], s["rule"], _human(s["params"]), _human(s["flops_per_example"]), f"{s['deviation']:+.1%}"]
-            for s in sizing]
+    grouped = any(s.get("group") is not None for s in sizing)  # budget groups: each its own reference
+    head = ["Entry", *(["Group", "Reference"] if grouped else []), "Rule", "Params", "FLOPs/ex", "vs target"]
+    rows = [[s["entry"], *([_fmt(s.get("group")), _fmt(s.get("reference"))] if grouped else []), s["rule"],
+             _human(s["params"]), _human(s["flops_per_example"]), f"{s['deviation']:+.1%}"] for s in sizing]
     return head, rows

@@ -21,7 +21,7 @@ LATENCY_TIE = 0.10
 # Models that read their input fall to the score of unrelated text (BLEU of about 1-2).
 ABLATION_KEEP = 0.5
 ABLATION_MIN_SCORE = 1.0  # below this the normal score is itself noise; no ratio is judged
-FINE_METRICS = ("mrr", "recall_at_1", "recall_at_10", "f1")  # scores in [0, 1] shown with 3 decimals
+FINE_METRICS = ("mrr", "recall_at_1", "recall_at_10", "f1", "token_acc", "exact_match")  # in [0, 1]: 3 decimals
 
 
 def _quality_line(w: S.Winner, by: dict[str, dict[str, Any]], key: str, label: str, prefix: str,
@@ -134,7 +134,7 @@ def verdict(agg: list[dict[str, Any]], task_kind: str, results: list[dict[str, A
                          f"(repeated timings of the same models move such ratios by up to about 10 %)")
             else:
                 line += f"; {second['entry']}, the next, takes {rel + 1:.2f}x as long"
-        if task_kind == "pair":
+        if task_kind in ("pair", "probe"):
             line += (f"; the smallest decoding state (KV cache + SSM state) per example is {kv['entry']}'s "
                      f"({_human(decode_state_bytes(kv), 'B')})")
         lines.append(line + ".")

@@ -29,7 +29,8 @@ SIGNIFICANCE_NOTE = (
     "Significance: at each budget every entry is compared with the best one on the same test "
     "examples by paired bootstrap resampling (Koehn 2004; {n} resamples; BLEU/chrF with sacrebleu's "
     "own test, accuracy and ROUGE-L per example, MRR by each query's reciprocal rank, entity F1 "
-    "recomputed from each resample's summed entity counts), seed paired with "
+    "recomputed from each resample's summed entity counts, a probe's token accuracy by each "
+    "example's right answer tokens), seed paired with "
     "seed (by seed id); `p vs best` is the "
     "largest p-value over the seed pairings, `95% CI` the bootstrap half-width of the entry's own score. "
     "A winner is called only at p < 0.05 and, with several seeds, a gap larger than the seed-to-seed "
@@ -52,12 +53,14 @@ COLUMN_NOTES: dict[str, str] = {
     "MRR": "mean reciprocal rank of each test query's partner among all test candidates (cosine similarity; "
            "ties ranked against the query)",
     "R@1": "share of queries whose partner is ranked first",
+    "token acc": "probe tasks: answer tokens right over all scored answer tokens (greedy decoding, given "
+                 "tokens forced); tagging: share of test words whose tag is right, O included",
+    "exact match": "share of test examples with every scored answer token right",
     "R@10": "share of queries whose partner is among the top 10",
     "queries/s": "queries embedded in batches and ranked against the whole pool, its candidates embedded "
                  "beforehand (ms/ex: per query, batched)",
     "entity F1": "micro F1 over the test entities, conlleval's definition (type and both boundaries must "
                  "match; a word's tag is its first sub-token's)",
-    "token acc": "share of test words whose tag is right, O included",
 }
 
 
@@ -199,7 +202,8 @@ def build_view(cfg: Any, *, rows: list[dict[str, Any]], agg: list[dict[str, Any]
              f"(typical example {shape.src_len:.1f} + {shape.tgt_len:.1f} tokens); "
              f"{len(cfg.seeds)} seed(s) per entry{_largest_seeds(cfg, scales)}; {steps_txt} of "
              f"{cfg.train.tokens_per_batch} padded tokens; "
-             + (f"retrieval over the {_pool(rows)} test pairs; " if task_kind == "pairs" else
+             + ("greedy decoding of the answers (given tokens forced); " if task_kind == "probe" else
+                f"retrieval over the {_pool(rows)} test pairs; " if task_kind == "pairs" else
                 "every test word tagged (entity-level F1, conlleval's definition); " if task_kind == "tags" else
                 f"decoding with beam {cfg.decode.num_beams}; ")
              + f"total wall time {wall_time_s / 60:.1f} min.")
@@ -217,7 +221,11 @@ def build_view(cfg: Any, *, rows: list[dict[str, Any]], agg: list[dict[str, Any]
     sections.append(Section(
         "Sizing rule",
         paragraphs=[f"All entries share d_model and the block; depth is chosen per architecture to match "
-                    f"the {cfg.budget.match} target, then d_ff adjusted." if cfg.budget.match != "total_flops"
+                    f"the {cfg.budget.match} target, then d_ff adjusted."
+                    + (" Entries are sized within their budget group: each group's target is its own reference "
+                       "entry's (the Group and Reference columns)." if any(s.get("group") is not None
+                                                                           for s in sizing) else "")
+                    if cfg.budget.match != "total_flops"
                     else f"Models are not sized (each as configured or imported); each entry trains the steps "
                     f"that give it {cfg.budget.reference}'s total training FLOPs ({cfg.train.steps} steps), "
                     "on the same batches in the same order: an entry with fewer FLOPs per example reads "
