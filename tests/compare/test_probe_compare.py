@@ -64,7 +64,7 @@ def test_probe_tasks_tune_on_token_accuracy(tmp_path):
     # the data kind alone (a translation task) would tune on BLEU
     pair = build_jobs(cfg, cfg.entries, sized, "pair", cfg.run_dir, 10.0, "tok", phase="tune")
     assert {j.run.eval.metric for j in pair} == {"bleu"}
-    validate(cfg, resolved_entries(cfg, ds.kind), ds.kind, 0, score_kind(ds))  # token_acc is valid
+    validate(cfg, resolved_entries(cfg, ds.kind), ds.kind, 0, scoring=score_kind(ds))  # token_acc is valid
 
 
 def test_a_bleu_metric_on_a_probe_compare_fails_before_any_work(tmp_path):
@@ -213,7 +213,7 @@ def test_probe_presets_check_and_size(tmp_path, preset, members):
     cfg = load_compare_config(None, [f"out_dir={tmp_path / preset}"], preset)
     assert [n for n, _ in suite_members(cfg)] == members and cfg.cpu_jobs == 2
     for _, m in suite_members(cfg):
-        ds, kind, n_classes, entries = _checked(m)
+        ds, kind, n_classes, _, entries = _checked(m)
         assert score_kind(ds) == "probe" and m.eval.metric == "token_acc"
         _, tok, shape = prepare(m, ds, kind)
         sized = size_entries(m, entries, tok, shape, n_classes, 1.0, kind)
