@@ -34,6 +34,7 @@ NUMBERS: dict[str, list[dict[str, Any]]] = {
     "position_offset": [{"position": "learned", "position_offset": 2}],
     "type_vocab_size": [{"type_vocab_size": 2}],
     "n_classes": [{"n_classes": 3}, {"n_classes": 3, "bias": True, "pooling": "mean"}],
+    "n_tags": [{"n_tags": 5}],  # token-classification head (d_model x n_tags + bias)
     # per-layer patterns (config.MIXERS / config.FFNS letters), repeated to the depth
     "layers": [{"layers": "M*"}, {"layers": "S*", "ssm": SSMConfig(head_dim=16)}, {"layers": "MA*"}],
     "ffn": [{"ffn": "N*"}, {"ffn": "DN*"}, {"ffn": "E*"}],
