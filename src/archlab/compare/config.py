@@ -522,7 +522,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         # (token_acc 0.9995 at seq_len 16, 0.969 at 32), and stayed on the 1/4 plateau at 600
         # and 800 steps (also at 1024-token batches for 1000 steps, a constant rate or 6e-3).
         # Two jobs at once, one torch thread each: ~3.6 s of one core per step for all 16
-        # entries (measured per entry here), about 30 minutes on two cores.
+        # entries (measured per entry here), estimated at about 30 minutes on two cores; the
+        # first full run of member mqar-16 alone took 40.7 minutes beside other jobs (README),
+        # so the preset as sized runs well over that estimate on a 2-core CPU.
         "cpu_jobs": 2,
         "train": {"steps": 1000, "lr": 3e-3, "warmup_steps": 100, "schedule": "wsd", "decay_fraction": 0.2,
                   "tokens_per_batch": 2048, "max_len": 32, "save_every": 0, "log_every": 25, "threads": 1},
