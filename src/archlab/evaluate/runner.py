@@ -205,6 +205,13 @@ def score_probes(model: Any, tok: Any, examples: list[Any], opts: DecodeOptions,
     if opts.latency_examples:
         gcfg_opts = replace(opts, num_beams=1, max_new_tokens=max(len(r) for r in refs) + 1)
         out["latency_ms_per_example"] = latency_ms(model, tok, srcs[: opts.latency_examples], gcfg_opts, layout)
+    return _probe_outputs(out, tok, examples, srcs, refs, hyp_ids, scored)
+
+
+def _probe_outputs(out: dict[str, Any], tok: Any, examples: list[Any], srcs: list[list[int]],
+                   refs: list[list[int]], hyp_ids: list[list[int]], scored: list[list[int]]) -> dict[str, Any]:
+    """Samples, typical shape and per-example output rows of a probe scoring (generated or
+    classified answers alike), added to ``out``."""
     hyps = [tok.decode(h) for h in hyp_ids]
     out["samples"] = [{"source": ex.source, "reference": ex.target, "output": h}
                       for ex, h in zip(examples[:3], hyps[:3])]
@@ -319,15 +326,7 @@ def score_probe_tokens(model: Any, tok: Any, examples: list[Any], *, batch_size:
     out["decoding"] = "token classification: each answer slot masked and classified, given tokens kept"
     # (time per example, batched: not the batch-1 decoding latency the generative entries report)
     out["classify_ms_per_example"] = 1000.0 * dt / max(len(examples), 1)
-    texts = [tok.decode(h) for h in hyps]
-    out["samples"] = [{"source": ex.source, "reference": ex.target, "output": h}
-                      for ex, h in zip(examples[:3], texts[:3])]
-    out["_shape"] = {"src_len": float(np.mean([len(s) for s in srcs])),
-                     "tgt_len": float(np.mean([len(r) for r in refs]))}
-    out["_outputs"] = texts
-    out["_outputs_rows"] = [{"source": ex.source, "reference": ex.target, "hypothesis": h, "group": ex.group}
-                            for ex, h in zip(examples, texts)]
-    return out
+    return _probe_outputs(out, tok, examples, srcs, refs, hyps, scored)
 
 
 @torch.inference_mode()
